@@ -1,0 +1,29 @@
+# The two commands a newcomer types: `make demo` and `make test`. Both create .venv when needed.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export SPLITLAB_DATA ?= $(abspath ../shared/datasets)
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (splitlab needs Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m benchmarks.demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks run benchmarks/configs/training.yaml
+
+clean:
+	rm -rf $(VENV) artifacts captures out

@@ -1,0 +1,1 @@
+"""The benchmark harness: suites of trials, reports (tables, CSV/JSON, plots) and the demo."""

@@ -1,0 +1,158 @@
+"""Command line of the model zoo: ``python -m models list|train|deploy|splits``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import SplitlabError
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise SplitlabError(f"{name} must be an integer, got {os.environ[name]!r}")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifacts", default=os.environ.get("SPLITLAB_ARTIFACTS", "artifacts"),
+                   help="artifact store root (env SPLITLAB_ARTIFACTS, default ./artifacts)")
+    p.add_argument("--data-root", default=os.environ.get("SPLITLAB_DATA"),
+                   help="dataset root searched first (env SPLITLAB_DATA); see README 'Datasets'")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (env SPLITLAB_THREADS, default 1 so that services can share cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="architectures, their split points and the feature shape at each")
+    p.add_argument("--arch", help="only this architecture")
+
+    p = sub.add_parser("train", help="train a model and store it with its membership ground truth")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--limit", type=int, help="train on at most this many member images")
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout before each FC layer (defence)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (defence)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--augment", action="store_true", help="random crop + flip (colour datasets)")
+    p.add_argument("--scheme", default="privacy", choices=["privacy", "full"],
+                   help="privacy: members are 25%% of the train set, disjoint shadow/aux parts recorded; "
+                        "full: the whole train set, test set as non-members")
+    p.add_argument("--id", help="model id (default ARCH-DATASET-sSEED[-options])")
+    p.add_argument("--force", action="store_true", help="replace an existing model of the same id")
+    _add_common(p)
+
+    p = sub.add_parser("deploy", help="export the head to ONNX and save the tail at a split point")
+    p.add_argument("model_id")
+    p.add_argument("--split", required=True, action="append",
+                   help="split point (repeat for several; 'all' for every split point)")
+    p.add_argument("--id", help="deployment id (default MODEL_ID--SPLIT); only with one --split")
+    p.add_argument("--force", action="store_true", help="replace an existing deployment")
+    _add_common(p)
+
+    p = sub.add_parser("models", help="list the trained models and deployments in the store")
+    _add_common(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SplitlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _threads(args) -> None:
+    from .onnx_runtime import default_threads, set_torch_threads
+
+    threads = args.threads if args.threads is not None else default_threads()
+    if threads < 1:
+        raise SplitlabError(f"--threads must be at least 1, got {threads}")
+    set_torch_threads(threads)
+
+
+def cmd_list(args) -> int:
+    from .architectures import DEFAULT_INPUT_SHAPES
+    from .zoo import architecture_names, build_model, feature_shapes
+
+    names = [args.arch] if args.arch else architecture_names()
+    for arch in names:
+        model = build_model(arch)
+        shape = DEFAULT_INPUT_SHAPES[arch]
+        print(f"{arch}  (input {'x'.join(map(str, shape))})")
+        for point, fshape in feature_shapes(model, shape).items():
+            size = 1
+            for s in fshape:
+                size *= s
+            print(f"  {point:<10} {'x'.join(map(str, fshape)):<14} {size:>8} values")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .artifacts import ArtifactStore, validate_id
+    from .training import TrainOptions, default_model_id, train
+
+    _threads(args)
+    opts = TrainOptions(arch=args.arch, dataset=args.dataset, epochs=args.epochs, limit=args.limit,
+                        dropout=args.dropout, weight_decay=args.weight_decay, seed=args.seed,
+                        batch_size=args.batch_size, lr=args.lr, augment=args.augment, scheme=args.scheme)
+    store = ArtifactStore(args.artifacts)
+    model_id = validate_id("model", args.id or default_model_id(opts))
+    if store.model_dir(model_id).exists() and not args.force:
+        raise SplitlabError(f"model {model_id!r} already exists in {store.root}; pass --force or --id")
+    model, manifest = train(opts, args.data_root)
+    manifest["model_id"] = model_id
+    path = store.save_model(model_id, model.state_dict(), manifest, overwrite=args.force)
+    print(f"train accuracy {manifest['train_accuracy']:.4f}  test accuracy {manifest['test_accuracy']:.4f}  "
+          f"({manifest['train_seconds']:.1f} s)")
+    print(f"model {model_id} -> {path}")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from .artifacts import ArtifactStore
+    from .deploy import deploy
+
+    _threads(args)
+    store = ArtifactStore(args.artifacts)
+    splits = args.split
+    if splits == ["all"]:
+        from .loading import load_model
+
+        splits = load_model(store, args.model_id)[0].split_points
+    if args.id and len(splits) > 1:
+        raise SplitlabError("--id names one deployment; give a single --split with it")
+    for split in splits:
+        rec = deploy(store, args.model_id, split, args.id, args.force, args.data_root)
+        print(f"deployment {rec['deployment_id']}: features {'x'.join(map(str, rec['feature_shape']))}, "
+              f"ONNX vs torch max abs diff {rec['onnx_max_abs_diff']:.2e}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .artifacts import ArtifactStore
+
+    store = ArtifactStore(args.artifacts)
+    for model_id in store.list_models():
+        m = store.manifest(model_id)
+        print(f"model {model_id}: {m['arch']} on {m['dataset']}, test accuracy {m['test_accuracy']:.4f}")
+    for dep_id in store.list_deployments():
+        d = store.deployment(dep_id)
+        print(f"deployment {dep_id}: split {d['split']}, features {d['feature_shape']}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "train": cmd_train, "deploy": cmd_deploy, "models": cmd_models}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Build architectures by name and answer questions about their split points."""
+
+from __future__ import annotations
+
+import torch
+
+from .architectures import BUILDERS, DEFAULT_INPUT_SHAPES, SplitNet
+from .errors import SplitlabError
+
+
+def architecture_names() -> list[str]:
+    return list(BUILDERS)
+
+
+def build_model(arch: str, num_classes: int = 10, input_shape=None, dropout: float = 0.0) -> SplitNet:
+    """Build architecture ``arch`` for inputs of ``input_shape`` (C, H, W)."""
+    if arch not in BUILDERS:
+        raise SplitlabError(f"unknown architecture {arch!r}; known: {', '.join(BUILDERS)}")
+    if not 0.0 <= dropout < 1.0:
+        raise SplitlabError(f"dropout must be in [0, 1), got {dropout}")
+    shape = tuple(input_shape or DEFAULT_INPUT_SHAPES[arch])
+    if len(shape) != 3 or min(shape) < 1:
+        raise SplitlabError(f"input shape must be (C, H, W) with positive sizes, got {shape}")
+    try:
+        return BUILDERS[arch](num_classes=num_classes, input_shape=shape, dropout=dropout)
+    except RuntimeError as exc:  # e.g. an image too small for the convolutions
+        raise SplitlabError(f"{arch} cannot take inputs of shape {shape}: {exc}") from exc
+
+
+def split_points(arch: str) -> list[str]:
+    """The named split points of ``arch``, in order from input to output."""
+    return build_model(arch).split_points
+
+
+def check_split_point(model: SplitNet, point: str, arch: str = "model") -> None:
+    if point not in model.split_points:
+        raise SplitlabError(
+            f"unknown split point {point!r} for {arch}; choose one of: {', '.join(model.split_points)}")
+
+
+def feature_shapes(model: SplitNet, input_shape) -> dict[str, tuple[int, ...]]:
+    """Shape of one example's features (no batch axis) after each split point."""
+    shapes = {}
+    x = torch.zeros(1, *input_shape)
+    model = model.eval()
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            x = layer(x)
+            if name in model.split_points:
+                shapes[name] = tuple(x.shape[1:])
+    return shapes
