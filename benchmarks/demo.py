@@ -1,0 +1,104 @@
+"""``make demo``: the main job of the testbed on an embedded default, in a few minutes on 2 cores.
+
+Trains ``lenet5`` on MNIST when a data root has it (else on scikit-learn's digits, which needs no
+files), deploys it at every split point and prints, per split point, the feature shape, the
+bytes one image costs on the wire and the head/tail FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models import ArtifactStore, SplitlabError, load_dataset, split_model
+from models.deploy import deploy
+from models.flops import count_flops
+from models.loading import load_model
+from models.onnx_runtime import set_torch_threads
+from models.training import TrainOptions, train
+
+
+def step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def pick_dataset(data_root) -> str:
+    try:
+        load_dataset("mnist", data_root)
+        return "mnist"
+    except SplitlabError:
+        return "digits"
+
+
+def train_demo_model(store: ArtifactStore, dataset: str, model_id: str) -> dict:
+    if store.model_dir(model_id).exists():
+        print(f"reusing model {model_id} from {store.root}")
+        return store.manifest(model_id)
+    limit = 12000 if dataset == "mnist" else None
+    opts = TrainOptions(arch="lenet5", dataset=dataset, epochs=3 if dataset == "mnist" else 15,
+                        limit=limit, scheme="privacy" if dataset == "mnist" else "full", seed=0)
+    model, manifest = train(opts)
+    manifest["model_id"] = model_id
+    store.save_model(model_id, model.state_dict(), manifest)
+    return manifest
+
+
+def split_table(store: ArtifactStore, model_id: str) -> list[dict]:
+    model, manifest = load_model(store, model_id)
+    x = torch.zeros(1, *manifest["input_shape"])
+    rows = []
+    for point in model.split_points:
+        dep_id = f"{model_id}--{point}"
+        if not store.deployment_dir(dep_id).exists():
+            deploy(store, model_id, point)
+        dep = store.deployment(dep_id)
+        head, tail = split_model(model, point)
+        with torch.no_grad():
+            feats = head(x)
+        values = int(feats[0].numel())
+        rows.append({"split": point, "shape": "x".join(map(str, dep["feature_shape"])),
+                     "bytes_f32": 4 * values, "bytes_f16": 2 * values,
+                     "head_flops": count_flops(head, x), "tail_flops": count_flops(tail, feats)})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'split':<8} {'features':<10} {'bytes/img f32':>13} {'f16':>7} {'head MFLOPs':>12} {'tail MFLOPs':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['split']:<8} {r['shape']:<10} {r['bytes_f32']:>13} {r['bytes_f16']:>7} "
+              f"{r['head_flops'] / 1e6:>12.3f} {r['tail_flops'] / 1e6:>12.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__)
+    parser.add_argument("--artifacts", default=os.environ.get("SPLITLAB_ARTIFACTS", "artifacts"))
+    parser.add_argument("--data-root", default=os.environ.get("SPLITLAB_DATA"))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("SPLITLAB_THREADS", 1)))
+    args = parser.parse_args(argv)
+    set_torch_threads(args.threads)
+    store = ArtifactStore(args.artifacts)
+    started = time.time()
+    try:
+        dataset = pick_dataset(args.data_root)
+        model_id = f"demo-lenet5-{dataset}"
+        step(f"1/2 train lenet5 on {dataset} (artifacts in {Path(store.root).resolve()})")
+        manifest = train_demo_model(store, dataset, model_id)
+        print(f"test accuracy {manifest['test_accuracy']:.4f}")
+        step("2/2 deploy every split point (ONNX head checked against torch) and measure it")
+        print_table(split_table(store, model_id))
+    except SplitlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\ndone in {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
