@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/split_inference.proto\x12\x0bsplitlab.v1\"\xbb\x01\n\x06Tensor\x12(\n\x05\x64type\x18\x01 \x01(\x0e\x32\x19.splitlab.v1.Tensor.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\"[\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05UINT8\x10\x05\"`\n\x0cInferRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x13.splitlab.v1.Tensor\"k\n\nInferReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x06logits\x18\x02 \x01(\x0b\x32\x13.splitlab.v1.Tensor\x12\x0c\n\x04top1\x18\x03 \x03(\x03\x12\x16\n\x0eserver_seconds\x18\x04 \x01(\x01\"t\n\x0bStreamReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x17.splitlab.v1.InferReply\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"\'\n\x0eGetHeadRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\"\xbb\x01\n\tHeadReply\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nonnx_model\x18\x02 \x01(\x0c\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x15\n\rfeature_shape\x18\x04 \x03(\x03\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\r\n\x05split\x18\x07 \x01(\t\x12\x0c\n\x04\x61rch\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\x05\"\x18\n\x16ListDeploymentsRequest\"\xa8\x01\n\x0e\x44\x65ploymentInfo\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\r\n\x05split\x18\x04 \x01(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12\x15\n\rfeature_shape\x18\x06 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x05\x12\x0f\n\x07\x64\x61taset\x18\x08 \x01(\t\"H\n\x14ListDeploymentsReply\x12\x30\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1b.splitlab.v1.DeploymentInfo2\xb0\x02\n\x0eSplitInference\x12;\n\x05Infer\x12\x19.splitlab.v1.InferRequest\x1a\x17.splitlab.v1.InferReply\x12\x46\n\x0bInferStream\x12\x19.splitlab.v1.InferRequest\x1a\x18.splitlab.v1.StreamReply(\x01\x30\x01\x12>\n\x07GetHead\x12\x1b.splitlab.v1.GetHeadRequest\x1a\x16.splitlab.v1.HeadReply\x12Y\n\x0fListDeployments\x12#.splitlab.v1.ListDeploymentsRequest\x1a!.splitlab.v1.ListDeploymentsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/split_inference.proto\x12\x0bsplitlab.v1\"\xbb\x01\n\x06Tensor\x12(\n\x05\x64type\x18\x01 \x01(\x0e\x32\x19.splitlab.v1.Tensor.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05scale\x18\x04 \x01(\x02\"[\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x08\n\x04INT8\x10\x04\x12\t\n\x05UINT8\x10\x05\"`\n\x0cInferRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x13.splitlab.v1.Tensor\"k\n\nInferReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12#\n\x06logits\x18\x02 \x01(\x0b\x32\x13.splitlab.v1.Tensor\x12\x0c\n\x04top1\x18\x03 \x03(\x03\x12\x16\n\x0eserver_seconds\x18\x04 \x01(\x01\"t\n\x0bStreamReply\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12&\n\x05reply\x18\x02 \x01(\x0b\x32\x17.splitlab.v1.InferReply\x12\x12\n\nerror_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\"=\n\x0eGetHeadRequest\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x14\n\x0cknown_sha256\x18\x02 \x01(\t\"\xe2\x01\n\tHeadReply\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x12\n\nonnx_model\x18\x02 \x01(\x0c\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x15\n\rfeature_shape\x18\x04 \x03(\x03\x12\x15\n\rpreprocessing\x18\x05 \x01(\t\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\r\n\x05split\x18\x07 \x01(\t\x12\x0c\n\x04\x61rch\x18\x08 \x01(\t\x12\x13\n\x0bnum_classes\x18\t \x01(\x05\x12\x14\n\x0cnot_modified\x18\n \x01(\x08\x12\x0f\n\x07\x64\x61taset\x18\x0b \x01(\t\"\x18\n\x16ListDeploymentsRequest\"\xa8\x01\n\x0e\x44\x65ploymentInfo\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\x12\r\n\x05split\x18\x04 \x01(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\x03\x12\x15\n\rfeature_shape\x18\x06 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x07 \x01(\x05\x12\x0f\n\x07\x64\x61taset\x18\x08 \x01(\t\"H\n\x14ListDeploymentsReply\x12\x30\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32\x1b.splitlab.v1.DeploymentInfo2\xb0\x02\n\x0eSplitInference\x12;\n\x05Infer\x12\x19.splitlab.v1.InferRequest\x1a\x17.splitlab.v1.InferReply\x12\x46\n\x0bInferStream\x12\x19.splitlab.v1.InferRequest\x1a\x18.splitlab.v1.StreamReply(\x01\x30\x01\x12>\n\x07GetHead\x12\x1b.splitlab.v1.GetHeadRequest\x1a\x16.splitlab.v1.HeadReply\x12Y\n\x0fListDeployments\x12#.splitlab.v1.ListDeploymentsRequest\x1a!.splitlab.v1.ListDeploymentsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,15 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMREPLY']._serialized_start=442
   _globals['_STREAMREPLY']._serialized_end=558
   _globals['_GETHEADREQUEST']._serialized_start=560
-  _globals['_GETHEADREQUEST']._serialized_end=599
-  _globals['_HEADREPLY']._serialized_start=602
-  _globals['_HEADREPLY']._serialized_end=789
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=791
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=815
-  _globals['_DEPLOYMENTINFO']._serialized_start=818
-  _globals['_DEPLOYMENTINFO']._serialized_end=986
-  _globals['_LISTDEPLOYMENTSREPLY']._serialized_start=988
-  _globals['_LISTDEPLOYMENTSREPLY']._serialized_end=1060
-  _globals['_SPLITINFERENCE']._serialized_start=1063
-  _globals['_SPLITINFERENCE']._serialized_end=1367
+  _globals['_GETHEADREQUEST']._serialized_end=621
+  _globals['_HEADREPLY']._serialized_start=624
+  _globals['_HEADREPLY']._serialized_end=850
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=852
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=876
+  _globals['_DEPLOYMENTINFO']._serialized_start=879
+  _globals['_DEPLOYMENTINFO']._serialized_end=1047
+  _globals['_LISTDEPLOYMENTSREPLY']._serialized_start=1049
+  _globals['_LISTDEPLOYMENTSREPLY']._serialized_end=1121
+  _globals['_SPLITINFERENCE']._serialized_start=1124
+  _globals['_SPLITINFERENCE']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)

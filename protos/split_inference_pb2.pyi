@@ -68,13 +68,15 @@ class StreamReply(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., reply: _Optional[_Union[InferReply, _Mapping]] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class GetHeadRequest(_message.Message):
-    __slots__ = ("deployment_id",)
+    __slots__ = ("deployment_id", "known_sha256")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_SHA256_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
-    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+    known_sha256: str
+    def __init__(self, deployment_id: _Optional[str] = ..., known_sha256: _Optional[str] = ...) -> None: ...
 
 class HeadReply(_message.Message):
-    __slots__ = ("deployment_id", "onnx_model", "input_shape", "feature_shape", "preprocessing", "sha256", "split", "arch", "num_classes")
+    __slots__ = ("deployment_id", "onnx_model", "input_shape", "feature_shape", "preprocessing", "sha256", "split", "arch", "num_classes", "not_modified", "dataset")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ONNX_MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +86,8 @@ class HeadReply(_message.Message):
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     onnx_model: bytes
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -93,7 +97,9 @@ class HeadReply(_message.Message):
     split: str
     arch: str
     num_classes: int
-    def __init__(self, deployment_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_shape: _Optional[_Iterable[int]] = ..., preprocessing: _Optional[str] = ..., sha256: _Optional[str] = ..., split: _Optional[str] = ..., arch: _Optional[str] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    not_modified: bool
+    dataset: str
+    def __init__(self, deployment_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_shape: _Optional[_Iterable[int]] = ..., preprocessing: _Optional[str] = ..., sha256: _Optional[str] = ..., split: _Optional[str] = ..., arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., not_modified: _Optional[bool] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ()
