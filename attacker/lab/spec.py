@@ -1,0 +1,292 @@
+"""The experiment spec: what a researcher submits to ``POST /v1/experiments``.
+
+Two layers of validation, both answered with 422 and the offending field's location:
+
+1. :class:`ExperimentSpec` (pydantic) checks types, ranges and the static catalogue (architecture
+   and dataset names, attack names and their settings);
+2. :func:`check_spec` checks what depends on the running service: the split points of the chosen
+   architecture (or of the stored model's), the dataset actually being loadable and fitting the
+   architecture, the attacks' declared parameters, and the configured budget :class:`Limits`
+   (images, epochs, iterations).
+
+Example::
+
+    {"arch": "lenet5", "dataset": "digits", "train": {"epochs": 2},
+     "split_points": ["conv1", "relu2"],
+     "attacks": ["whitebox", {"name": "blackbox", "aux": "same-distribution"}],
+     "feature_defense": {"type": "noise", "sigma": 0.1}, "samples": 10, "seed": 0}
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models import DATASET_NAMES, architecture_names
+
+ATTACK_NAMES = ("whitebox", "blackbox", "queryfree")
+BLACKBOX_AUX = ("same-set", "same-distribution", "random-noise")
+QUERYFREE_AUX = ("same-set", "same-distribution")
+QUERYFREE_SHADOW = ("same", "different")
+# Attack parameters counted against the budget limits.
+ITERATION_PARAMS = ("iterations", "steps", "inversion_iterations")
+EPOCH_PARAMS = ("epochs", "shadow_epochs", "train_epochs")
+
+ArchName = Literal[tuple(architecture_names())]  # type: ignore[valid-type]
+DatasetName = Literal[tuple(DATASET_NAMES)]  # type: ignore[valid-type]
+
+
+class SpecError(ValueError):
+    """One or more semantic errors; each is ``(location tuple, message)`` like pydantic's."""
+
+    def __init__(self, errors: list[tuple[tuple, str]]):
+        self.errors = errors
+        super().__init__("; ".join(f"{loc_str(loc)}: {msg}" for loc, msg in errors))
+
+
+def loc_str(loc) -> str:
+    """``("split_points", 0)`` -> ``split_points[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "body"
+
+
+@dataclass
+class Limits:
+    """Budget limits of one service; flags ``--max-*``, env ``SPLITLAB_LAB_MAX_*``."""
+
+    max_samples: int = 100          # private images sent per experiment
+    max_train_images: int = 20000   # train.limit
+    max_epochs: int = 20            # train.epochs and attack training epochs
+    max_iterations: int = 5000      # optimisation iterations of an attack
+    max_split_points: int = 20
+    max_attacks: int = 6
+
+    @classmethod
+    def from_env(cls, env=None) -> "Limits":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            key = "SPLITLAB_LAB_" + f.name.upper()
+            if key in env:
+                try:
+                    values[f.name] = int(env[key])
+                except ValueError:
+                    raise ValueError(f"{key} must be an integer, got {env[key]!r}") from None
+        return cls(**values)
+
+
+class TrainSpec(BaseModel):
+    """Training budget and training-time defence (dropout, weight decay)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(2, ge=1, description="training epochs (limit: --max-epochs)")
+    limit: int | None = Field(None, ge=1, description="train on at most this many member images")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each FC layer (defence)")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 weight decay (defence)")
+
+
+class AttackSpec(BaseModel):
+    """One attack: its name, its knowledge setting and optional parameters of the attack."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal[ATTACK_NAMES]  # type: ignore[valid-type]
+    aux: str | None = Field(None, description="auxiliary data: blackbox same-set | same-distribution | "
+                                              "random-noise (default same-distribution); queryfree "
+                                              "same-set | same-distribution (default same-distribution)")
+    shadow: str | None = Field(None, description="queryfree only: shadow head architecture same | different")
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="parameters of the attack (e.g. iterations), as the "
+                                               "attack declares them")
+
+    @model_validator(mode="after")
+    def _settings(self):
+        if self.name == "whitebox":
+            if self.aux is not None:
+                raise ValueError("aux is not a setting of the whitebox attack")
+            if self.shadow is not None:
+                raise ValueError("shadow is not a setting of the whitebox attack")
+        elif self.name == "blackbox":
+            self.aux = self.aux or "same-distribution"
+            if self.aux not in BLACKBOX_AUX:
+                raise ValueError(f"aux must be one of {', '.join(BLACKBOX_AUX)} for blackbox, got {self.aux!r}")
+            if self.shadow is not None:
+                raise ValueError("shadow is not a setting of the blackbox attack")
+        else:
+            self.aux = self.aux or "same-distribution"
+            self.shadow = self.shadow or "same"
+            if self.aux not in QUERYFREE_AUX:
+                raise ValueError(f"aux must be one of {', '.join(QUERYFREE_AUX)} for queryfree, got {self.aux!r}")
+            if self.shadow not in QUERYFREE_SHADOW:
+                raise ValueError(f"shadow must be one of {', '.join(QUERYFREE_SHADOW)}, got {self.shadow!r}")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short name used in result rows and image names, e.g. ``blackbox-same-distribution``."""
+        parts = [self.name] + [p for p in (self.aux, self.shadow) if p]
+        return "-".join(parts)
+
+
+class NoiseDefense(BaseModel):
+    """Gaussian noise N(0, sigma^2) added to the features at the edge (inside the exported head)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["noise"]
+    sigma: float = Field(ge=0.0, le=100.0)
+
+    @property
+    def label(self) -> str:
+        return f"noise{self.sigma:g}"
+
+
+class ExperimentSpec(BaseModel):
+    """A split-point experiment: which model, which cuts, which attacks, how many private images."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "arch": "lenet5", "dataset": "digits", "train": {"epochs": 2},
+        "split_points": ["conv1"], "attacks": [{"name": "whitebox", "params": {"iterations": 300}}],
+        "samples": 10, "seed": 0}]})
+
+    arch: ArchName | None = Field(None, description="architecture to train (or give model_id)")
+    model_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 description="an existing trained model in the artifact store")
+    dataset: DatasetName | None = Field(None, description="dataset (with model_id: defaults to the model's)")
+    train: TrainSpec | None = Field(None, description="training budget and defence (only with arch)")
+    split_points: list[str] = Field(min_length=1, description="split points to deploy and attack")
+    attacks: list[AttackSpec | Literal[ATTACK_NAMES]] = Field(  # type: ignore[valid-type]
+        min_length=1, description='attacks: a name ("whitebox") or an object ({"name": "blackbox", "aux": ...})')
+    feature_defense: NoiseDefense | None = Field(None, description="feature-space defence at the edge")
+    samples: int = Field(10, ge=1, description="private images sent through the edge (limit: --max-samples)")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("attacks", mode="after")
+    @classmethod
+    def _normalise_attacks(cls, value):
+        return [AttackSpec(name=a) if isinstance(a, str) else a for a in value]
+
+    @field_validator("split_points", mode="after")
+    @classmethod
+    def _unique_splits(cls, value):
+        seen = set()
+        for i, point in enumerate(value):
+            if point in seen:
+                raise ValueError(f"split point {point!r} is listed twice (index {i})")
+            seen.add(point)
+        return value
+
+    @model_validator(mode="after")
+    def _model_source(self):
+        if (self.arch is None) == (self.model_id is None):
+            raise ValueError("give exactly one of arch (to train a model) or model_id (to reuse one)")
+        if self.arch is not None and self.dataset is None:
+            raise ValueError("dataset is required with arch")
+        if self.model_id is not None and self.train is not None:
+            raise ValueError("train applies only with arch; a stored model (model_id) is reused as is")
+        if self.arch is not None and self.train is None:
+            self.train = TrainSpec()
+        labels = [a.label for a in self.attacks]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(f"attack {label!r} is listed twice (attacks[{i}])")
+        return self
+
+
+@functools.lru_cache(maxsize=16)
+def dataset_info(name: str, root: str | None) -> tuple[tuple[int, int, int], int, int]:
+    """(input shape, number of classes, test images) of a dataset; raises SplitlabError if missing."""
+    from models import load_dataset
+
+    ds = load_dataset(name, root)
+    return ds.input_shape, ds.num_classes, len(ds.x_test)
+
+
+def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=None) -> dict:
+    """Semantic checks; returns what was resolved (arch, dataset, input shape); raises SpecError."""
+    from models import ArtifactStore, SplitlabError, build_model
+
+    errors: list[tuple[tuple, str]] = []
+    arch, dataset = spec.arch, spec.dataset
+    if spec.model_id is not None:
+        store = ArtifactStore(artifacts)
+        try:
+            manifest = store.manifest(spec.model_id)
+        except SplitlabError as exc:
+            raise SpecError([(("model_id",), f"no trained model {spec.model_id!r} in the artifact store "
+                                             f"({exc})")]) from None
+        arch = manifest["arch"]
+        if dataset is not None and dataset != manifest["dataset"]:
+            errors.append((("dataset",), f"model {spec.model_id!r} was trained on {manifest['dataset']!r}, "
+                                         f"not {dataset!r}"))
+        dataset = manifest["dataset"]
+    if spec.samples > limits.max_samples:
+        errors.append((("samples",), f"{spec.samples} images is over the limit of {limits.max_samples} "
+                                     "(--max-samples / SPLITLAB_LAB_MAX_SAMPLES)"))
+    if spec.train is not None:
+        if spec.train.epochs > limits.max_epochs:
+            errors.append((("train", "epochs"), f"{spec.train.epochs} epochs is over the limit of "
+                                                f"{limits.max_epochs} (--max-epochs / SPLITLAB_LAB_MAX_EPOCHS)"))
+        if spec.train.limit is not None and spec.train.limit > limits.max_train_images:
+            errors.append((("train", "limit"), f"{spec.train.limit} training images is over the limit of "
+                                               f"{limits.max_train_images} (--max-train-images)"))
+    if len(spec.split_points) > limits.max_split_points:
+        errors.append((("split_points",), f"{len(spec.split_points)} split points is over the limit of "
+                                          f"{limits.max_split_points}"))
+    if len(spec.attacks) > limits.max_attacks:
+        errors.append((("attacks",), f"{len(spec.attacks)} attacks is over the limit of {limits.max_attacks}"))
+
+    input_shape = None
+    try:
+        input_shape, num_classes, n_test = dataset_info(dataset, str(data_root) if data_root else None)
+    except SplitlabError as exc:
+        errors.append((("dataset",), str(exc)))
+    else:
+        if spec.samples > n_test:
+            errors.append((("samples",), f"{dataset} has only {n_test} test images; asked for {spec.samples}"))
+    points = []
+    try:
+        model = build_model(arch, 10, input_shape)
+        points = model.split_points
+    except SplitlabError as exc:
+        errors.append((("arch",) if spec.arch else ("model_id",), f"{arch} does not fit {dataset}: {exc}"))
+    if points:
+        for i, point in enumerate(spec.split_points):
+            if point not in points:
+                errors.append((("split_points", i), f"{arch} has no split point {point!r}; "
+                                                    f"choose from: {', '.join(points)}"))
+    for i, attack in enumerate(spec.attacks):
+        errors.extend((("attacks", i, "params") + loc, msg) for loc, msg in check_attack_params(attack, limits))
+    if errors:
+        raise SpecError(errors)
+    return {"arch": arch, "dataset": dataset, "input_shape": list(input_shape)}
+
+
+def check_attack_params(attack: AttackSpec, limits: Limits) -> list[tuple[tuple, str]]:
+    """Budget limits and the attack's own declared parameters (names, types, ranges)."""
+    errors: list[tuple[tuple, str]] = []
+    for key, value in attack.params.items():
+        if key in ITERATION_PARAMS or key in EPOCH_PARAMS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                errors.append(((key,), f"must be an integer, got {value!r}"))
+                continue
+            limit, flag = ((limits.max_iterations, "--max-iterations") if key in ITERATION_PARAMS
+                           else (limits.max_epochs, "--max-epochs"))
+            if value > limit:
+                errors.append(((key,), f"{value} is over the limit of {limit} ({flag})"))
+    if errors:
+        return errors
+    from .attacks import attack_params_error
+
+    message = attack_params_error(attack)
+    if message:
+        key = next((k for k in attack.params if f"{k}" in message), None)
+        errors.append(((key,) if key else (), message))
+    return errors
