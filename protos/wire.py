@@ -30,8 +30,13 @@ def dtype_name(code: int) -> str:
     return f"unknown({code})"
 
 
-def encode_into(tensor: pb.Tensor, array: np.ndarray, wire_dtype: str = "float32") -> pb.Tensor:
-    """Fill ``tensor`` (a message field, set in place to avoid copying) from ``array``."""
+def encode_into(tensor: pb.Tensor, array: np.ndarray, wire_dtype: str = "float32",
+                scale: float | None = None) -> pb.Tensor:
+    """Fill ``tensor`` (a message field, set in place to avoid copying) from ``array``.
+
+    An array that is already in the wire dtype is sent as is (an edge can cast or quantise inside
+    its head); an ``int8`` array then needs its ``scale``.
+    """
     if wire_dtype not in WIRE_DTYPES:
         raise WireError(f"unknown wire dtype {wire_dtype!r}; choose one of {', '.join(WIRE_DTYPES)}")
     code = WIRE_DTYPES[wire_dtype]
@@ -43,6 +48,11 @@ def encode_into(tensor: pb.Tensor, array: np.ndarray, wire_dtype: str = "float32
         bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
         rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
         tensor.data = (rounded >> np.uint32(16)).astype("<u2").tobytes()
+    elif code == pb.Tensor.INT8 and array.dtype == np.int8:
+        if scale is None or not (np.isfinite(scale) and scale > 0):
+            raise WireError(f"an int8 array needs a positive finite scale, got {scale}")
+        tensor.scale = float(scale)
+        tensor.data = np.ascontiguousarray(array).tobytes()
     elif code == pb.Tensor.INT8:
         peak = float(np.max(np.abs(array))) if array.size else 0.0
         scale = peak / 127.0 if peak > 0 else 1.0

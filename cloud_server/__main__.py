@@ -1,0 +1,110 @@
+"""``cloud-server``: serve the tails of every deployment in an artifact store over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .server import DEFAULT_MAX_MESSAGE_MB, CloudServer, ServerConfig
+
+
+def _env(name: str, default, kind=str):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(f"cloud-server: environment variable {name}={value!r} is not a valid {kind.__name__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cloud-server",
+        description="Serve the tail of every deployment in the artifact store over gRPC "
+                    "(splitlab.v1.SplitInference, plus grpc.health.v1 and server reflection). "
+                    "Tails load lazily on first use into a bounded cache; concurrent requests for the same "
+                    "deployment are merged into one batch. SIGTERM/SIGINT stop gracefully: new calls are "
+                    "refused, in-flight calls finish, exit status 0.",
+        epilog="Every flag has an environment default (shown in brackets). Example:\n"
+               "  cloud-server --artifacts ./artifacts --port 50051 --threads 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default=_env("SPLITLAB_CLOUD_HOST", "0.0.0.0"),
+                   help="interface to listen on [SPLITLAB_CLOUD_HOST, default 0.0.0.0]")
+    p.add_argument("--port", type=int, default=_env("SPLITLAB_CLOUD_PORT", 50051, int),
+                   help="port to listen on; 0 picks a free one (logged) [SPLITLAB_CLOUD_PORT, default 50051]")
+    p.add_argument("--artifacts", default=_env("SPLITLAB_ARTIFACTS", "artifacts"),
+                   help="artifact store root holding deployments/ [SPLITLAB_ARTIFACTS, default ./artifacts]")
+    p.add_argument("--max-message-mb", type=float, default=_env("SPLITLAB_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB, float),
+                   help="largest gRPC message received or sent, in MiB; bigger requests get RESOURCE_EXHAUSTED. "
+                        "Give the edge the same value [SPLITLAB_MAX_MESSAGE_MB, default 64]")
+    p.add_argument("--workers", type=int, default=_env("SPLITLAB_CLOUD_WORKERS", 16, int),
+                   help="gRPC handler threads = calls served at once; each open stream holds one "
+                        "[SPLITLAB_CLOUD_WORKERS, default 16]")
+    p.add_argument("--threads", type=int, default=_env("SPLITLAB_THREADS", 1, int),
+                   help="torch threads of the single compute thread that runs every tail; on a machine "
+                        "shared with the edge keep 1 [SPLITLAB_THREADS, default 1]")
+    p.add_argument("--max-batch", type=int, default=_env("SPLITLAB_MAX_BATCH", 1024, int),
+                   help="largest batch one request may carry (INVALID_ARGUMENT above) [SPLITLAB_MAX_BATCH, default 1024]")
+    p.add_argument("--merge-rows", type=int, default=_env("SPLITLAB_MERGE_ROWS", 64, int),
+                   help="concurrent requests of one deployment are merged into batches of up to this many "
+                        "examples; 1 turns merging off [SPLITLAB_MERGE_ROWS, default 64]")
+    p.add_argument("--cache-size", type=int, default=_env("SPLITLAB_CACHE_SIZE", 8, int),
+                   help="tails kept loaded (least recently used evicted) [SPLITLAB_CACHE_SIZE, default 8]")
+    p.add_argument("--grace", type=float, default=_env("SPLITLAB_GRACE_SECONDS", 30.0, float),
+                   help="seconds in-flight calls get to finish on shutdown [SPLITLAB_GRACE_SECONDS, default 30]")
+    p.add_argument("--log-level", default=_env("SPLITLAB_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"],
+                   help="JSON logs on stderr; 'info' logs every request with its id [SPLITLAB_LOG_LEVEL, default info]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("workers", "threads", "max_batch", "merge_rows", "cache_size"):
+        if getattr(args, name) < 1:
+            print(f"cloud-server: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if not args.max_message_mb > 0 or args.grace < 0 or not 0 <= args.port < 65536:
+        print("cloud-server: --max-message-mb must be > 0, --grace >= 0 and --port in 0..65535", file=sys.stderr)
+        return 2
+    if not Path(args.artifacts).is_dir():
+        print(f"cloud-server: artifact store {args.artifacts!r} does not exist; train and deploy a model first "
+              "(python -m models train ...; python -m models deploy ...) or pass --artifacts", file=sys.stderr)
+        return 2
+
+    from models.onnx_runtime import set_torch_threads
+
+    from . import logs
+
+    logs.setup(args.log_level)
+    set_torch_threads(args.threads)
+    config = ServerConfig(artifacts=args.artifacts, host=args.host, port=args.port,
+                          max_message_mb=args.max_message_mb, workers=args.workers, threads=args.threads,
+                          max_batch=args.max_batch, merge_rows=args.merge_rows, cache_size=args.cache_size,
+                          grace_seconds=args.grace)
+    try:
+        server = CloudServer(config)
+    except (OSError, RuntimeError) as exc:
+        print(f"cloud-server: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""One compute thread that runs every tail, merging concurrent small requests into one batch.
+
+gRPC handler threads only validate and decode; they hand the features to :class:`TailBatcher` and
+wait on a future. The compute thread takes everything that queued up while it was busy, groups it
+by deployment, concatenates requests of the same deployment up to ``merge_rows`` examples, runs
+the tail once per group and splits the logits back. Nothing waits for a batch to fill: a lone
+request runs at once, and batches form only when requests arrive faster than the tail runs (which
+is when merging pays). Running all tails on one thread also gives torch a single OpenMP team
+instead of one per handler thread (see PERFORMANCE-NOTES).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+@dataclass
+class TailResult:
+    logits: np.ndarray    # float32 (batch, classes)
+    seconds: float        # tail compute time of the (merged) batch this request ran in
+    merged: int           # how many requests shared that batch
+
+
+@dataclass
+class _Item:
+    key: object
+    tail: torch.nn.Module
+    features: np.ndarray
+    future: Future
+    is_active: Callable[[], bool] | None
+
+
+class Cancelled(Exception):
+    """The caller went away (deadline passed, call cancelled) before its tail ran."""
+
+
+class TailBatcher:
+    def __init__(self, merge_rows: int = 64, threads: int = 1):
+        self.merge_rows = max(1, merge_rows)
+        self.threads = threads
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches = 0
+        self.requests = 0
+        self._thread = threading.Thread(target=self._loop, name="tail-compute", daemon=True)
+        self._thread.start()
+
+    def submit(self, key, tail: torch.nn.Module, features: np.ndarray,
+               is_active: Callable[[], bool] | None = None) -> Future:
+        fut: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the tail batcher is closed")
+            self._queue.append(_Item(key, tail, features, fut, is_active))
+            self._cond.notify()
+        return fut
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish everything queued, then stop the compute thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # --- compute thread ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_num_threads(self.threads)  # the only thread that runs torch in the server
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                items = list(self._queue)
+                self._queue.clear()
+            for group in self._groups(items):
+                self._run(group)
+
+    def _groups(self, items: list[_Item]) -> list[list[_Item]]:
+        live = []
+        for it in items:
+            if it.is_active is not None and not it.is_active():
+                it.future.set_exception(Cancelled("the call ended before its tail ran"))
+            elif it.future.set_running_or_notify_cancel():
+                live.append(it)
+        by_key: dict[object, list[list[_Item]]] = {}
+        groups: list[list[_Item]] = []
+        for it in live:
+            chunks = by_key.setdefault(it.key, [])
+            rows = len(it.features)
+            if chunks and sum(len(c.features) for c in chunks[-1]) + rows <= self.merge_rows:
+                chunks[-1].append(it)
+            else:
+                chunk = [it]
+                chunks.append(chunk)
+                groups.append(chunk)
+        return groups
+
+    def _run(self, group: list[_Item]) -> None:
+        try:
+            x = group[0].features if len(group) == 1 else np.concatenate([it.features for it in group])
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                logits = group[0].tail(torch.from_numpy(x)).numpy()
+            seconds = time.perf_counter() - t0
+        except Exception as exc:  # a tail that fails must not take the compute thread down
+            for it in group:
+                it.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.requests += len(group)
+        start = 0
+        for it in group:
+            n = len(it.features)
+            it.future.set_result(TailResult(logits[start:start + n], seconds, len(group)))
+            start += n

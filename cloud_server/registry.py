@@ -1,0 +1,132 @@
+"""The deployments the server knows: records and heads read from the artifact store, and tails
+loaded lazily into a bounded least-recently-used cache.
+
+A deployment folder that is replaced on disk (redeployed) is noticed through its
+``deployment.json`` (inode and modification time) and reloaded on the next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import grpc
+from torch import nn
+
+from models import ArtifactStore, SplitlabError
+from models.loading import load_tail
+
+from .errors import RequestError
+
+
+@dataclass
+class Deployment:
+    record: dict
+    stamp: tuple
+    feature_shape: tuple = field(init=False)
+
+    def __post_init__(self):
+        self.feature_shape = tuple(int(s) for s in self.record["feature_shape"])
+
+    @property
+    def id(self) -> str:
+        return self.record["deployment_id"]
+
+
+class Registry:
+    def __init__(self, store: ArtifactStore, cache_size: int = 8):
+        if cache_size < 1:
+            raise SplitlabError(f"the tail cache needs room for at least one tail, got {cache_size}")
+        self.store = store
+        self.cache_size = cache_size
+        self._records: dict[str, Deployment] = {}
+        self._tails: OrderedDict[str, tuple[tuple, nn.Module]] = OrderedDict()
+        self._heads: dict[str, tuple[tuple, bytes, str]] = {}
+        self._lock = threading.Lock()
+        self._load_locks: dict[str, threading.Lock] = {}
+        self.loads = 0  # tails loaded from disk so far (tests and logs look at it)
+
+    # --- records -------------------------------------------------------------------------------
+    def deployment(self, dep_id: str) -> Deployment:
+        """The deployment record, or a ``RequestError`` (NOT_FOUND / INVALID_ARGUMENT)."""
+        if not dep_id:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "deployment_id is empty")
+        try:
+            folder = self.store.deployment_dir(dep_id)
+        except SplitlabError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            st = (folder / "deployment.json").stat()
+        except OSError:
+            raise RequestError(grpc.StatusCode.NOT_FOUND,
+                               f"no deployment {dep_id!r} on this server (see ListDeployments)") from None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._records.get(dep_id)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        try:
+            dep = Deployment(self.store.deployment(dep_id), stamp)
+        except (SplitlabError, KeyError, TypeError, ValueError) as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"deployment {dep_id!r} is unreadable on the server: {exc}") from None
+        self._records[dep_id] = dep
+        return dep
+
+    def list(self) -> list[Deployment]:
+        out = []
+        for dep_id in self.store.list_deployments():
+            try:
+                out.append(self.deployment(dep_id))
+            except RequestError:
+                continue  # a broken or half-written folder is skipped, not fatal
+        return out
+
+    # --- heads and tails -----------------------------------------------------------------------
+    def head(self, dep: Deployment) -> tuple[bytes, str]:
+        """The head's ONNX bytes and their sha256 (cached in memory until redeployed)."""
+        cached = self._heads.get(dep.id)
+        if cached is not None and cached[0] == dep.stamp:
+            return cached[1], cached[2]
+        path = self.store.deployment_dir(dep.id) / "head.onnx"
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"deployment {dep.id!r} has no readable head.onnx: {exc}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        self._heads[dep.id] = (dep.stamp, data, digest)
+        return data, digest
+
+    def tail(self, dep: Deployment) -> nn.Module:
+        """The deployment's tail module (eval mode), loading it on first use."""
+        with self._lock:
+            hit = self._tails.get(dep.id)
+            if hit is not None and hit[0] == dep.stamp:
+                self._tails.move_to_end(dep.id)
+                return hit[1]
+            load_lock = self._load_locks.setdefault(dep.id, threading.Lock())
+        with load_lock:  # one load per deployment even when many requests arrive at once
+            with self._lock:
+                hit = self._tails.get(dep.id)
+                if hit is not None and hit[0] == dep.stamp:
+                    return hit[1]
+            try:
+                tail, _ = load_tail(self.store, dep.id)
+            except (SplitlabError, KeyError, TypeError, ValueError) as exc:
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"cannot load the tail of {dep.id!r}: {exc}") from None
+            for p in tail.parameters():
+                p.requires_grad_(False)
+            with self._lock:
+                self._tails[dep.id] = (dep.stamp, tail)
+                self._tails.move_to_end(dep.id)
+                while len(self._tails) > self.cache_size:
+                    self._tails.popitem(last=False)
+                self.loads += 1
+            return tail
+
+    def cached_tails(self) -> list[str]:
+        with self._lock:
+            return list(self._tails)

@@ -1,0 +1,101 @@
+"""Assemble the gRPC server: the SplitInference service, grpc.health.v1, reflection, message limits
+and graceful shutdown. ``CloudServer`` is what the CLI runs and what tests start in-process."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from models import ArtifactStore
+from protos import split_inference_pb2 as pb
+from protos import split_inference_pb2_grpc as pb_grpc
+
+from .batcher import TailBatcher
+from .logs import log
+from .registry import Registry
+from .service import SplitInferenceService
+
+logger = logging.getLogger("cloud_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+DEFAULT_MAX_MESSAGE_MB = 64
+
+
+@dataclass
+class ServerConfig:
+    artifacts: str = "artifacts"
+    host: str = "0.0.0.0"
+    port: int = 50051
+    max_message_mb: float = DEFAULT_MAX_MESSAGE_MB
+    workers: int = 16
+    threads: int = 1
+    max_batch: int = 1024
+    merge_rows: int = 64
+    cache_size: int = 8
+    grace_seconds: float = 30.0
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * 1024 * 1024)
+
+
+def message_options(max_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+
+
+class CloudServer:
+    """A started-on-demand gRPC server for every deployment of ``config.artifacts``."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.registry = Registry(ArtifactStore(config.artifacts), config.cache_size)
+        self.batcher = TailBatcher(config.merge_rows, config.threads)
+        self.service = SplitInferenceService(self.registry, self.batcher, config.max_batch)
+        self.health = health.HealthServicer(experimental_non_blocking=True,
+                                            experimental_thread_pool=ThreadPoolExecutor(max_workers=1))
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+                                   options=message_options(config.max_message_bytes) + [("grpc.so_reuseport", 0)])
+        pb_grpc.add_SplitInferenceServicer_to_server(self.service, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self._server)
+        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port} (address in use?)")
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "[::]", "::") else self.config.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> "CloudServer":
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log(logger, logging.INFO, "serving", address=f"{self.config.host}:{self.port}",
+            artifacts=str(self.registry.store.root), deployments=len(self.registry.store.list_deployments()),
+            max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads)
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight calls finish (up to ``grace`` seconds), then stop."""
+        grace = self.config.grace_seconds if grace is None else grace
+        log(logger, logging.INFO, "shutting down", grace_seconds=grace)
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        self.batcher.close(timeout=grace)
+        log(logger, logging.INFO, "stopped", batches=self.batcher.batches, requests=self.batcher.requests)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop(grace=1.0)

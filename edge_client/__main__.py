@@ -1,0 +1,194 @@
+"""``edge-client``: run heads on the edge and send features to the cloud.
+
+Subcommands: ``run`` (send dataset samples and measure), ``serve`` (the REST endpoint) and
+``list`` (the cloud's deployments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from protos.wire import WIRE_DTYPES
+
+from .client import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT
+
+
+def _env(name: str, default, kind=str):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        raise SystemExit(f"edge-client: environment variable {name}={value!r} is not a valid {kind.__name__}")
+
+
+def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:
+    p.add_argument("--cloud", default=_env("SPLITLAB_CLOUD", "localhost:50051"),
+                   help="the cloud server (or the attacker's tap), HOST:PORT [SPLITLAB_CLOUD, default localhost:50051]")
+    p.add_argument("--max-message-mb", type=float, default=_env("SPLITLAB_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB, float),
+                   help="largest gRPC message sent or received, MiB; match the cloud's [SPLITLAB_MAX_MESSAGE_MB, default 64]")
+    p.add_argument("--timeout", type=float, default=_env("SPLITLAB_TIMEOUT", DEFAULT_TIMEOUT, float),
+                   help="deadline of each call in seconds [SPLITLAB_TIMEOUT, default 30]")
+    if not runtime:
+        return
+    p.add_argument("--wire", choices=list(WIRE_DTYPES), default=_env("SPLITLAB_WIRE", "float32"),
+                   help="dtype of the features on the wire; float16/int8 are produced inside the ONNX head "
+                        "[SPLITLAB_WIRE, default float32]")
+    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default=_env("SPLITLAB_RUNTIME", "onnxruntime"),
+                   help="what runs the head [SPLITLAB_RUNTIME, default onnxruntime]")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=_env("SPLITLAB_DEVICE", "cpu"),
+                   help="cuda uses ONNX Runtime's CUDA provider or torch on CUDA; without CUDA the edge "
+                        "says so and falls back to the CPU [SPLITLAB_DEVICE, default cpu]")
+    p.add_argument("--threads", type=int, default=_env("SPLITLAB_THREADS", 1, int),
+                   help="threads for the head; keep 1 when the cloud shares the machine [SPLITLAB_THREADS, default 1]")
+    p.add_argument("--no-cache", action="store_true",
+                   help="download the head even when the cached copy (keyed by sha256) is current")
+    p.add_argument("--cache", default=_env("SPLITLAB_CACHE", ".splitlab-cache"),
+                   help="head cache folder [SPLITLAB_CACHE, default ./.splitlab-cache]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-client",
+        description="The edge of a split deployment: fetch a head from the cloud (GetHead, cached on disk by "
+                    "sha256), run it locally on private inputs, send the features over gRPC and get the "
+                    "prediction back. Every flag has an environment default (in brackets).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="send dataset samples through edge -> cloud; print accuracy, images/s, latency",
+                         description="Send test images of a dataset through the split deployment. Prints accuracy, "
+                                     "images/s, latency percentiles per request and bytes per image.",
+                         epilog="example: edge-client run --cloud localhost:50051 --deployment lenet5-mnist-s0--relu2 "
+                                "--count 1000 --batch 64 --wire float16 --stream")
+    _common(run)
+    run.add_argument("--deployment", required=True, help="deployment id (see `edge-client list`)")
+    run.add_argument("--dataset", help="dataset to draw samples from (default: the deployment's)")
+    run.add_argument("--split", choices=["test", "train"], default="test", help="dataset part (default test)")
+    run.add_argument("--count", type=int, default=1000, help="number of images (default 1000)")
+    run.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
+    run.add_argument("--stream", action="store_true", help="send on one InferStream instead of unary calls")
+    run.add_argument("--inflight", type=int, default=2,
+                     help="requests in flight at once: the head of the next batch runs while the cloud "
+                          "works on the previous one (default 2; 1 = strictly one at a time)")
+    run.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    serve = sub.add_parser("serve", help="serve POST /v1/infer (REST) in front of the cloud",
+                           description="Serve the edge's REST API: POST /v1/infer (PNG/JPEG upload or JSON array, "
+                                       "plus a deployment id) answers class, scores and request id (also in the "
+                                       "X-Request-ID header); GET /healthz; OpenAPI docs at /docs.",
+                           epilog="example: edge-client serve --port 8001 --cloud localhost:50051")
+    _common(serve)
+    serve.add_argument("--host", default=_env("SPLITLAB_EDGE_HOST", "0.0.0.0"),
+                       help="interface [SPLITLAB_EDGE_HOST, default 0.0.0.0]")
+    serve.add_argument("--port", type=int, default=_env("SPLITLAB_EDGE_PORT", 8001, int),
+                       help="port [SPLITLAB_EDGE_PORT, default 8001]")
+    serve.add_argument("--deployment", default=_env("SPLITLAB_DEPLOYMENT", None),
+                       help="deployment used when a request names none [SPLITLAB_DEPLOYMENT]")
+    serve.add_argument("--max-upload-mb", type=float, default=_env("SPLITLAB_MAX_UPLOAD_MB", 4.0, float),
+                       help="largest request body (413 above) [SPLITLAB_MAX_UPLOAD_MB, default 4]")
+
+    lst = sub.add_parser("list", help="list the cloud's deployments")
+    _common(lst, runtime=False)
+    return p
+
+
+def _edge(args):
+    from .client import CloudClient
+    from .edge import Edge
+    from .heads import HeadCache
+
+    client = CloudClient(args.cloud, args.max_message_mb, args.timeout)
+    return Edge(client, HeadCache(args.cache), args.runtime, args.device, args.threads, args.wire,
+                use_cache=not args.no_cache)
+
+
+def cmd_run(args) -> int:
+    from models import load_dataset
+
+    from .run import run_dataset
+
+    if args.count < 1 or args.batch < 1 or args.inflight < 1:
+        print("edge-client: --count, --batch and --inflight must be at least 1", file=sys.stderr)
+        return 2
+    edge = _edge(args)
+    try:
+        dep = edge.deployment(args.deployment)
+        name = args.dataset or dep.head.meta["dataset"]
+        ds = load_dataset(name)
+        x, y = ds.part(args.split)
+        if tuple(x.shape[1:]) != (dep.input_shape[1], dep.input_shape[2], dep.input_shape[0]):
+            print(f"edge-client: {name} images are {x.shape[1:]} (H, W, C) but {args.deployment} takes "
+                  f"(C, H, W) = {dep.input_shape}", file=sys.stderr)
+            return 2
+        print(f"head: {dep.head.meta['arch']} up to {dep.head.meta['split']} ({dep.runner.description}), "
+              f"{'from cache' if dep.head.from_cache else 'downloaded'}, sha256 {dep.head.sha256[:12]}",
+              file=sys.stderr)
+        m = run_dataset(edge, args.deployment, x[: args.count], y[: args.count], args.batch, args.stream,
+                        args.inflight, progress=not args.no_progress)
+    finally:
+        edge.client.close()
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(f"images      {m['images']} ({m['errors']} failed requests)")
+        if "accuracy" in m:
+            print(f"accuracy    {m['accuracy']:.4f}")
+        print(f"throughput  {m['images_per_s']:.1f} images/s ({'stream' if args.stream else 'unary'}, "
+              f"batch {args.batch}, {args.inflight} in flight, wire {args.wire})")
+        print(f"latency     p50 {m['latency_p50_ms']:.2f} ms  p90 {m['latency_p90_ms']:.2f} ms  "
+              f"p99 {m['latency_p99_ms']:.2f} ms  (per request; tail {m['server_ms_mean']:.2f} ms mean)")
+        print(f"wire        {m['bytes_per_image']:.0f} bytes/image")
+        if m.get("first_error"):
+            print(f"first error {m['first_error']}")
+    return 0 if m["errors"] == 0 else 1
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .rest import create_app
+
+    edge = _edge(args)
+    app = create_app(edge, args.deployment, args.max_upload_mb)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        edge.client.close()
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .client import CloudClient
+
+    with CloudClient(args.cloud, args.max_message_mb, args.timeout) as client:
+        deps = client.list_deployments()
+    for d in deps:
+        print(f"{d['deployment_id']:40s} {d['arch']:14s} split {d['split']:8s} features {d['feature_shape']} "
+              f"dataset {d['dataset']}")
+    if not deps:
+        print("(the cloud serves no deployments)", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models import SplitlabError
+
+    from .client import CloudError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "serve": cmd_serve, "list": cmd_list}[args.command](args)
+    except (SplitlabError, CloudError) as exc:
+        print(f"edge-client: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

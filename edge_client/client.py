@@ -1,0 +1,280 @@
+"""A reusable gRPC client for the cloud's ``splitlab.v1.SplitInference`` service.
+
+``CloudClient("host:port")`` is what the edge, the attacker and the benchmarks use to drive
+traffic. Every call has a deadline and a request id (in the message and in the ``x-request-id``
+metadata); calls that fail with ``UNAVAILABLE`` are retried with exponential backoff by gRPC
+itself (the channel's service config). Failures surface as :class:`CloudError` with the gRPC
+status code, the server's message and the request id.
+
+    with CloudClient("localhost:50051") as cloud:
+        head = cloud.get_head("lenet5-mnist--relu2")
+        result = cloud.infer("lenet5-mnist--relu2", features, wire="float16")
+        with cloud.stream() as s:                     # many requests in flight on one stream
+            futures = [s.submit(dep, f) for f in batches]
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import split_inference_pb2 as pb
+from protos import split_inference_pb2_grpc as pb_grpc
+from protos import wire
+
+DEFAULT_MAX_MESSAGE_MB = 64
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_STREAM_TIMEOUT = 3600.0
+SERVICE = "splitlab.v1.SplitInference"
+
+RETRY_POLICY = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+
+
+def service_config(retries: bool = True) -> str:
+    config: dict = {"methodConfig": [{"name": [{"service": SERVICE}, {"service": "grpc.health.v1.Health"}],
+                                      "waitForReady": False}]}
+    if retries:
+        config["methodConfig"][0]["retryPolicy"] = RETRY_POLICY
+    return json.dumps(config)
+
+
+def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, retries: bool = True) -> list:
+    limit = int(max_message_mb * 1024 * 1024)
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", service_config(retries)),
+        # keep large requests retryable (the default buffer is 256 KiB)
+        ("grpc.per_rpc_retry_buffer_size", limit),
+    ]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class CloudError(Exception):
+    """A call the cloud refused or that failed; ``code`` is a ``grpc.StatusCode``."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str = ""):
+        super().__init__(f"{code.name}: {message}" + (f" (request {request_id})" if request_id else ""))
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass
+class InferResult:
+    request_id: str
+    logits: np.ndarray      # float32 (batch, classes)
+    top1: np.ndarray        # int64 (batch,)
+    server_seconds: float   # time the cloud spent in the tail
+    request_bytes: int      # size of the serialized request (what crossed the wire)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def status_code(number: int) -> grpc.StatusCode:
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def build_request(deployment_id: str, features: np.ndarray, wire_dtype: str = "float32",
+                  request_id: str | None = None, scale: float | None = None) -> pb.InferRequest:
+    """An ``InferRequest``; the features are encoded in place (no extra copy of the payload)."""
+    req = pb.InferRequest(deployment_id=deployment_id, request_id=request_id or new_request_id())
+    wire.encode_into(req.features, features, wire_dtype, scale=scale)
+    return req
+
+
+def _result(reply: pb.InferReply, request_bytes: int) -> InferResult:
+    return InferResult(reply.request_id, wire.decode(reply.logits), np.asarray(reply.top1, dtype=np.int64),
+                       reply.server_seconds, request_bytes)
+
+
+class CloudClient:
+    def __init__(self, address: str, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
+                 timeout: float = DEFAULT_TIMEOUT, retries: bool = True):
+        self.address = address
+        self.timeout = timeout
+        self.max_message_mb = max_message_mb
+        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_mb, retries))
+        self.stub = pb_grpc.SplitInferenceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects, or raise ``CloudError(UNAVAILABLE)``."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise CloudError(grpc.StatusCode.UNAVAILABLE, f"cloud at {self.address} not reachable "
+                                                           f"within {timeout:g} s") from None
+
+    # --- calls ---------------------------------------------------------------------------------
+    def _call(self, method, request, request_id: str, timeout: float | None):
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=(("x-request-id", request_id),))
+        except grpc.RpcError as exc:
+            raise CloudError(exc.code(), exc.details() or "", request_id) from None
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The server's health status name (``SERVING``, ``NOT_SERVING`` ...)."""
+        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service),
+                           new_request_id(), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def list_deployments(self) -> list[dict]:
+        reply = self._call(self.stub.ListDeployments, pb.ListDeploymentsRequest(), new_request_id(), None)
+        return [{"deployment_id": d.deployment_id, "model_id": d.model_id, "arch": d.arch, "split": d.split,
+                 "dataset": d.dataset, "input_shape": list(d.input_shape), "feature_shape": list(d.feature_shape),
+                 "num_classes": d.num_classes} for d in reply.deployments]
+
+    def get_head(self, deployment_id: str, known_sha256: str = "", timeout: float | None = None) -> pb.HeadReply:
+        return self._call(self.stub.GetHead, pb.GetHeadRequest(deployment_id=deployment_id, known_sha256=known_sha256),
+                          new_request_id(), timeout)
+
+    def infer(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
+              request_id: str | None = None, timeout: float | None = None, scale: float | None = None) -> InferResult:
+        """Run the tail on ``features`` (batch, *feature shape); blocks until the reply."""
+        req = build_request(deployment_id, features, wire, request_id, scale)
+        reply = self._call(self.stub.Infer, req, req.request_id, timeout)
+        return _result(reply, req.ByteSize())
+
+    def infer_future(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
+                     request_id: str | None = None, timeout: float | None = None,
+                     scale: float | None = None) -> Future:
+        """Like :meth:`infer` but returns at once; the future yields an ``InferResult``."""
+        req = build_request(deployment_id, features, wire, request_id, scale)
+        out: Future = Future()
+        call = self.stub.Infer.future(req, timeout=timeout or self.timeout,
+                                      metadata=(("x-request-id", req.request_id),))
+        size = req.ByteSize()
+
+        def done(c):
+            try:
+                out.set_result(_result(c.result(), size))
+            except grpc.RpcError as exc:
+                out.set_exception(CloudError(exc.code(), exc.details() or "", req.request_id))
+            except Exception as exc:  # noqa: BLE001 - e.g. a reply that does not decode
+                out.set_exception(exc)
+
+        call.add_done_callback(done)
+        return out
+
+    def stream(self, timeout: float | None = None, stream_id: str | None = None) -> "InferStream":
+        """Open an ``InferStream`` call; use it as a context manager."""
+        return InferStream(self, timeout or DEFAULT_STREAM_TIMEOUT, stream_id or new_request_id())
+
+
+_END = object()
+
+
+class InferStream:
+    """Many requests in flight on one bidirectional stream; replies are matched by request id.
+
+    ``submit`` returns a future per request. A per-request error (say ``INVALID_ARGUMENT``) fails
+    only that future; a failure of the whole stream fails every pending one.
+    """
+
+    def __init__(self, client: CloudClient, timeout: float, stream_id: str):
+        self.stream_id = stream_id
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: dict[str, tuple[Future, int]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._error: CloudError | None = None
+        self._call = client.stub.InferStream(iter(self._requests.get, _END), timeout=timeout,
+                                             metadata=(("x-request-id", stream_id),))
+        self._reader = threading.Thread(target=self._read, name="infer-stream-replies", daemon=True)
+        self._reader.start()
+
+    def submit(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
+               request_id: str | None = None, scale: float | None = None) -> Future:
+        req = build_request(deployment_id, features, wire, request_id, scale)
+        fut: Future = Future()
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            if self._closed:
+                raise RuntimeError("stream is closed")
+            if req.request_id in self._pending:
+                raise ValueError(f"request id {req.request_id!r} is already in flight on this stream")
+            self._pending[req.request_id] = (fut, req.ByteSize())
+        self._requests.put(req)
+        return fut
+
+    def send_raw(self, request: pb.InferRequest) -> Future:
+        """Send a prebuilt request as is (tests use it to send malformed ones)."""
+        fut: Future = Future()
+        with self._lock:
+            self._pending[request.request_id] = (fut, request.ByteSize())
+        self._requests.put(request)
+        return fut
+
+    def _read(self) -> None:
+        try:
+            for item in self._call:
+                with self._lock:
+                    fut, size = self._pending.pop(item.request_id, (None, 0))
+                if fut is None:
+                    continue
+                if item.error_code:
+                    fut.set_exception(CloudError(status_code(item.error_code), item.error_message, item.request_id))
+                else:
+                    try:
+                        fut.set_result(_result(item.reply, size))
+                    except Exception as exc:  # noqa: BLE001
+                        fut.set_exception(exc)
+            error = CloudError(grpc.StatusCode.CANCELLED, "the stream ended before this request was answered")
+        except grpc.RpcError as exc:
+            error = CloudError(exc.code(), exc.details() or "", self.stream_id)
+        with self._lock:
+            self._error = error
+            pending, self._pending = self._pending, {}
+        for fut, _ in pending.values():
+            fut.set_exception(CloudError(error.code, error.message, error.request_id))
+
+    def close(self, wait: bool = True) -> None:
+        """Half-close the stream (no more requests); with ``wait``, wait for all replies."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._requests.put(_END)
+        if wait:
+            self._reader.join()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+        self.close(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

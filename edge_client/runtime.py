@@ -1,0 +1,192 @@
+"""Run a deployment's head on the edge: ONNX Runtime (CPU, or its CUDA execution provider) or
+torch (CPU or CUDA), with a clear message and a CPU fallback when CUDA is asked for but missing.
+
+With ONNX Runtime the cast to a reduced-precision wire dtype is fused into the head's graph
+(``Cast`` to float16, or ``QuantizeLinear`` to int8 with a per-tensor scale), so the edge never
+pays numpy's slow float32 -> float16 conversion: the head directly outputs what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models import SplitlabError
+
+RUNTIMES = ("onnxruntime", "torch")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class HeadOutput:
+    features: np.ndarray          # float32, or already float16 / int8 when the cast is fused
+    scale: float | None = None    # the int8 scale when ``features`` is int8
+
+
+@dataclass
+class HeadRunner:
+    """``runner(x)`` runs the head on float32 (N, C, H, W) inputs."""
+
+    runtime: str
+    device: str
+    wire: str
+    run: object
+    notes: list[str] = field(default_factory=list)
+
+    def __call__(self, x: np.ndarray) -> HeadOutput:
+        return self.run(np.ascontiguousarray(x, dtype=np.float32))
+
+    @property
+    def description(self) -> str:
+        return f"{self.runtime} on {self.device}" + (" (" + "; ".join(self.notes) + ")" if self.notes else "")
+
+
+def cuda_status() -> tuple[bool, bool, str]:
+    """(torch has CUDA, ONNX Runtime has its CUDA provider, a sentence describing both)."""
+    import onnxruntime as ort
+
+    try:
+        import torch
+
+        torch_cuda = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a torch without CUDA support at all
+        torch_cuda = False
+    providers = ort.get_available_providers()
+    ort_cuda = "CUDAExecutionProvider" in providers
+    text = (f"torch.cuda.is_available() is {torch_cuda}; ONNX Runtime execution providers: "
+            f"{', '.join(providers)}")
+    return torch_cuda, ort_cuda, text
+
+
+def fallback_message(runtime: str, detail: str) -> str:
+    return (f"edge-client: CUDA was requested (--device cuda) but is not available to {runtime} on this "
+            f"machine ({detail}); falling back to the CPU.")
+
+
+def fuse_wire_cast(onnx_bytes: bytes, wire: str) -> bytes:
+    """The head with its output converted to the wire dtype inside the graph.
+
+    float16: ``Cast``. int8: ``scale = max(|x|) / 127`` and ``QuantizeLinear(x, scale)``
+    (round half to even, like :func:`protos.wire.encode`), with ``scale`` as a second output.
+    Other wire dtypes are returned unchanged (encoded by numpy).
+    """
+    if wire not in ("float16", "int8"):
+        return onnx_bytes
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    name = graph.output[0].name
+    del graph.output[:]
+    if wire == "float16":
+        graph.node.append(helper.make_node("Cast", [name], ["wire"], to=TensorProto.FLOAT16))
+        graph.output.append(helper.make_tensor_value_info("wire", TensorProto.FLOAT16, None))
+    else:
+        graph.initializer.extend([
+            helper.make_tensor("wire_127", TensorProto.FLOAT, [], [127.0]),
+            helper.make_tensor("wire_tiny", TensorProto.FLOAT, [], [1e-30]),
+            helper.make_tensor("wire_zero", TensorProto.INT8, [], [0]),
+        ])
+        graph.node.extend([
+            helper.make_node("Abs", [name], ["wire_abs"]),
+            helper.make_node("ReduceMax", ["wire_abs"], ["wire_peak"], keepdims=0),
+            helper.make_node("Div", ["wire_peak", "wire_127"], ["wire_ratio"]),
+            helper.make_node("Max", ["wire_ratio", "wire_tiny"], ["wire_scale"]),
+            helper.make_node("QuantizeLinear", [name, "wire_scale", "wire_zero"], ["wire"]),
+        ])
+        graph.output.extend([helper.make_tensor_value_info("wire", TensorProto.INT8, None),
+                             helper.make_tensor_value_info("wire_scale", TensorProto.FLOAT, [])])
+    return model.SerializeToString()
+
+
+def onnxruntime_runner(onnx_bytes: bytes, device: str = "cpu", threads: int = 1, wire: str = "float32",
+                       fuse_cast: bool = True) -> HeadRunner:
+    from models.onnx_runtime import head_session
+
+    notes = []
+    providers = ["CPUExecutionProvider"]
+    used = "cpu"
+    if device == "cuda":
+        _, ort_cuda, detail = cuda_status()
+        if ort_cuda:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            used = "cuda"
+        else:
+            msg = fallback_message("ONNX Runtime", detail)
+            print(msg, file=sys.stderr)
+            notes.append("CUDA unavailable, fell back to CPU")
+    model = fuse_wire_cast(onnx_bytes, wire) if fuse_cast else onnx_bytes
+    sess = head_session(model, threads, providers)
+    in_name = sess.get_inputs()[0].name
+    if fuse_cast and wire == "int8":
+        def run(x):
+            q, scale = sess.run(None, {in_name: x})
+            return HeadOutput(q, float(scale))
+    else:
+        def run(x):
+            return HeadOutput(sess.run(None, {in_name: x})[0])
+    return HeadRunner("onnxruntime", used, wire if fuse_cast else "float32", run, notes)
+
+
+def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", threads: int = 1) -> HeadRunner:
+    """The head rebuilt in torch from the architecture and the ONNX file's weights.
+
+    The rebuilt head is checked against ONNX Runtime on random inputs; a head that torch cannot
+    reproduce (for instance one with a feature defence baked into the graph) is refused.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from models import build_model, split_model
+    from models.onnx_runtime import head_session, set_torch_threads
+
+    notes = []
+    used = "cpu"
+    if device == "cuda":
+        torch_cuda, _, detail = cuda_status()
+        if torch_cuda:
+            used = "cuda"
+        else:
+            print(fallback_message("torch", detail), file=sys.stderr)
+            notes.append("CUDA unavailable, fell back to CPU")
+    set_torch_threads(threads)
+    input_shape = tuple(int(s) for s in head_meta["input_shape"])
+    model = build_model(head_meta["arch"], int(head_meta["num_classes"]), input_shape)
+    head, _ = split_model(model, head_meta["split"])
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+               for i in onnx.load_from_string(onnx_bytes).graph.initializer}
+    try:
+        head.load_state_dict({k: weights[k] for k in head.state_dict()}, strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise SplitlabError(f"--runtime torch cannot rebuild this head from its ONNX weights ({exc}); "
+                            "use --runtime onnxruntime") from None
+    head = head.eval()
+    probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32)
+    expected = head_session(onnx_bytes, threads).run(None, {"input": probe})[0]
+    with torch.inference_mode():
+        got = head(torch.from_numpy(probe)).numpy()
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        raise SplitlabError("--runtime torch does not reproduce this head (the ONNX graph holds more than the "
+                            "architecture's layers, e.g. a feature defence); use --runtime onnxruntime")
+    head = head.to(used)
+
+    def run(x):
+        with torch.inference_mode():
+            return HeadOutput(head(torch.from_numpy(x).to(used)).float().cpu().numpy())
+
+    return HeadRunner("torch", used, "float32", run, notes)
+
+
+def make_runner(onnx_bytes: bytes, head_meta: dict, runtime: str = "onnxruntime", device: str = "cpu",
+                threads: int = 1, wire: str = "float32") -> HeadRunner:
+    if runtime not in RUNTIMES:
+        raise SplitlabError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if device not in DEVICES:
+        raise SplitlabError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if runtime == "onnxruntime":
+        return onnxruntime_runner(onnx_bytes, device, threads, wire)
+    return torch_runner(onnx_bytes, head_meta, device, threads)
