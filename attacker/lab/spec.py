@@ -22,9 +22,9 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from models import DATASET_NAMES, architecture_names
 
@@ -99,41 +99,60 @@ class AttackSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: Literal[ATTACK_NAMES]  # type: ignore[valid-type]
-    aux: str | None = Field(None, description="auxiliary data: blackbox same-set | same-distribution | "
-                                              "random-noise (default same-distribution); queryfree "
-                                              "same-set | same-distribution (default same-distribution)")
-    shadow: str | None = Field(None, description="queryfree only: shadow head architecture same | different")
+    aux: str | None = Field(None, validate_default=True,
+                            description="auxiliary data: blackbox same-set | same-distribution | random-noise "
+                                        "(default same-distribution); queryfree same-set | same-distribution "
+                                        "(default same-distribution); not for whitebox")
+    shadow: str | None = Field(None, validate_default=True,
+                               description="queryfree only: shadow head architecture same | different (default same)")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="parameters of the attack (e.g. iterations), as the "
                                                "attack declares them")
 
-    @model_validator(mode="after")
-    def _settings(self):
-        if self.name == "whitebox":
-            if self.aux is not None:
-                raise ValueError("aux is not a setting of the whitebox attack")
-            if self.shadow is not None:
-                raise ValueError("shadow is not a setting of the whitebox attack")
-        elif self.name == "blackbox":
-            self.aux = self.aux or "same-distribution"
-            if self.aux not in BLACKBOX_AUX:
-                raise ValueError(f"aux must be one of {', '.join(BLACKBOX_AUX)} for blackbox, got {self.aux!r}")
-            if self.shadow is not None:
-                raise ValueError("shadow is not a setting of the blackbox attack")
-        else:
-            self.aux = self.aux or "same-distribution"
-            self.shadow = self.shadow or "same"
-            if self.aux not in QUERYFREE_AUX:
-                raise ValueError(f"aux must be one of {', '.join(QUERYFREE_AUX)} for queryfree, got {self.aux!r}")
-            if self.shadow not in QUERYFREE_SHADOW:
-                raise ValueError(f"shadow must be one of {', '.join(QUERYFREE_SHADOW)}, got {self.shadow!r}")
-        return self
+    @field_validator("aux", mode="after")
+    @classmethod
+    def _aux(cls, value, info: ValidationInfo):
+        name = info.data.get("name")
+        if name == "whitebox":
+            if value is not None:
+                raise ValueError("aux is not a setting of the whitebox attack (it uses the head, no data)")
+            return None
+        if name is None:
+            return value
+        choices = BLACKBOX_AUX if name == "blackbox" else QUERYFREE_AUX
+        value = value or "same-distribution"
+        if value not in choices:
+            raise ValueError(f"aux must be one of {', '.join(choices)} for {name}, got {value!r}")
+        return value
+
+    @field_validator("shadow", mode="after")
+    @classmethod
+    def _shadow(cls, value, info: ValidationInfo):
+        name = info.data.get("name")
+        if name in ("whitebox", "blackbox"):
+            if value is not None:
+                raise ValueError(f"shadow is not a setting of the {name} attack (queryfree only)")
+            return None
+        if name is None:
+            return value
+        value = value or "same"
+        if value not in QUERYFREE_SHADOW:
+            raise ValueError(f"shadow must be one of {', '.join(QUERYFREE_SHADOW)}, got {value!r}")
+        return value
 
     @property
     def label(self) -> str:
         """Short name used in result rows and image names, e.g. ``blackbox-same-distribution``."""
         parts = [self.name] + [p for p in (self.aux, self.shadow) if p]
         return "-".join(parts)
+
+
+def _attack_from_name(value):
+    return {"name": value} if isinstance(value, str) else value
+
+
+AttackItem = Annotated[AttackSpec, BeforeValidator(
+    _attack_from_name, json_schema_input_type=Union[Literal[ATTACK_NAMES], AttackSpec])]  # type: ignore[valid-type]
 
 
 class NoiseDefense(BaseModel):
@@ -162,7 +181,7 @@ class ExperimentSpec(BaseModel):
     dataset: DatasetName | None = Field(None, description="dataset (with model_id: defaults to the model's)")
     train: TrainSpec | None = Field(None, description="training budget and defence (only with arch)")
     split_points: list[str] = Field(min_length=1, description="split points to deploy and attack")
-    attacks: list[AttackSpec | Literal[ATTACK_NAMES]] = Field(  # type: ignore[valid-type]
+    attacks: list[AttackItem] = Field(
         min_length=1, description='attacks: a name ("whitebox") or an object ({"name": "blackbox", "aux": ...})')
     feature_defense: NoiseDefense | None = Field(None, description="feature-space defence at the edge")
     samples: int = Field(10, ge=1, description="private images sent through the edge (limit: --max-samples)")
@@ -170,8 +189,12 @@ class ExperimentSpec(BaseModel):
 
     @field_validator("attacks", mode="after")
     @classmethod
-    def _normalise_attacks(cls, value):
-        return [AttackSpec(name=a) if isinstance(a, str) else a for a in value]
+    def _unique_attacks(cls, value):
+        labels = [a.label for a in value]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise ValueError(f"attack {label!r} is listed twice (index {i})")
+        return value
 
     @field_validator("split_points", mode="after")
     @classmethod
@@ -184,19 +207,9 @@ class ExperimentSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _model_source(self):
-        if (self.arch is None) == (self.model_id is None):
-            raise ValueError("give exactly one of arch (to train a model) or model_id (to reuse one)")
-        if self.arch is not None and self.dataset is None:
-            raise ValueError("dataset is required with arch")
-        if self.model_id is not None and self.train is not None:
-            raise ValueError("train applies only with arch; a stored model (model_id) is reused as is")
-        if self.arch is not None and self.train is None:
+    def _default_train(self):
+        if self.arch is not None and self.model_id is None and self.train is None:
             self.train = TrainSpec()
-        labels = [a.label for a in self.attacks]
-        for i, label in enumerate(labels):
-            if label in labels[:i]:
-                raise ValueError(f"attack {label!r} is listed twice (attacks[{i}])")
         return self
 
 
@@ -213,8 +226,20 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
     """Semantic checks; returns what was resolved (arch, dataset, input shape); raises SpecError."""
     from models import ArtifactStore, SplitlabError, build_model
 
+    from .attacks import shadow_error
+
     errors: list[tuple[tuple, str]] = []
     arch, dataset = spec.arch, spec.dataset
+    if arch is None and spec.model_id is None:
+        errors.append((("arch",), "give arch (to train a model) or model_id (to reuse a stored one)"))
+    if arch is not None and spec.model_id is not None:
+        errors.append((("model_id",), "give arch or model_id, not both"))
+    if arch is not None and dataset is None:
+        errors.append((("dataset",), "dataset is required with arch"))
+    if spec.model_id is not None and spec.train is not None:
+        errors.append((("train",), "train applies only with arch; a stored model (model_id) is reused as is"))
+    if errors:
+        raise SpecError(errors)
     if spec.model_id is not None:
         store = ArtifactStore(artifacts)
         try:
@@ -264,6 +289,11 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
                                                     f"choose from: {', '.join(points)}"))
     for i, attack in enumerate(spec.attacks):
         errors.extend((("attacks", i, "params") + loc, msg) for loc, msg in check_attack_params(attack, limits))
+        for point in spec.split_points if points else []:
+            message = shadow_error(attack, arch, point)
+            if message:
+                errors.append((("attacks", i, "shadow"), message))
+                break
     if errors:
         raise SpecError(errors)
     return {"arch": arch, "dataset": dataset, "input_shape": list(input_shape)}
@@ -271,22 +301,13 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
 
 def check_attack_params(attack: AttackSpec, limits: Limits) -> list[tuple[tuple, str]]:
     """Budget limits and the attack's own declared parameters (names, types, ranges)."""
-    errors: list[tuple[tuple, str]] = []
-    for key, value in attack.params.items():
-        if key in ITERATION_PARAMS or key in EPOCH_PARAMS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                errors.append(((key,), f"must be an integer, got {value!r}"))
-                continue
-            limit, flag = ((limits.max_iterations, "--max-iterations") if key in ITERATION_PARAMS
-                           else (limits.max_epochs, "--max-epochs"))
-            if value > limit:
-                errors.append(((key,), f"{value} is over the limit of {limit} ({flag})"))
+    from .attacks import attack_params_error, budget_errors
+
+    errors = budget_errors(attack.params, limits)
     if errors:
         return errors
-    from .attacks import attack_params_error
-
     message = attack_params_error(attack)
     if message:
-        key = next((k for k in attack.params if f"{k}" in message), None)
+        key = next((k for k in attack.params if message.startswith(k) or f" {k}" in message), None)
         errors.append(((key,) if key else (), message))
     return errors

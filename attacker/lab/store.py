@@ -62,8 +62,7 @@ class ExperimentStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "experiments.sqlite"
         self._local = threading.local()
-        with self._tx() as db:
-            db.executescript(SCHEMA)
+        self._conn().executescript(SCHEMA)
 
     # --- connection ------------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
