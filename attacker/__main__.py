@@ -5,6 +5,8 @@
   attacker truth FILE.npz                                     attach ground-truth inputs by request id
   attacker invert --method whitebox --deployment D --last 8 --out out/
                                                               reconstruct the edge's private inputs
+  attacker serve --listen :50052 --upstream cloud:50051 --api-port 8000 --edge http://edge:8001
+                                                              the tap plus the lab REST API (experiments)
 
 Every subcommand takes --store DIR (env SPLITLAB_STORE, default ./captures) and --threads N (env
 SPLITLAB_THREADS, default 1). Errors (bad parameters, unknown deployment, empty store) print one line
@@ -100,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description=invert_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_invert_arguments(p)
     _common(p)
+
+    from .lab.serve import __doc__ as serve_doc
+    from .lab.serve import add_arguments as add_serve_arguments
+
+    p = sub.add_parser("serve", help="the tap and the lab REST API for split-point experiments, in one process",
+                       description=serve_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_serve_arguments(p)
+    _common(p)
     return parser
 
 
@@ -187,7 +197,13 @@ def cmd_invert(args) -> int:
     return run_invert(args)
 
 
-COMMANDS = {"tap": cmd_tap, "captures": cmd_captures, "truth": cmd_truth, "invert": cmd_invert}
+def cmd_serve(args) -> int:
+    from .lab.serve import run_serve
+
+    return run_serve(args)
+
+
+COMMANDS = {"tap": cmd_tap, "captures": cmd_captures, "truth": cmd_truth, "invert": cmd_invert, "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -67,6 +67,7 @@ class Limits:
     max_train_images: int = 20000   # train.limit
     max_epochs: int = 20            # train.epochs and attack training epochs
     max_iterations: int = 5000      # optimisation iterations of an attack
+    max_aux_images: int = 5000      # auxiliary images of a blackbox / queryfree attack
     max_split_points: int = 20
     max_attacks: int = 6
 
@@ -105,9 +106,19 @@ class AttackSpec(BaseModel):
                                         "(default same-distribution); not for whitebox")
     shadow: str | None = Field(None, validate_default=True,
                                description="queryfree only: shadow head architecture same | different (default same)")
+    aux_images: int | None = Field(None, ge=1, description="blackbox / queryfree: number of auxiliary images "
+                                                            "(default min(500, --max-aux-images), fewer if the "
+                                                            "set is smaller); blackbox sends each through the edge")
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="parameters of the attack (e.g. iterations), as the "
                                                "attack declares them")
+
+    @field_validator("aux_images", mode="after")
+    @classmethod
+    def _aux_images(cls, value, info: ValidationInfo):
+        if value is not None and info.data.get("name") == "whitebox":
+            raise ValueError("aux_images is not a setting of the whitebox attack")
+        return value
 
     @field_validator("aux", mode="after")
     @classmethod
@@ -288,6 +299,9 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
                 errors.append((("split_points", i), f"{arch} has no split point {point!r}; "
                                                     f"choose from: {', '.join(points)}"))
     for i, attack in enumerate(spec.attacks):
+        if attack.aux_images is not None and attack.aux_images > limits.max_aux_images:
+            errors.append((("attacks", i, "aux_images"), f"{attack.aux_images} auxiliary images is over the limit "
+                                                         f"of {limits.max_aux_images} (--max-aux-images)"))
         errors.extend((("attacks", i, "params") + loc, msg) for loc, msg in check_attack_params(attack, limits))
         for point in spec.split_points if points else []:
             message = shadow_error(attack, arch, point)

@@ -1,0 +1,115 @@
+"""Train-or-reuse the experiment's model and deploy its split points into the cloud's artifact store.
+
+A model trained for an experiment gets a deterministic id from what determines it (architecture,
+dataset, training budget and defence, seed), so a second experiment with the same training spec,
+and the re-run of an interrupted one, reuse it instead of training again. Deployments are reused
+the same way (``<model_id>--<split>[--<defence>]``).
+
+A feature-space defence (Gaussian noise on the features) runs at the edge as part of the head: the
+deployment is made and checked as usual (head vs ONNX Runtime), then its ``head.onnx`` is replaced
+by the export of ``head -> noise`` and ``deployment.json`` records the defence. The edge downloads
+that head like any other, so the noise is added on the device before anything leaves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models import ArtifactStore, SplitlabError, deployment_id_for
+from models.deploy import deploy, export_head_onnx
+from models.loading import load_model
+from models.split import split_model
+from models.training import TrainOptions, train
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def lab_model_id(arch: str, dataset: str, train_spec: dict, seed: int) -> str:
+    key = json.dumps({"arch": arch, "dataset": dataset, "train": train_spec, "seed": seed}, sort_keys=True)
+    return f"lab-{arch}-{dataset}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def ensure_model(store: ArtifactStore, spec: dict, data_root=None) -> tuple[str, dict, bool]:
+    """(model id, manifest, reused?) for the spec: the given ``model_id``, or one trained for it."""
+    if spec.get("model_id"):
+        return spec["model_id"], store.manifest(spec["model_id"]), True
+    train_spec = spec["train"]
+    model_id = lab_model_id(spec["arch"], spec["dataset"], train_spec, spec["seed"])
+    with _lock(f"model:{store.root}:{model_id}"):
+        if (store.model_dir(model_id) / "manifest.json").is_file():
+            return model_id, store.manifest(model_id), True
+        opts = TrainOptions(arch=spec["arch"], dataset=spec["dataset"], epochs=train_spec["epochs"],
+                            limit=train_spec.get("limit"), dropout=train_spec.get("dropout", 0.0),
+                            weight_decay=train_spec.get("weight_decay", 0.0), seed=spec["seed"])
+        model, manifest = train(opts, data_root, progress=False)
+        manifest["model_id"] = model_id
+        manifest["trained_by"] = "splitlab lab API"
+        try:
+            store.save_model(model_id, model.state_dict(), manifest)
+        except SplitlabError:  # another process trained the same model meanwhile: use theirs
+            if not (store.model_dir(model_id) / "manifest.json").is_file():
+                raise
+            return model_id, store.manifest(model_id), True
+        return model_id, manifest, False
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, sigma^2) noise to its input (in eval mode too: it is a defence, not a regulariser)."""
+
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = float(sigma)
+
+    def forward(self, x):
+        return x + self.sigma * torch.randn_like(x)
+
+
+def ensure_deployment(store: ArtifactStore, model_id: str, split: str, defense: dict | None = None,
+                      data_root=None) -> tuple[dict, bool]:
+    """(deployment record, reused?) of ``model_id`` at ``split`` with the feature defence, if any."""
+    suffix = f"--noise{float(defense['sigma']):g}" if defense else ""
+    dep_id = deployment_id_for(model_id, split, suffix)
+    with _lock(f"deployment:{store.root}:{dep_id}"):
+        if (store.deployment_dir(dep_id) / "deployment.json").is_file():
+            return store.deployment(dep_id), True
+        try:
+            record = deploy(store, model_id, split, dep_id, data_root=data_root)
+        except SplitlabError:
+            if (store.deployment_dir(dep_id) / "deployment.json").is_file():
+                return store.deployment(dep_id), True
+            raise
+        if defense:
+            record = _add_noise(store, record, float(defense["sigma"]))
+        return record, False
+
+
+def _add_noise(store: ArtifactStore, record: dict, sigma: float) -> dict:
+    model, manifest = load_model(store, record["model_id"])
+    head, _ = split_model(model, record["split"])
+    onnx_bytes = export_head_onnx(nn.Sequential(head, GaussianNoise(sigma)), tuple(manifest["input_shape"]))
+    folder = Path(store.deployment_dir(record["deployment_id"]))
+    record = dict(record, feature_defense={"type": "noise", "sigma": sigma},
+                  head_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+                  clean_head_sha256=record["head_sha256"])
+    _replace(folder / "head.onnx", onnx_bytes)
+    _replace(folder / "deployment.json", json.dumps(record, indent=2, sort_keys=True).encode())
+    return record
+
+
+def _replace(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
