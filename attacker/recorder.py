@@ -8,7 +8,7 @@ blocks); the writer thread parses them (``InferRequest`` features, the reply, ``
 Nothing here can stop traffic: a full queue (by items or bytes) drops the event, a failing store
 (disk full, locked, unwritable, missing) fails the batch, and both are counted, logged (rate
 limited) and exposed by :meth:`Recorder.stats` and the stats file. A store that cannot be opened is
-retried every few seconds.
+retried every second.
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ class Recorder:
     # --- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
         last_stats = 0.0
+        self._open()  # early, so that a bad --store is reported at start-up
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
@@ -153,7 +154,7 @@ class Recorder:
             try:
                 self._store = CaptureStore(self.store_dir, *self.retention, busy_timeout=self.busy_timeout)
             except Exception as exc:
-                self._next_open = time.monotonic() + 2.0
+                self._next_open = time.monotonic() + 1.0
                 self._note_failure(f"cannot open capture store {self.store_dir}: {exc}")
         return self._store
 

@@ -166,7 +166,8 @@ def serve(config: TapConfig) -> int:
     async def main() -> None:
         tap = Tap(config)
         await tap.start()
-        print(f"tap listening on {config.listen} -> {config.upstream}, store {config.store}", flush=True)
+        host = config.listen.rpartition(":")[0]
+        print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
