@@ -24,6 +24,7 @@ th{background:#f3f5f8} td.num{text-align:right;font-variant-numeric:tabular-nums
 .queued,.interrupted{background:#7a869a}.running{background:#2f6fdb}.done{background:#2e8540}
 .failed{background:#c62828}.cancelled{background:#8d6e63}
 .bar{background:#e6e9ef;border-radius:.3rem;height:.8rem;width:20rem;display:inline-block;vertical-align:middle}
+.bar.small{width:6rem}
 .bar>span{display:block;height:100%;background:#2f6fdb;border-radius:.3rem}
 .error{background:#fdecea;border:1px solid #f5c2c0;padding:.6rem;border-radius:.3rem;white-space:pre-wrap}
 figure{display:inline-block;margin:.4rem 1rem .8rem 0} figcaption{font-size:.85rem;color:#4a5568}
@@ -46,8 +47,10 @@ def _status(status: str) -> str:
     return f'<span class="status {escape(status)}" data-status="{escape(status)}">{escape(status)}</span>'
 
 
-def _bar(fraction: float) -> str:
+def _bar(fraction: float, small: bool = False) -> str:
     pct = max(0.0, min(100.0, 100.0 * float(fraction or 0.0)))
+    if small:
+        return f'<span class="bar small"><span style="width:{pct:.1f}%"></span></span>'
     return f'<span class="bar"><span id="bar" style="width:{pct:.1f}%"></span></span>'
 
 
@@ -89,8 +92,8 @@ def index(items: list[dict], total: int, status: str | None) -> str:
             f"<td>{escape(', '.join(spec.get('split_points', [])))}</td>"
             f"<td>{escape(', '.join(_attack_label(a) for a in spec.get('attacks', [])))}</td>"
             f"<td class=num>{int(spec.get('samples', 0))}</td>"
-            f"<td>{_bar(r['progress']['fraction'])} <span class=muted>{escape(r['progress']['step'])}</span></td>"
-            f"<td class=muted>{escape(r['created'] or '')}</td></tr>")
+            f"<td>{_bar(r['progress']['fraction'], True)} <span class=muted>{escape(r['progress']['step'])}</span></td>"
+            f"<td class=muted>{escape((r['created'] or '')[:19].replace('T', ' '))}</td></tr>")
     table = ("<table><thead><tr><th>id</th><th>status</th><th>model</th><th>split points</th><th>attacks</th>"
              "<th>images</th><th>progress</th><th>submitted</th></tr></thead><tbody>"
              + ("".join(rows) or '<tr><td colspan="8" class="muted">no experiments yet</td></tr>')
@@ -99,7 +102,7 @@ def index(items: list[dict], total: int, status: str | None) -> str:
     body = (f"<h1>splitlab experiments</h1><p class=muted>{shown} · newest first · "
             f'<a href="/v1/docs">API documentation</a> · <a href="/healthz">health</a></p>{table}'
             "<h2>Submit one</h2><pre>curl -X POST http://HOST:8000/v1/experiments \\\n"
-            "  -H 'Authorization: Bearer $SPLITLAB_API_TOKEN' -H 'Content-Type: application/json' \\\n"
+            "  -H \"Authorization: Bearer $SPLITLAB_API_TOKEN\" -H 'Content-Type: application/json' \\\n"
             """  -d '{"arch": "lenet5", "dataset": "digits", "train": {"epochs": 2}, "split_points": ["conv1"],
        "attacks": ["whitebox"], "samples": 10}'</pre>""")
     poll = None
