@@ -22,7 +22,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+# Decoded float32 features are read-only views of the request bytes (no copy); the tail never
+# writes to its input. torch warns about such arrays once per process: have that once here, muted.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    torch.from_numpy(np.frombuffer(bytes(4), np.float32))
 
 
 @dataclass

@@ -63,8 +63,8 @@ def encode_into(tensor: pb.Tensor, array: np.ndarray, wire_dtype: str = "float32
     return tensor
 
 
-def encode(array: np.ndarray, wire_dtype: str = "float32") -> pb.Tensor:
-    return encode_into(pb.Tensor(), array, wire_dtype)
+def encode(array: np.ndarray, wire_dtype: str = "float32", scale: float | None = None) -> pb.Tensor:
+    return encode_into(pb.Tensor(), array, wire_dtype, scale)
 
 
 def decode(tensor: pb.Tensor, allow_nonfinite: bool = False) -> np.ndarray:
