@@ -289,6 +289,12 @@ class Recorder:
         return rows
 
     # --- failures and stats --------------------------------------------------------------------
+    def fail(self, n: int, message: str) -> None:
+        """Count ``n`` recording failures found elsewhere (the passive tap's parser) and log them."""
+        with self._cond:
+            self._counts["record_failures"] += n
+        self._note_failure(message)
+
     def _fail(self, n: int, message: str) -> None:
         self._counts["record_failures"] += n
         self._note_failure(message)

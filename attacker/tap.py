@@ -1,15 +1,27 @@
-"""``attacker tap``: a transparent gRPC proxy between the edge and the cloud that records traffic.
+"""``attacker tap``: a transparent tap between the edge and the cloud that records the traffic.
 
-The edge points at the tap instead of the cloud (``--listen``); the tap forwards every call of
-every method to the cloud (``--upstream``) unchanged (see :mod:`attacker.proxy`) and records each
-request's features, the reply, request id, deployment, peer and time, every ``GetHead`` payload and
-every ``ListDeployments`` reply into the capture store (``--store``; see
-:mod:`attacker.capture_store`) on a background writer thread (:mod:`attacker.recorder`). Recording
-never blocks or fails a call: drops and failures are counted in ``DIR/tap-stats.json`` and logged.
+The edge points at the tap instead of the cloud (``--listen``); the tap passes every call of every
+method to the cloud (``--upstream``) unchanged and records each request's features, the reply,
+request id, deployment, peer and time, every ``GetHead`` payload and every ``ListDeployments``
+reply into the capture store (``--store``; see :mod:`attacker.capture_store`) on background threads
+(:mod:`attacker.recorder`). Recording never blocks or fails a call: drops and failures are logged and
+counted in ``STORE/tap-stats.json``.
 
-The tap serves its own ``grpc.health.v1`` status under the service name ``splitlab.attacker.Tap``
-(other health checks are forwarded to the cloud) and server reflection. SIGTERM / SIGINT stop it
-gracefully: no new calls, in-flight calls get ``--grace`` seconds, the recorder drains its queue.
+Two modes:
+  passive (default)  a TCP relay that copies the bytes unchanged and decodes HTTP/2 + gRPC from a
+                     copy on a parser thread (:mod:`attacker.passive`, :mod:`attacker.h2parse`):
+                     everything on the wire passes as it is, at the cost of a socket hop. The tap's
+                     own grpc.health.v1 (service "" and "splitlab.attacker.Tap") and reflection are
+                     on --admin (default: the listen port + 1).
+  proxy              a gRPC proxy (generic handlers, bytes in/out: :mod:`attacker.proxy`) that
+                     terminates each call and re-issues it upstream with the same metadata and the
+                     remaining deadline, and relays status, details and metadata back; it enforces
+                     --max-message-mb on both sides and serves the tap's health (service
+                     "splitlab.attacker.Tap"; other health checks are forwarded) and reflection on
+                     the listen port itself. Costs about one extra gRPC call per call.
+
+SIGTERM / SIGINT stop the tap gracefully: no new connections or calls, in-flight calls get --grace
+seconds, the recorder drains its queue and writes the final counters.
 """
 
 from __future__ import annotations
@@ -19,13 +31,15 @@ import json
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import grpc
 from grpc import aio
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .passive import Parser, Relay
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
 
@@ -47,7 +61,9 @@ class TapConfig:
     stats_interval: float = 2.0
     log_interval: float = 60.0
     grace: float = 5.0
-    record: bool = True  # False: a plain proxy (the benchmark's control for the cost of recording)
+    record: bool = True  # False: forward only (the benchmark's control for the cost of recording)
+    mode: str = "passive"  # "passive" (TCP relay + HTTP/2 decoding) or "proxy" (gRPC proxy)
+    admin: str | None = None  # passive mode: health + reflection address (default: listen port + 1)
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -67,38 +83,76 @@ class Tap:
         self._channel: aio.Channel | None = None
         self._handler: ProxyHandler | None = None
         self._log_task: asyncio.Task | None = None
+        self._relay: Relay | None = None
+        self._parser: Parser | None = None
+        self._health = None
+        self.admin_port: int | None = None
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything seen so far is parsed and written (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        if self._parser is not None and not self._parser.flush(timeout):
+            return False
+        return self.recorder is None or self.recorder.flush(max(0.0, deadline - time.monotonic()))
 
     async def start(self) -> int:
         cfg = self.config
+        if cfg.mode not in ("passive", "proxy"):
+            raise ValueError(f"tap mode must be 'passive' or 'proxy', got {cfg.mode!r}")
         if cfg.record:
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
                                      cfg.max_store_bytes, stats_interval=cfg.stats_interval)
-        options = grpc_options(cfg.max_message_bytes)
-        self._channel = aio.insecure_channel(cfg.upstream, options=options)
-        self._handler = ProxyHandler(self._channel, self.recorder, self._health_status)
-        if self.recorder is not None:
             self.recorder.extra_stats = self._proxy_stats
+        options = grpc_options(cfg.max_message_bytes)
         self._server = aio.server(options=options)
-        reflection.enable_server_reflection([SERVICE, HEALTH, reflection.SERVICE_NAME], self._server)
-        self._server.add_generic_rpc_handlers((self._handler,))
-        self.port = self._server.add_insecure_port(cfg.listen)
-        if not self.port:
-            raise OSError(f"cannot listen on {cfg.listen}")
+        if cfg.mode == "proxy":
+            self._channel = aio.insecure_channel(cfg.upstream, options=options)
+            self._handler = ProxyHandler(self._channel, self.recorder, self._health_status)
+            reflection.enable_server_reflection([SERVICE, HEALTH, reflection.SERVICE_NAME], self._server)
+            self._server.add_generic_rpc_handlers((self._handler,))
+            self.port = self._server.add_insecure_port(cfg.listen)
+            if not self.port:
+                raise OSError(f"cannot listen on {cfg.listen}")
+        else:
+            if self.recorder is not None:
+                self._parser = Parser(self.recorder, cfg.max_message_bytes, cfg.max_queue_bytes)
+            self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
+            try:
+                self.port = await self._relay.start()
+            except OSError as exc:
+                raise OSError(f"cannot listen on {cfg.listen}: {exc}") from exc
+            self._health = health.aio.HealthServicer()
+            for name in ("", TAP_HEALTH_SERVICE):
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+            reflection.enable_server_reflection([HEALTH, reflection.SERVICE_NAME], self._server)
+            admin = cfg.admin or _admin_address(cfg.listen)
+            self.admin_port = self._server.add_insecure_port(admin)
+            if not self.admin_port:
+                raise OSError(f"cannot listen on --admin {admin}")
         await self._server.start()
         self._serving = True
         self._log_task = asyncio.get_running_loop().create_task(self._log_stats())
-        log.info("tap listening on %s (port %d), forwarding to %s, recording into %s", cfg.listen, self.port,
-                 cfg.upstream, cfg.store if cfg.record else "(nothing: --no-record)")
+        log.info("tap (%s mode) listening on %s (port %d), forwarding to %s, recording into %s%s", cfg.mode,
+                 cfg.listen, self.port, cfg.upstream, cfg.store if cfg.record else "(nothing: --no-record)",
+                 f"; health/reflection on port {self.admin_port}" if self.admin_port else "")
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
+        grace = self.config.grace if grace is None else grace
         self._serving = False
         if self._log_task is not None:
             self._log_task.cancel()
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._relay is not None:
+            await self._relay.stop(grace)
         if self._server is not None:
-            await self._server.stop(self.config.grace if grace is None else grace)
+            await self._server.stop(grace)
         if self._channel is not None:
             await self._channel.close()
+        if self._parser is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._parser.close)
         if self.recorder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
             log.info("tap stopped: %s", json.dumps(self.stats(), sort_keys=True))
@@ -109,9 +163,16 @@ class Tap:
         return self._proxy_stats()
 
     def _proxy_stats(self) -> dict:
-        counts = dict(self._handler.counts) if self._handler else {}
-        errors = counts.pop("upstream_errors", 0)
-        return {"forwarded": {k.rsplit("/", 1)[-1]: v for k, v in counts.items()}, "upstream_errors": errors}
+        out: dict = {"mode": self.config.mode}
+        if self._handler is not None:
+            counts = dict(self._handler.counts)
+            out["upstream_errors"] = counts.pop("upstream_errors", 0)
+            out["forwarded"] = {k.rsplit("/", 1)[-1]: v for k, v in counts.items()}
+        if self._parser is not None:
+            out.update(self._parser.stats())
+        if self._relay is not None:
+            out["open_connections"] = len(self._relay.clients)
+        return out
 
     def _health_status(self) -> int:
         return health_pb2.HealthCheckResponse.SERVING if self._serving else \
@@ -125,6 +186,11 @@ class Tap:
             if line != last:
                 log.info("tap stats: %s", line)
                 last = line
+
+
+def _admin_address(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1 if int(port) else 0}"
 
 
 class TapThread:
@@ -148,6 +214,9 @@ class TapThread:
     def stats(self) -> dict:
         return self.tap.stats()
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        return self.tap.flush(timeout)
+
     @property
     def recorder(self) -> Recorder | None:
         return self.tap.recorder
@@ -167,7 +236,9 @@ def serve(config: TapConfig) -> int:
         tap = Tap(config)
         await tap.start()
         host = config.listen.rpartition(":")[0]
-        print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store}", flush=True)
+        admin = f", health/reflection on {host}:{tap.admin_port}" if tap.admin_port else ""
+        print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store} "
+              f"({config.mode} mode{admin})", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,16 +27,18 @@ HEAD_FIELDS = {"arch": "lenet5", "split": "conv1", "input_shape": [1, 28, 28], "
                "num_classes": 10, "preprocessing": "x/255", "dataset": "digits"}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["passive", "proxy"])
+def env(request, tmp_path_factory):
     cloud = FakeCloud(heads={"dep-a": (HEAD, HEAD_FIELDS)}, slow_seconds=1.0)
     server, port = start_fake_cloud(cloud)
     store = tmp_path_factory.mktemp("captures")
-    tap = TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(store)))
+    tap = TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(store),
+                              mode=request.param))
     tap_port = tap.start()
     direct = grpc.insecure_channel(f"127.0.0.1:{port}")
     tapped = grpc.insecure_channel(f"127.0.0.1:{tap_port}")
-    yield {"cloud": cloud, "direct": direct, "tapped": tapped, "tap": tap, "store": store}
+    yield {"cloud": cloud, "direct": direct, "tapped": tapped, "tap": tap, "store": store, "mode": request.param,
+           "upstream": f"127.0.0.1:{port}"}
     direct.close()
     tapped.close()
     tap.stop()
@@ -136,17 +138,21 @@ def test_health_is_forwarded_and_the_tap_answers_for_itself(env):
     with pytest.raises(grpc.RpcError) as err:
         tapped.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the upstream's answer, forwarded
-    assert tapped.Check(health_pb2.HealthCheckRequest(service=TAP_HEALTH_SERVICE)).status == \
-        health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError):  # the upstream does not know the tap's name
         direct.Check(health_pb2.HealthCheckRequest(service=TAP_HEALTH_SERVICE))
     watch = tapped.Watch(health_pb2.HealthCheckRequest(service=""), timeout=2)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
-    refl = reflection_pb2_grpc.ServerReflectionStub(env["tapped"])
+    # the tap's own health and reflection: on the listen port (proxy) or the admin port (passive)
+    own = env["tapped"] if env["mode"] == "proxy" else grpc.insecure_channel(f"127.0.0.1:{env['tap'].tap.admin_port}")
+    assert health_pb2_grpc.HealthStub(own).Check(health_pb2.HealthCheckRequest(service=TAP_HEALTH_SERVICE)).status \
+        == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(own)
     (answer,) = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answer.list_services_response.service}
-    assert {"splitlab.v1.SplitInference", "grpc.health.v1.Health"} <= names
+    assert "grpc.health.v1.Health" in names
+    if env["mode"] == "proxy":
+        assert "splitlab.v1.SplitInference" in names
 
 
 def test_captures_hold_the_sent_features_ids_and_replies(env):
@@ -161,7 +167,7 @@ def test_captures_hold_the_sent_features_ids_and_replies(env):
     unary(env["tapped"], "Infer", request(dep="missing", rid="cap-missing").SerializeToString())
     unary(env["tapped"], "GetHead", pb.GetHeadRequest(deployment_id="dep-a").SerializeToString())
     unary(env["tapped"], "GetHead", pb.GetHeadRequest(deployment_id="dep-a").SerializeToString())
-    assert tap.recorder.flush(10)
+    assert tap.flush(10)
     store = CaptureStore(store_dir)
     for rid, req in list(sent.items()) + [(r.request_id, r) for r in streamed]:
         (cap,) = store.captures(request_id=rid, with_logits=True)
@@ -180,14 +186,34 @@ def test_captures_hold_the_sent_features_ids_and_replies(env):
     assert heads[0].split == "conv1" and heads[0].input_shape == [1, 28, 28] and heads[0].dataset == "digits"
     assert len(list((store_dir / "heads").iterdir())) == 1
     stats = tap.stats()
-    assert stats["record_failures"] == 0 and stats["dropped_queue_full"] == 0
-    assert stats["forwarded"]["Infer"] >= 6 and stats["heads_recorded"] >= 2
+    assert stats["record_failures"] == 0 and stats["dropped_queue_full"] == 0 and stats["heads_recorded"] >= 2
+    if env["mode"] == "proxy":
+        assert stats["forwarded"]["Infer"] >= 6
+    else:
+        assert stats["connections"] >= 1 and stats["connections_unparsed"] == 0
 
 
-def test_message_size_limit_is_enforced_at_the_tap(tmp_path, env):
-    port = int(env["direct"]._channel.target().decode().rsplit(":", 1)[1])
+def test_passive_mode_leaves_size_limits_to_the_endpoints(tmp_path):
+    server, port = start_fake_cloud(FakeCloud(), max_message=1 << 20)
+    with TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(tmp_path / "s"))) as tap:
+        opts = [("grpc.max_send_message_length", 8 << 20)]
+        big = request(rid="big", shape=(2, 64, 64, 64)).SerializeToString()  # 2 MiB
+        for address in (f"127.0.0.1:{port}", f"127.0.0.1:{tap.tap.port}"):
+            with grpc.insecure_channel(address, options=opts) as ch:
+                code, _, details, _, _ = unary(ch, "Infer", big)
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (address, code, details)
+                assert unary(ch, "Infer", request(rid="fine").SerializeToString())[0] == grpc.StatusCode.OK
+        assert tap.flush(10)
+        big_cap, fine_cap = CaptureStore(tmp_path / "s").captures()  # the refused request was seen too
+        assert (big_cap.request_id, big_cap.status) == ("big", grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert (fine_cap.request_id, fine_cap.status) == ("fine", 0)
+    server.stop(0)
+
+
+def test_proxy_mode_enforces_its_message_size_limit(tmp_path):
+    server, port = start_fake_cloud(FakeCloud())
     small = TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(tmp_path / "s"),
-                                max_message_bytes=1 << 20))
+                                max_message_bytes=1 << 20, mode="proxy"))
     with small:
         ch = grpc.insecure_channel(f"127.0.0.1:{small.tap.port}",
                                    options=[("grpc.max_send_message_length", 8 << 20)])
@@ -196,3 +222,4 @@ def test_message_size_limit_is_enforced_at_the_tap(tmp_path, env):
         fine = request(rid="fine", shape=(1, 64, 32, 32)).SerializeToString()  # 256 KiB
         assert unary(ch, "Infer", fine)[0] == grpc.StatusCode.OK
         ch.close()
+    server.stop(0)

@@ -54,14 +54,14 @@ def test_locked_store_fails_recording_not_traffic(tmp_path, upstream):
         replies = _calls(tap.tap.port, 10, "locked")
         assert len(replies) == 10 and all(replies)
         assert time.monotonic() - started < 2.0  # the calls never waited for the store
-        assert tap.recorder.flush(20)
+        assert tap.flush(20)
         stats = tap.stats()
         assert stats["record_failures"] >= 1 and "capture" in stats["last_error"]
         assert stats["recorded"] < 10
         locker.execute("ROLLBACK")
         locker.close()
         _calls(tap.tap.port, 3, "unlocked")
-        assert tap.recorder.flush(10)
+        assert tap.flush(10)
         assert tap.stats()["recorded"] >= 3
     store = CaptureStore(store_dir)
     assert {c.request_id for c in store.captures()} >= {"unlocked-0", "unlocked-1", "unlocked-2"}
@@ -69,13 +69,14 @@ def test_locked_store_fails_recording_not_traffic(tmp_path, upstream):
     assert saved["record_failures"] == stats["record_failures"] or saved["record_failures"] >= 1
 
 
-def test_unusable_store_path_and_full_queue_are_counted(tmp_path, upstream):
+@pytest.mark.parametrize("mode", ["passive", "proxy"])
+def test_unusable_store_path_and_full_queue_are_counted(tmp_path, upstream, mode):
     bad = tmp_path / "not-a-folder"
     bad.write_text("a file where the store should be")
-    with TapThread(TapConfig(listen="127.0.0.1:0", upstream=upstream, store=str(bad), max_queue=2)) as tap:
+    with TapThread(TapConfig(listen="127.0.0.1:0", upstream=upstream, store=str(bad), max_queue=2, mode=mode)) as tap:
         replies = _calls(tap.tap.port, 30, "bad")
         assert len(replies) == 30
-        assert tap.recorder.flush(10)
+        assert tap.flush(10)
         stats = tap.stats()
         assert stats["recorded"] == 0
         assert stats["record_failures"] + stats["dropped_queue_full"] == 30
