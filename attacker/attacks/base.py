@@ -1,0 +1,138 @@
+"""What every inversion attack shares: declared, validated parameters and one calling shape.
+
+An attack is built from its parameters (a dataclass, checked when it is constructed), learns what
+its threat model allows with ``fit(knowledge)`` and then maps captured features to images with
+``reconstruct(features) -> (N, C, H, W) float tensor in [0, 1]``::
+
+    attack = WhiteBoxAttack(WhiteBoxParams(iterations=2000))
+    attack.fit(WhiteBoxKnowledge.from_onnx(head_bytes))
+    images = attack.reconstruct(features)
+
+Bad parameters raise :class:`AttackParameterError` (both a ``SplitlabError`` and a ``ValueError``)
+whose message names the parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from models.errors import SplitlabError
+
+
+class AttackParameterError(SplitlabError, ValueError):
+    """A parameter of an attack (or of its knowledge) is invalid; the message names it."""
+
+
+@dataclasses.dataclass
+class AttackParams:
+    """Base class of attack parameters: validated on construction, buildable from a dict."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # overridden by each attack
+        pass
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "AttackParams":
+        """Build from a dict (e.g. a YAML config), refusing names the attack does not have."""
+        values = dict(values or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise AttackParameterError(
+                f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    def replace(self, **changes) -> "AttackParams":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- validation helpers (each names the parameter) --------------------------------------------
+
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise AttackParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_positive(name: str, value, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise AttackParameterError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise AttackParameterError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_unit_interval(name: str, value) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+    if not ok:
+        raise AttackParameterError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+def as_float_tensor(name: str, value, shape_tail: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A float32 CPU tensor from an ndarray or tensor, checked for shape (N, *shape_tail) and NaN/Inf."""
+    if isinstance(value, np.ndarray):
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        tensor = value.detach()
+    else:
+        raise AttackParameterError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}")
+    tensor = tensor.to(device="cpu", dtype=torch.float32)
+    if shape_tail is not None and tuple(tensor.shape[1:]) != tuple(shape_tail):
+        raise AttackParameterError(
+            f"{name} must have shape (N, {', '.join(map(str, shape_tail))}), got {tuple(tensor.shape)}")
+    if tensor.ndim < 1 or tensor.shape[0] == 0:
+        raise AttackParameterError(f"{name} is empty (shape {tuple(tensor.shape)})")
+    if not torch.isfinite(tensor).all():
+        raise AttackParameterError(f"{name} contains NaN or Inf")
+    return tensor
+
+
+class InversionAttack:
+    """Base class: ``Attack(params).fit(knowledge).reconstruct(features)``."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[AttackParams]] = AttackParams
+    Knowledge: ClassVar[type] = object
+
+    def __init__(self, params: AttackParams | dict | None = None, **overrides):
+        if params is None or isinstance(params, dict):
+            params = self.Params.from_dict({**(params or {}), **overrides})
+        elif overrides:
+            params = params.replace(**overrides)
+        if not isinstance(params, self.Params):
+            raise AttackParameterError(f"{type(self).__name__} takes {self.Params.__name__}, "
+                                       f"got {type(params).__name__}")
+        params.validate()
+        self.params = params
+        self.knowledge = None
+        self.fit_seconds: float | None = None
+
+    def fit(self, knowledge) -> "InversionAttack":
+        if not isinstance(knowledge, self.Knowledge):
+            raise AttackParameterError(f"the {self.name} attack needs a {self.Knowledge.__name__}, "
+                                       f"got {type(knowledge).__name__}")
+        self.knowledge = knowledge
+        return self
+
+    def _require_fit(self) -> None:
+        if self.knowledge is None:
+            raise SplitlabError(f"call fit(knowledge) before reconstruct() on the {self.name} attack")
+
+    def reconstruct(self, features) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,169 @@
+"""Black-box model inversion: learn an inverse network g from queried pairs (He et al. 2019, Alg. 2).
+
+The attacker sends auxiliary images x through the head (the edge's public ``/v1/infer``, the
+features observed at the tap; or the head run offline), trains g to minimise ||g(f1(x)) - x||^2,
+and outputs g(captured features).
+
+Inverse-net architecture (:func:`inverse_network`). It is built from what a black-box attacker
+sees - the feature shape (at the tap) and the input shape (the public API) - not from the head's
+structure:
+
+1. entry: a 3x3 conv (features with channels) or a linear layer to a (width, H/4, W/4) map (flat
+   features), then ReLU;
+2. growth to the input size: if the features are at most 6 pixels smaller than the image, one
+   transposed conv with kernel ``H - h + 1`` (the exact adjoint shape of a valid conv); otherwise
+   stride-2 transposed convs (kernel 4) until the map is at least the image size, then a valid conv
+   of kernel ``h - H + 1`` to trim it (bilinear resizing if that kernel would exceed 7); each + ReLU;
+3. refinement: a 3x3 conv + ReLU and a linear 3x3 conv to C channels; the output is clamped to
+   [0, 1] only when reconstructing (a sigmoid output saturates on MNIST's black background and
+   stalls training at a blank image).
+
+For the paper's split points this gives (``width`` w, 64 by default):
+
+| split | features | g |
+|---|---|---|
+| lenet5 conv1 | 8x24x24 | conv3 8->w, convT5 (24->28), conv3, conv3 w->1 |
+| lenet5 relu2 | 16x8x8 | conv3 16->w, 2x convT4/2 (8->16->32), conv5 valid (32->28), conv3, conv3 w->1 |
+| he-cifar-cnn conv11 | 64x32x32 | conv3 64->w, conv3, conv3 w->3 |
+| he-cifar-cnn relu22 | 128x16x16 | conv3 128->w, convT4/2 (16->32), conv3, conv3 w->3 |
+| he-cifar-cnn relu32 | 128x8x8 | conv3 128->w, 2x convT4/2 (8->16->32), conv3, conv3 w->3 |
+
+Training: Adam (``lr``, cosine decay), mini-batches of ``batch_size``, ``epochs`` passes over the
+auxiliary set. Features are queried once and cached when they fit in ``max_cache_mb``; otherwise
+each mini-batch is queried again (more queries, same result).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .base import (AttackParams, InversionAttack, as_float_tensor, check_positive, check_positive_int)
+from .knowledge import BlackBoxKnowledge
+
+
+def _growth(c: int, size: tuple[int, int], target: tuple[int, int]) -> tuple[list[nn.Module], tuple[int, int]]:
+    (h, w), (H, W) = size, target
+    layers: list[nn.Module] = []
+    if h <= H and w <= W and H - h <= 6 and W - w <= 6:
+        if (h, w) != (H, W):
+            layers += [nn.ConvTranspose2d(c, c, (H - h + 1, W - w + 1)), nn.ReLU()]
+        return layers, (H, W)
+    while h < H or w < W:
+        layers += [nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU()]
+        h, w = 2 * h, 2 * w
+    if (h, w) != (H, W):
+        kh, kw = h - H + 1, w - W + 1
+        if kh <= 7 and kw <= 7:
+            layers += [nn.Conv2d(c, c, (kh, kw)), nn.ReLU()]
+        else:
+            layers += [nn.Upsample(size=(H, W), mode="bilinear", align_corners=False)]
+    return layers, (H, W)
+
+
+def inverse_network(feature_shape, input_shape, width: int = 64) -> nn.Sequential:
+    """The inverse network g for features of ``feature_shape`` and images of ``input_shape``."""
+    C, H, W = input_shape
+    if len(feature_shape) == 1:
+        h, w = max(1, math.ceil(H / 4)), max(1, math.ceil(W / 4))
+        layers: list[nn.Module] = [nn.Linear(feature_shape[0], width * h * w), nn.ReLU(), nn.Unflatten(1, (width, h, w))]
+    elif len(feature_shape) == 3:
+        h, w = feature_shape[1:]
+        layers = [nn.Conv2d(feature_shape[0], width, 3, padding=1), nn.ReLU()]
+    else:
+        raise ValueError(f"features of shape {tuple(feature_shape)} are neither flat nor (C, H, W)")
+    grow, _ = _growth(width, (h, w), (H, W))
+    layers += grow
+    layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, C, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class BlackBoxParams(AttackParams):
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    width: int = 64
+    weight_decay: float = 0.0
+    query_batch: int = 256        # images per query call
+    max_cache_mb: float = 1024.0  # cache queried features up to this size
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr)
+        check_positive_int("width", self.width)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive_int("query_batch", self.query_batch)
+        check_positive("max_cache_mb", self.max_cache_mb, allow_zero=True)
+        check_positive_int("seed", self.seed, minimum=0)
+
+
+class BlackBoxAttack(InversionAttack):
+    """Train an inverse network on (aux image, queried features) pairs; reconstruct = g(features)."""
+
+    name = "blackbox"
+    Params = BlackBoxParams
+    Knowledge = BlackBoxKnowledge
+
+    def _query(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.knowledge.query(images)
+        feats = as_float_tensor("query result", out)
+        if len(feats) != len(images):
+            raise ValueError(f"the query returned {len(feats)} feature rows for {len(images)} images")
+        self.queries += len(images)
+        return feats
+
+    def fit(self, knowledge: BlackBoxKnowledge) -> "BlackBoxAttack":
+        super().fit(knowledge)
+        p = self.params
+        started = time.perf_counter()
+        self.queries = 0
+        aux = knowledge.aux_images
+        first = self._query(aux[:1])
+        self.feature_shape = tuple(first.shape[1:])
+        per_image_mb = first.numel() * 4 / 2**20
+        cached = None
+        if per_image_mb * len(aux) <= p.max_cache_mb:
+            cached = torch.cat([self._query(aux[i:i + p.query_batch]) for i in range(0, len(aux), p.query_batch)])
+        torch.manual_seed(p.seed)
+        gen = torch.Generator().manual_seed(p.seed)
+        net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
+        opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        steps = p.epochs * math.ceil(len(aux) / p.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        bar = tqdm(total=steps, desc=f"blackbox inverse net ({knowledge.setting})", unit="batch",
+                   disable=not p.progress, leave=False, mininterval=0.5)
+        net.train()
+        loss = torch.tensor(float("nan"))
+        for _ in range(p.epochs):
+            order = torch.randperm(len(aux), generator=gen)
+            for i in range(0, len(order), p.batch_size):
+                idx = order[i:i + p.batch_size]
+                xb = aux[idx]
+                fb = cached[idx] if cached is not None else self._query(xb)
+                opt.zero_grad(set_to_none=True)
+                loss = (net(fb) - xb).pow(2).flatten(1).sum(1).mean()
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        self.inverse_net = net.eval()
+        self.final_loss = float(loss.item())
+        self.fit_seconds = time.perf_counter() - started
+        return self
+
+    def reconstruct(self, features) -> torch.Tensor:
+        self._require_fit()
+        feats = as_float_tensor("features", features, self.feature_shape)
+        with torch.no_grad():
+            return torch.cat([self.inverse_net(feats[i:i + 256]) for i in range(0, len(feats), 256)]).clamp_(0, 1)

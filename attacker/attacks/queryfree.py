@@ -1,0 +1,161 @@
+"""Query-free model inversion: a shadow head trained through the frozen tail (He et al. 2019, Alg. 3).
+
+The cloud knows the tail f2 and has labelled auxiliary data, but cannot query the edge. It trains a
+shadow head g so that f2(g(x)) classifies the auxiliary data (cross-entropy, f2 frozen), then runs
+the white-box rMLE attack (:mod:`.whitebox`) with g in place of the unknown head.
+
+Shadow structures (:func:`shadow_head`):
+
+* ``same`` - the target's head architecture (from the deployment record), freshly initialised
+  with the attack's own ``seed`` (not the target's training seed);
+* ``different`` - He et al.'s Table 5 structures, and one of ours for ReLU32:
+
+| target | split | target head | different shadow |
+|---|---|---|---|
+| lenet5 | conv1 | one 5x5 conv (8) | two 3x3 convs (8, 8) |
+| lenet5 | relu2 | two 5x5 convs | four 3x3 convs (8, 8, pool, 16, 16) + ReLU |
+| he-cifar-cnn | conv11 | one 3x3 conv (64) | 3x3 conv (16) + 3x3 conv (64) |
+| he-cifar-cnn | relu22 | 3x3 convs 64, 64, pool, 128, 128 | 5x5 conv (64), pool, 5x5 conv (128) + ReLU |
+| he-cifar-cnn | relu32 | 3x3 convs 64, 64, pool, 128, 128, pool, 128, 128 | (ours) 5x5 convs 64, pool, 128, pool, 128 + ReLU |
+
+Shadows of a ``relu`` split end in ReLU (the tail expects non-negative features); those of a
+``conv`` split do not. A ``different`` shadow exists only for these split points.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .base import (AttackParameterError, AttackParams, InversionAttack, as_float_tensor, check_choice,
+                   check_positive, check_positive_int)
+from .knowledge import QueryFreeKnowledge, probe_feature_shape
+from .whitebox import WhiteBoxParams, rmle_invert
+
+
+def _seq(*layers) -> nn.Sequential:
+    return nn.Sequential(*layers)
+
+
+DIFFERENT_SHADOWS: dict[tuple[str, str], Callable[[int], nn.Module]] = {
+    ("lenet5", "conv1"): lambda c: _seq(nn.Conv2d(c, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)),
+    ("lenet5", "relu2"): lambda c: _seq(
+        nn.Conv2d(c, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU()),
+    ("he-cifar-cnn", "conv11"): lambda c: _seq(nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(),
+                                               nn.Conv2d(16, 64, 3, padding=1)),
+    ("he-cifar-cnn", "relu22"): lambda c: _seq(
+        nn.Conv2d(c, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 128, 5, padding=2), nn.ReLU()),
+    ("he-cifar-cnn", "relu32"): lambda c: _seq(
+        nn.Conv2d(c, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(64, 128, 5, padding=2), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Conv2d(128, 128, 5, padding=2), nn.ReLU()),
+}
+
+
+def shadow_head(arch: str | None, split: str | None, structure: str, input_shape, num_classes: int | None,
+                seed: int = 0) -> nn.Module:
+    """A freshly initialised shadow head of the given ``structure`` ('same' or 'different')."""
+    torch.manual_seed(seed)
+    if structure == "same":
+        if not arch or not split:
+            raise AttackParameterError("shadow='same' needs the deployment's arch and split in the knowledge")
+        from models.split import split_model
+        from models.zoo import build_model
+
+        model = build_model(arch, num_classes or 10, tuple(input_shape))
+        return split_model(model, split)[0]
+    builder = DIFFERENT_SHADOWS.get((arch or "", split or ""))
+    if builder is None:
+        known = ", ".join(f"{a} {s}" for a, s in DIFFERENT_SHADOWS)
+        raise AttackParameterError(f"no 'different' shadow structure for {arch} {split}; defined for: {known}")
+    return builder(input_shape[0])
+
+
+@dataclass
+class QueryFreeParams(AttackParams):
+    shadow: str = "same"            # "same" or "different" structure (see module docstring)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 1234
+    progress: bool = True
+    whitebox: WhiteBoxParams | dict = field(default_factory=WhiteBoxParams)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.whitebox, dict):
+            self.whitebox = WhiteBoxParams.from_dict(self.whitebox)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        check_choice("shadow", self.shadow, ("same", "different"))
+        check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr)
+        check_positive_int("seed", self.seed, minimum=0)
+        if not isinstance(self.whitebox, WhiteBoxParams):
+            raise AttackParameterError(f"whitebox must be WhiteBoxParams or a dict, got {type(self.whitebox).__name__}")
+        self.whitebox.validate()
+
+
+class QueryFreeAttack(InversionAttack):
+    """Train a shadow head through the frozen tail, then invert with it (white-box rMLE)."""
+
+    name = "queryfree"
+    Params = QueryFreeParams
+    Knowledge = QueryFreeKnowledge
+
+    def fit(self, knowledge: QueryFreeKnowledge) -> "QueryFreeAttack":
+        super().fit(knowledge)
+        p = self.params
+        started = time.perf_counter()
+        shadow = shadow_head(knowledge.arch, knowledge.split, p.shadow, knowledge.input_shape,
+                             knowledge.num_classes, p.seed)
+        got = probe_feature_shape(shadow, knowledge.input_shape)
+        if got != tuple(knowledge.feature_shape):
+            raise AttackParameterError(f"the {p.shadow} shadow head outputs {got}, the tail takes {knowledge.feature_shape}")
+        x, y, tail = knowledge.aux_images, knowledge.aux_labels, knowledge.tail
+        gen = torch.Generator().manual_seed(p.seed)
+        opt = torch.optim.Adam(shadow.parameters(), lr=p.lr)
+        steps = p.epochs * math.ceil(len(x) / p.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        loss_fn = nn.CrossEntropyLoss()
+        bar = tqdm(total=steps, desc=f"queryfree shadow ({p.shadow})", unit="batch", disable=not p.progress,
+                   leave=False, mininterval=0.5)
+        shadow.train()
+        for _ in range(p.epochs):
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(0, len(order), p.batch_size):
+                idx = order[i:i + p.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(tail(shadow(x[idx])), y[idx])
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        shadow.eval()
+        for q in shadow.parameters():
+            q.requires_grad_(False)
+        with torch.no_grad():
+            correct = sum(int((tail(shadow(x[i:i + 512])).argmax(1) == y[i:i + 512]).sum())
+                          for i in range(0, len(x), 512))
+        self.shadow = shadow
+        self.shadow_accuracy = correct / len(x)
+        self.resolved = p.whitebox.resolved(knowledge.split)
+        self.fit_seconds = time.perf_counter() - started
+        return self
+
+    def reconstruct(self, features) -> torch.Tensor:
+        self._require_fit()
+        k = self.knowledge
+        target = as_float_tensor("features", features, tuple(k.feature_shape))
+        images, self.last_stats = rmle_invert(self.shadow, target, k.input_shape, self.resolved,
+                                              desc=f"queryfree {k.split or ''}".strip())
+        return images
