@@ -100,6 +100,8 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
         headers = dict(exc.headers or {})
         if exc.status_code == 401:
             headers["WWW-Authenticate"] = "Bearer"
+        if exc.status_code == 405:  # Starlette lists only the first matching route's methods
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.scope))
         return JSONResponse({"error": str(exc.detail), "detail": exc.detail}, exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -193,11 +195,26 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
         return pages.index([view(r) for r in items], total, status)
 
     @app.get("/experiments/{exp_id}", response_class=HTMLResponse, tags=["pages"],
-             responses={404: ERRORS[404]}, summary="Experiment page (HTML)")
+             responses={404: {"description": "no such experiment (an HTML page saying so)"}},
+             summary="Experiment page (HTML)")
     def experiment_page(exp_id: str):
-        return pages.experiment(view(get_or_404(exp_id)))
+        record = store.get(exp_id)
+        if record is None:
+            return HTMLResponse(pages.not_found(exp_id), 404)
+        return pages.experiment(view(record))
 
     return app
+
+
+def _allowed_methods(app: FastAPI, scope) -> list[str]:
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "\x00"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _body_loc(loc) -> tuple:

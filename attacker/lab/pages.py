@@ -149,6 +149,11 @@ def experiment(r: dict) -> str:
     return _page(f"experiment {exp_id}", "".join(parts), poll)
 
 
+def not_found(exp_id: str) -> str:
+    return _page("no such experiment", f'<p><a href="/">&larr; all experiments</a></p><h1>No experiment '
+                                       f"<code>{escape(exp_id)}</code></h1><p>It was never submitted here.</p>")
+
+
 def _model_section(res: dict) -> str:
     m = res.get("model")
     if not m:
