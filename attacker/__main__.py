@@ -57,9 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     p.add_argument("--upstream", default=env_default("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
                    help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
+    p.add_argument("--mode", choices=["passive", "proxy"], default=env_default("SPLITLAB_TAP_MODE", "passive"),
+                   help="passive: relay TCP bytes unchanged and decode a copy (default); proxy: a gRPC proxy "
+                        "that re-issues each call (env SPLITLAB_TAP_MODE)")
+    p.add_argument("--admin", default=env_default("SPLITLAB_TAP_ADMIN", None),
+                   help="passive mode: HOST:PORT of the tap's own health + reflection (env SPLITLAB_TAP_ADMIN, "
+                        "default the listen port + 1)")
     p.add_argument("--max-message-mb", type=float, default=env_default("SPLITLAB_MAX_MESSAGE_MB", 64.0, float),
-                   help="largest message accepted and sent on both sides, MiB (env SPLITLAB_MAX_MESSAGE_MB, "
-                        "default 64 as the cloud)")
+                   help="largest message, MiB (env SPLITLAB_MAX_MESSAGE_MB, default 64 as the cloud): proxy mode "
+                        "accepts and sends at most this on both sides; passive mode records at most this (the "
+                        "endpoints enforce their own limits on the relayed bytes)")
     p.add_argument("--max-captures", type=int, default=env_default("SPLITLAB_STORE_MAX_CAPTURES", None, int),
                    help="retention: keep at most this many captures, dropping the oldest "
                         "(env SPLITLAB_STORE_MAX_CAPTURES, default unlimited)")
@@ -152,7 +159,9 @@ def cmd_tap(args) -> int:
         raise SplitlabError(f"--max-captures must be at least 1, got {args.max_captures}")
     if args.max_store_mb is not None and not args.max_store_mb > 0:
         raise SplitlabError(f"--max-store-mb must be positive, got {args.max_store_mb}")
-    for flag, value in (("--listen", args.listen), ("--upstream", args.upstream)):
+    for flag, value in (("--listen", args.listen), ("--upstream", args.upstream), ("--admin", args.admin)):
+        if value is None:
+            continue
         host, sep, port = value.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise SplitlabError(f"{flag} must be HOST:PORT (e.g. 0.0.0.0:50052), got {value!r}")
@@ -160,7 +169,8 @@ def cmd_tap(args) -> int:
                        max_message_bytes=int(args.max_message_mb * 2**20), max_queue=args.queue,
                        max_queue_bytes=int(args.queue_mb * 2**20), max_captures=args.max_captures,
                        max_store_bytes=None if args.max_store_mb is None else int(args.max_store_mb * 2**20),
-                       stats_interval=args.stats_interval, grace=args.grace, record=not args.no_record)
+                       stats_interval=args.stats_interval, grace=args.grace, record=not args.no_record,
+                       mode=args.mode, admin=args.admin)
     try:
         return serve(config)
     except OSError as exc:

@@ -42,17 +42,22 @@ def _peer(transport) -> str:
 
 
 class Parser:
-    """The parser thread: chunks in (bounded), recorder events out."""
+    """The parser thread: chunks in (bounded), recorder events out.
 
-    def __init__(self, recorder, max_message: int, max_queue_bytes: int = 256 << 20):
+    The relay only appends to a deque (no lock, no wake-up): the thread drains it every
+    ``linger`` seconds, so the relay's thread is not made to hand the GIL over for every chunk.
+    """
+
+    def __init__(self, recorder, max_message: int, max_queue_bytes: int = 256 << 20, linger: float = 0.005):
         self.recorder = recorder
         self.max_message = max_message
         self.max_queue_bytes = max_queue_bytes
+        self.linger = linger
         self.counts: collections.Counter = collections.Counter()
         self.methods: dict[str, int] = {}  # calls seen per method
         self._queue: collections.deque = collections.deque()
-        self._bytes = 0
-        self._cond = threading.Condition()
+        self._in_bytes = 0   # written by the relay's thread only
+        self._out_bytes = 0  # written by the parser thread only
         self._closing = False
         self._lost: set[int] = set()
         self._conns: dict[int, GrpcConnection] = {}
@@ -63,48 +68,40 @@ class Parser:
     def chunk(self, conn: int, upstream: bool, data: bytes) -> None:
         if conn in self._lost:
             return
-        with self._cond:
-            if self._bytes + len(data) > self.max_queue_bytes and self._queue:
-                self._lost.add(conn)
-                self._queue.append(("lost", conn, time.time(), None))
-                self.counts["connections_lost"] += 1
-            else:
-                self._queue.append((upstream, conn, time.time(), data))
-                self._bytes += len(data)
-            self._cond.notify()
+        if self._in_bytes - self._out_bytes + len(data) > self.max_queue_bytes:
+            self._lost.add(conn)
+            self._queue.append(("lost", conn, time.time(), None))
+            self.counts["connections_lost"] += 1
+            return
+        self._in_bytes += len(data)
+        self._queue.append((upstream, conn, time.time(), data))
 
     def opened(self, conn: int, peer: str) -> None:
-        with self._cond:
-            self._queue.append(("open", conn, time.time(), peer))
-            self._cond.notify()
+        self._queue.append(("open", conn, time.time(), peer))
 
     def closed(self, conn: int) -> None:
-        with self._cond:
-            self._queue.append(("close", conn, time.time(), None))
-            self._cond.notify()
+        self._queue.append(("close", conn, time.time(), None))
 
     # control -------------------------------------------------------------------------------------
     def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every chunk queued so far has been parsed."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._queue or self.counts["busy"]:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.02))
+        target = len(self._queue) + self.counts["handled"]
+        while self.counts["handled"] < target:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
         return True
 
     def close(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        self._closing = True
         self._thread.join(timeout)
 
     def stats(self) -> dict:
         c = self.counts
-        return {"forwarded": dict(self.methods), "connections": c["connections"], "connections_lost": c["connections_lost"],
-                "connections_unparsed": c["connections_unparsed"], "bytes_relayed": c["bytes"],
-                "parser_queue_bytes": self._bytes}
+        return {"forwarded": dict(self.methods), "connections": c["connections"],
+                "connections_lost": c["connections_lost"], "connections_unparsed": c["connections_unparsed"],
+                "bytes_relayed": c["bytes"], "parser_queue_bytes": self._in_bytes - self._out_bytes}
 
     # the thread ----------------------------------------------------------------------------------
     def _emit(self, kind: str, *payload) -> None:
@@ -113,24 +110,23 @@ class Parser:
         self.recorder.submit(kind, *payload, size=size)
 
     def _run(self) -> None:
+        queue = self._queue
         while True:
-            with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
-                if not self._queue and self._closing:
+            if not queue:
+                if self._closing:
                     break
-                kind, conn, when, data = self._queue.popleft()
+                time.sleep(self.linger)
+                continue
+            while queue:
+                kind, conn, when, data = queue.popleft()
                 if isinstance(data, (bytes, bytearray)):
-                    self._bytes -= len(data)
-                self.counts["busy"] = 1
-            try:
-                self._handle(kind, conn, when, data)
-            except Exception:  # a parser bug must not kill the thread
-                log.exception("tap parser error")
-                self._conns.pop(conn, None)
-            with self._cond:
-                self.counts["busy"] = 0
-                self._cond.notify_all()
+                    self._out_bytes += len(data)
+                try:
+                    self._handle(kind, conn, when, data)
+                except Exception:  # a parser bug must not kill the thread
+                    log.exception("tap parser error")
+                    self._conns.pop(conn, None)
+                self.counts["handled"] += 1
         for conn in list(self._conns):
             self._handle("close", conn, time.time(), None)
 

@@ -37,7 +37,7 @@ class Recorder:
     def __init__(self, store_dir: str | os.PathLike, max_queue: int = 4096,
                  max_queue_bytes: int = 512 << 20, max_captures: int | None = None,
                  max_bytes: int | None = None, busy_timeout: float = 0.2, stats_interval: float = 2.0,
-                 stats_file: str | os.PathLike | None = None, batch: int = 64):
+                 stats_file: str | os.PathLike | None = None, batch: int = 64, linger: float = 0.02):
         self.store_dir = Path(store_dir)
         self.max_queue, self.max_queue_bytes = max_queue, max_queue_bytes
         self.retention = (max_captures, max_bytes)
@@ -45,6 +45,7 @@ class Recorder:
         self.stats_interval = stats_interval
         self.stats_file = Path(stats_file) if stats_file else self.store_dir / STATS_FILE
         self.batch = batch
+        self.linger = linger  # after the first event, wait this long for more (fewer transactions)
         self._queue: collections.deque = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()
@@ -130,6 +131,12 @@ class Recorder:
                     self._cond.wait(self.stats_interval)
                     if time.monotonic() - last_stats >= self.stats_interval:
                         break
+                end = time.monotonic() + self.linger  # gather a batch: one transaction, fewer wake-ups
+                while self._queue and not self._closing and len(self._queue) < self.batch:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 events = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
                 for _, _, size in events:
                     self._queued_bytes -= size

@@ -1,0 +1,261 @@
+"""Tap overhead: throughput and p50 latency through ``attacker tap`` vs straight to the cloud.
+
+    python -m benchmarks.tap_overhead [--seconds 2] [--rounds 3] [--quick] [--out benchmarks/results/tap_overhead.md]
+
+Starts a real ``cloud_server`` and three taps as separate processes: the default passive tap
+(TCP relay + HTTP/2 decoding) recording into a temporary capture store, the same with
+``--no-record`` (relay only: what the extra hop costs), and ``--mode proxy`` (the gRPC proxy)
+recording too, and drives them from this process with the
+edge's gRPC client (``edge_client.client.CloudClient``) sending head features of real deployments
+(random weights: speed does not depend on them) for lenet5 and he-cifar-cnn. Each workload runs
+``--rounds`` times, the three targets interleaved in every round (so drift and other load hit all
+alike); the table gives the median over rounds. Modes: ``unary`` (one call in flight: p50 is the
+edge's latency) and ``stream`` (an InferStream with 8 requests in flight: throughput).
+Goal: through the recording tap no more than 10% slower than direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GOAL = 0.10
+
+# (arch, split, batch, mode)
+WORKLOADS = [
+    ("lenet5", "relu2", 1, "unary"),
+    ("lenet5", "conv1", 64, "unary"),
+    ("he-cifar-cnn", "conv11", 1, "unary"),
+    ("he-cifar-cnn", "relu22", 8, "unary"),
+    ("he-cifar-cnn", "relu32", 64, "unary"),
+    ("lenet5", "relu2", 1, "stream"),
+    ("he-cifar-cnn", "conv11", 1, "stream"),
+    ("he-cifar-cnn", "relu32", 64, "stream"),
+]
+QUICK = [WORKLOADS[0], WORKLOADS[2], WORKLOADS[4], WORKLOADS[6]]
+TAPS = {"tap": [], "relay only": ["--no-record"], "proxy mode": ["--mode", "proxy"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_deployments(root: Path, archs: set[str]) -> dict:
+    """Random-weight models deployed at every split point the workloads use."""
+    import torch
+
+    from models.artifacts import ArtifactStore
+    from models.deploy import deploy
+    from models.zoo import build_model
+
+    store = ArtifactStore(root)
+    shapes = {"lenet5": (1, 28, 28), "he-cifar-cnn": (3, 32, 32)}
+    for arch in archs:
+        torch.manual_seed(0)
+        model = build_model(arch, 10, shapes[arch])
+        manifest = {"arch": arch, "dataset": "random", "num_classes": 10, "input_shape": list(shapes[arch]),
+                    "options": {"dropout": 0.0}, "preprocessing": "x/255", "model_id": f"{arch}-bench"}
+        store.save_model(f"{arch}-bench", model.state_dict(), manifest)
+        for split in sorted({w[1] for w in WORKLOADS if w[0] == arch}):
+            deploy(store, f"{arch}-bench", split, check_inputs=torch.rand(4, *shapes[arch]))
+    return {d: store.deployment(d) for d in store.list_deployments()}
+
+
+def start(cmd: list[str], ready: str, env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    return proc
+
+
+def wait_ready(address: str, timeout: float = 60.0) -> None:
+    from edge_client.client import CloudClient
+
+    with CloudClient(address, retries=False) as c:
+        c.wait_ready(timeout)
+
+
+def features_for(dep: dict, deployment_dir: Path, batch: int) -> np.ndarray:
+    from models.onnx_runtime import head_session
+
+    sess = head_session(str(deployment_dir / "head.onnx"))
+    x = np.random.default_rng(0).random((batch, *dep["input_shape"]), dtype=np.float32)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def run_unary(client, dep_id: str, feats: np.ndarray, seconds: float) -> tuple[float, float, int]:
+    lat = []
+    for _ in range(3):
+        client.infer(dep_id, feats)
+    end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    while time.perf_counter() < end:
+        s = time.perf_counter()
+        client.infer(dep_id, feats)
+        lat.append(time.perf_counter() - s)
+    elapsed = time.perf_counter() - t0
+    return len(lat) * len(feats) / elapsed, statistics.median(lat) * 1e3, len(lat)
+
+
+def run_stream(client, dep_id: str, feats: np.ndarray, seconds: float, window: int = 8) -> tuple[float, float, int]:
+    lat, pending = [], []
+    with client.stream() as s:
+        for f in [s.submit(dep_id, feats) for _ in range(3)]:
+            f.result()
+        end = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        done = 0
+        while time.perf_counter() < end or pending:
+            while len(pending) < window and time.perf_counter() < end:
+                pending.append((time.perf_counter(), s.submit(dep_id, feats)))
+            sent, fut = pending.pop(0)
+            fut.result()
+            lat.append(time.perf_counter() - sent)
+            done += 1
+        elapsed = time.perf_counter() - t0
+    return done * len(feats) / elapsed, statistics.median(lat) * 1e3, done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tap_overhead", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per workload (default 3)")
+    p.add_argument("--quick", action="store_true", help="four workloads only")
+    p.add_argument("--only", type=int, action="append", help="run only workload number N (0-based; repeatable)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tap_overhead.md"))
+    args = p.parse_args(argv)
+    os.environ.setdefault("SPLITLAB_THREADS", "1")
+    from models.onnx_runtime import set_torch_threads
+
+    set_torch_threads(1)
+    from edge_client.client import CloudClient
+
+    workloads = QUICK if args.quick else WORKLOADS
+    if args.only:
+        workloads = [WORKLOADS[i] for i in args.only]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SPLITLAB_THREADS="1")
+    procs: list[subprocess.Popen] = []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tap-bench-") as tmp:
+        tmp = Path(tmp)
+        print("deploying random-weight models ...", flush=True)
+        deps = make_deployments(tmp / "artifacts", {w[0] for w in workloads})
+        cloud_port = free_port()
+        try:
+            procs.append(start([sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(cloud_port),
+                                "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env))
+            upstream = f"127.0.0.1:{cloud_port}"
+            targets = {"direct": upstream}
+            for name, extra in TAPS.items():
+                port = free_port()
+                procs.append(start([sys.executable, "-m", "attacker", "tap", "--listen", f"127.0.0.1:{port}",
+                                    "--admin", f"127.0.0.1:{free_port()}", "--upstream", upstream,
+                                    "--store", str(tmp / f"captures-{len(procs)}"), "--log-level", "warning", *extra],
+                                   "", env))
+                targets[name] = f"127.0.0.1:{port}"
+            for address in targets.values():
+                wait_ready(address)
+            clients = {name: CloudClient(addr, timeout=120) for name, addr in targets.items()}
+            for arch, split, batch, mode in workloads:
+                dep_id = f"{arch}-bench--{split}"
+                feats = features_for(deps[dep_id], tmp / "artifacts" / "deployments" / dep_id, batch)
+                results: dict[str, list[tuple[float, float, int]]] = {n: [] for n in targets}
+                for r in range(args.rounds):
+                    k = r % len(targets)
+                    order = list(targets)[k:] + list(targets)[:k]
+                    for name in order:
+                        fn = run_unary if mode == "unary" else run_stream
+                        results[name].append(fn(clients[name], dep_id, feats, args.seconds))
+                row = {"workload": f"{arch} {split}", "batch": batch, "mode": mode,
+                       "mb": feats.nbytes / 2**20}
+                for name, res in results.items():
+                    row[name] = (statistics.median(x[0] for x in res), statistics.median(x[1] for x in res),
+                                 sum(x[2] for x in res))
+                rows.append(row)
+                print(_line(row), flush=True)
+            for c in clients.values():
+                c.close()
+        finally:
+            for proc in procs:
+                proc.terminate()
+            tap_out = ""
+            for proc in procs:
+                try:
+                    out, _ = proc.communicate(timeout=30)
+                    if "tap stopped" in (out or "") and '"mode": "passive"' in out and '"recorded": 0' not in out:
+                        tap_out = out.strip().splitlines()[-1]
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    write_report(Path(args.out), rows, args, tap_out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _slower(row, name) -> tuple[float, float]:
+    """(throughput loss, p50 increase) of ``name`` against direct, as fractions."""
+    d_tp, d_p50, _ = row["direct"]
+    tp, p50, _ = row[name]
+    return 1 - tp / d_tp, p50 / d_p50 - 1
+
+
+def _line(row) -> str:
+    t_tp, t_lat = _slower(row, "tap")
+    return (f"{row['workload']:<22} b{row['batch']:<3} {row['mode']:<6} direct {row['direct'][0]:8.1f} img/s "
+            f"p50 {row['direct'][1]:7.2f} ms | tap {row['tap'][0]:8.1f} img/s p50 {row['tap'][1]:7.2f} ms "
+            f"({t_tp:+.1%} thr loss, {t_lat:+.1%} p50) | relay only {row['relay only'][0]:8.1f} img/s "
+            f"p50 {row['relay only'][1]:7.2f} ms | proxy mode {row['proxy mode'][0]:8.1f} img/s "
+            f"p50 {row['proxy mode'][1]:7.2f} ms")
+
+
+def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
+    import platform
+
+    lines = [
+        "# Tap overhead", "",
+        "Command: `python -m benchmarks.tap_overhead"
+        + (f" --seconds {args.seconds:g}" if args.seconds != 2.0 else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + (" --quick" if args.quick else "") + "`", "",
+        f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
+        f"no GPU; the cloud server, three taps and the client are five processes sharing these cores "
+        f"(SPLITLAB_THREADS=1). Medians over {args.rounds} interleaved rounds of {args.seconds:g} s; "
+        "features are real head outputs (random weights). Throughput in images/s; p50 is per call "
+        "(unary: one call in flight, the edge's latency; stream: 8 requests in flight on one InferStream).",
+        "",
+        "Goal: through the recording tap (default passive mode) at most 10% slower than direct, in "
+        "throughput and in p50. Also shown: the passive relay without recording (the cost of the hop "
+        "alone) and the recording tap in `--mode proxy` (a gRPC proxy re-issuing each call).", "",
+        "| workload | batch | MiB/call | calls | direct img/s | direct p50 ms | tap img/s | tap p50 ms "
+        "| tap throughput loss | tap p50 increase | goal met | relay-only img/s | relay-only p50 ms "
+        "| proxy-mode img/s | proxy-mode p50 ms | proxy-mode thr loss / p50 incr. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        loss, inc = _slower(row, "tap")
+        met = "yes" if loss <= GOAL and inc <= GOAL else "no"
+        p_loss, p_inc = _slower(row, "proxy mode")
+        lines.append(
+            f"| {row['workload']} | {row['batch']} | {row['mb']:.2f} | {row['mode']} | {row['direct'][0]:.1f} | "
+            f"{row['direct'][1]:.2f} | {row['tap'][0]:.1f} | {row['tap'][1]:.2f} | {loss:+.1%} | {inc:+.1%} | {met} | "
+            f"{row['relay only'][0]:.1f} | {row['relay only'][1]:.2f} | {row['proxy mode'][0]:.1f} | "
+            f"{row['proxy mode'][1]:.2f} | {p_loss:+.1%} / {p_inc:+.1%} |")
+    if tap_out:
+        lines += ["", f"Recording tap's final counters: `{tap_out}`"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else ""
+    notes = existing.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in existing else ""
+    path.write_text("\n".join(lines) + "\n\n<!-- notes -->" + notes if notes else "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
