@@ -401,6 +401,12 @@ def run_invert(args) -> int:
     if args.method in ("whitebox", "blackbox", "queryfree"):
         params.setdefault("progress", progress)
     attack = create(args.method, params)  # validates the parameters before anything heavy runs
+    if args.method in ("blackbox", "queryfree"):
+        parse_aux(args.aux_data)
+    if args.method == "blackbox" and not (args.edge or args.artifacts):
+        raise SplitlabError("the black-box attack needs a query source: --edge URL (live) or --artifacts DIR")
+    if args.method == "queryfree" and not args.artifacts:
+        raise SplitlabError("the query-free attack needs the tail: pass --artifacts DIR (the cloud's store)")
     truth = load_ground_truth_file(args.ground_truth) if args.ground_truth else {}
     store = CaptureStore(args.store, create=False)
     known = store.deployment_ids()
