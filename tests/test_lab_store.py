@@ -208,3 +208,15 @@ def test_zero_workers_only_queue(tmp_path):
     time.sleep(0.2)
     pool.stop()
     assert store.get(exp)["status"] == "queued"
+
+
+def test_results_are_stored_as_strict_json(tmp_path):
+    import numpy as np
+
+    store = ExperimentStore(tmp_path)
+    exp = store.create({})["id"]
+    store.claim_next()
+    assert store.finish(exp, "done", results={"psnr": float("inf"), "ssim": float("nan"),
+                                              "mse": np.float32(0.25), "shape": np.arange(3)})
+    assert store.get(exp)["results"] == {"psnr": None, "ssim": None, "mse": 0.25, "shape": [0, 1, 2]}
+    assert not store.finish(exp, "failed", error="too late")  # only a running experiment finishes

@@ -15,6 +15,7 @@ a second process.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -44,6 +45,23 @@ CREATE TABLE IF NOT EXISTS experiments (
 );
 CREATE INDEX IF NOT EXISTS experiments_status ON experiments (status, seq);
 """
+
+
+def to_json(value) -> str:
+    """JSON that every client can parse: NaN/Inf become null, numpy scalars and arrays plain values."""
+    return json.dumps(_clean(value), allow_nan=False)
+
+
+def _clean(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _clean(value.tolist())
+    return value
 
 
 def now() -> float:
@@ -106,7 +124,7 @@ class ExperimentStore:
         t = now()
         with self._tx() as db:
             db.execute("INSERT INTO experiments (id, status, spec, created, events) VALUES (?, 'queued', ?, ?, ?)",
-                       (exp_id, json.dumps(spec), t, json.dumps([[t, "queued"]])))
+                       (exp_id, to_json(spec), t, json.dumps([[t, "queued"]])))
         return self.get(exp_id)
 
     def claim_next(self) -> dict | None:
@@ -127,7 +145,7 @@ class ExperimentStore:
         sql = "UPDATE experiments SET step=?, fraction=?"
         if partial is not None:
             sql += ", results=?"
-            args.append(json.dumps(partial))
+            args.append(to_json(partial))
         with self._tx() as db:
             db.execute(sql + " WHERE id=? AND status='running'", (*args, exp_id))
 
@@ -141,7 +159,7 @@ class ExperimentStore:
                 "fraction=CASE WHEN ?='done' THEN 1 ELSE fraction END, "
                 "step=CASE WHEN ?='done' THEN 'done' ELSE step END, "
                 "events=json_insert(events, '$[#]', json_array(?, ?)) WHERE id=? AND status='running'",
-                (status, t, json.dumps(results) if results is not None else None, error, status, status,
+                (status, t, to_json(results) if results is not None else None, error, status, status,
                  t, status, exp_id))
             return cur.rowcount == 1
 
