@@ -261,7 +261,7 @@ def test_experiment_page_in_headless_chromium(lab, tmp_path):
 
 def test_cancel_queued_and_running(lab):
     splits = ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2")
-    running = lab.submit(tiny_spec(splits=splits))
+    running = lab.submit(tiny_spec(splits=splits, iterations=300))
     queued = lab.submit(tiny_spec())
     r = lab.http.delete(f"/v1/experiments/{queued['id']}", headers=AUTH)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
