@@ -125,6 +125,9 @@ class _Run:
         from ..metrics import image_metrics
 
         spec, cfg = self.spec, self.cfg
+        if not cfg.edge_url:  # fail before spending time on training
+            raise SplitlabError("no edge to send images through: start the service with --edge URL "
+                                "(the edge's REST address, e.g. http://localhost:8001)")
         self.ctx_step = "model: train or reuse"
         self.step(self.ctx_step)
         model_id, manifest, reused = ensure_model(self.store, spec, cfg.data_root)
