@@ -8,7 +8,8 @@
   results table and the grids (a screenshot is taken; ``SPLITLAB_SCREENSHOTS=DIR`` keeps it);
 * cancellation of a queued and of a running experiment;
 * restart recovery: the service is killed (SIGKILL) with one experiment running and one queued; after
-  a restart the running one is marked interrupted and re-run, the queued one runs.
+  a restart the running one is marked interrupted and re-run, the queued one runs (it has a noise
+  defence at the edge: the features at the tap are checked to carry exactly that noise).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def test_cancel_queued_and_running(lab):
 
 def test_restart_recovers_running_and_queued_experiments(lab):
     first = lab.submit(tiny_spec(splits=("conv1", "relu1", "pool1")))
-    second = lab.submit(tiny_spec(splits=("conv2",)))
+    second = lab.submit(tiny_spec(feature_defense={"type": "noise", "sigma": 0.3}))
     lab.wait(first["id"], lambda e: e["status"] == "running" and e["progress"]["fraction"] > 0.2)
     assert lab.get(second["id"])["status"] == "queued"
     lab.kill_attacker()  # no chance to clean up
@@ -292,4 +293,32 @@ def test_restart_recovers_running_and_queued_experiments(lab):
     assert [r["split"] for r in rec["results"]["rows"]] == ["conv1", "relu1", "pool1"]
     later = lab.wait_final(second["id"])
     assert later["status"] == "done" and later["restarts"] == 0
-    assert later["results"]["rows"][0]["psnr_mean"] > later["results"]["baseline"]["psnr_mean"]
+    check_noise_defence(lab, later["results"], sigma=0.3)
+
+
+def check_noise_defence(lab, res, sigma):
+    """The queued experiment had a noise defence: the features that crossed the tap are the clean
+    head's plus N(0, sigma^2), and the white-box attack (clean head) no longer recovers the images."""
+    import torch
+
+    from attacker.capture_store import CaptureStore
+    from models import ArtifactStore, load_dataset, to_tensor
+    from models.loading import load_model
+    from models.split import split_model
+
+    (split,) = res["splits"]
+    (row,) = res["rows"]
+    store = ArtifactStore(lab.artifacts)
+    dep = store.deployment(split["deployment_id"])
+    assert split["deployment_id"].endswith("--noise0.3") and dep["feature_defense"] == {"type": "noise", "sigma": sigma}
+    head, _ = split_model(load_model(store, dep["model_id"])[0], "conv1")
+    x = to_tensor(load_dataset("digits").x_test[res["private_images"]["indices"]])
+    with torch.no_grad():
+        clean = head(x).numpy()
+    with CaptureStore(lab.captures, create=False) as captures:
+        sent = np.concatenate([captures.features(captures.captures(request_id=rid, ok_only=True)[-1])
+                               for rid in split["request_ids"]])
+    assert abs(float((sent - clean).std()) - sigma) < 0.05
+    assert abs(float((sent - clean).mean())) < 0.05
+    assert "clean head" in row["knowledge"]
+    assert res["baseline"]["psnr_mean"] < row["psnr_mean"] < 40  # the clean conv1 inversion is near-exact
