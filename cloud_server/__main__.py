@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gRPC handler threads = calls served at once; each open stream holds one "
                         "[SPLITLAB_CLOUD_WORKERS, default 16]")
     p.add_argument("--threads", type=int, default=_env("SPLITLAB_THREADS", 1, int),
-                   help="torch threads of the single compute thread that runs every tail; on a machine "
+                   help="intra-op threads of the single compute thread that runs every tail; on a machine "
                         "shared with the edge keep 1 [SPLITLAB_THREADS, default 1]")
+    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default=_env("SPLITLAB_CLOUD_RUNTIME", "onnxruntime"),
+                   help="what runs the tails: ONNX Runtime (each tail exported and checked against torch on load; "
+                        "torch is the fallback) or torch [SPLITLAB_CLOUD_RUNTIME, default onnxruntime]")
     p.add_argument("--max-batch", type=int, default=_env("SPLITLAB_MAX_BATCH", 1024, int),
                    help="largest batch one request may carry (INVALID_ARGUMENT above) [SPLITLAB_MAX_BATCH, default 1024]")
     p.add_argument("--merge-rows", type=int, default=_env("SPLITLAB_MERGE_ROWS", 64, int),
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(artifacts=args.artifacts, host=args.host, port=args.port,
                           max_message_mb=args.max_message_mb, workers=args.workers, threads=args.threads,
                           max_batch=args.max_batch, merge_rows=args.merge_rows, cache_size=args.cache_size,
-                          grace_seconds=args.grace)
+                          grace_seconds=args.grace, runtime=args.runtime)
     try:
         server = CloudServer(config)
     except (OSError, RuntimeError) as exc:

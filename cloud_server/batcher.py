@@ -1,32 +1,24 @@
-"""One compute thread that runs every tail, merging concurrent small requests into one batch.
+"""One compute thread that runs every tail (a callable: float32 features -> logits), merging concurrent small requests into one batch.
 
 gRPC handler threads only validate and decode; they hand the features to :class:`TailBatcher` and
 wait on a future. The compute thread takes everything that queued up while it was busy, groups it
 by deployment, concatenates requests of the same deployment up to ``merge_rows`` examples, runs
 the tail once per group and splits the logits back. Nothing waits for a batch to fill: a lone
 request runs at once, and batches form only when requests arrive faster than the tail runs (which
-is when merging pays). Running all tails on one thread also gives torch a single OpenMP team
-instead of one per handler thread (see PERFORMANCE-NOTES).
+is when merging pays). Running all tails on one thread also keeps the runtime to one thread team
+instead of one per gRPC handler thread (see PERFORMANCE-NOTES).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
-
-# Decoded float32 features are read-only views of the request bytes (no copy); the tail never
-# writes to its input. torch warns about such arrays once per process: have that once here, muted.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    torch.from_numpy(np.frombuffer(bytes(4), np.float32))
 
 
 @dataclass
@@ -39,7 +31,7 @@ class TailResult:
 @dataclass
 class _Item:
     key: object
-    tail: torch.nn.Module
+    tail: Callable[[np.ndarray], np.ndarray]
     features: np.ndarray
     future: Future
     is_active: Callable[[], bool] | None
@@ -50,9 +42,8 @@ class Cancelled(Exception):
 
 
 class TailBatcher:
-    def __init__(self, merge_rows: int = 64, threads: int = 1):
+    def __init__(self, merge_rows: int = 64):
         self.merge_rows = max(1, merge_rows)
-        self.threads = threads
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -61,7 +52,7 @@ class TailBatcher:
         self._thread = threading.Thread(target=self._loop, name="tail-compute", daemon=True)
         self._thread.start()
 
-    def submit(self, key, tail: torch.nn.Module, features: np.ndarray,
+    def submit(self, key, tail: Callable[[np.ndarray], np.ndarray], features: np.ndarray,
                is_active: Callable[[], bool] | None = None) -> Future:
         fut: Future = Future()
         with self._cond:
@@ -80,7 +71,6 @@ class TailBatcher:
 
     # --- compute thread ------------------------------------------------------------------------
     def _loop(self) -> None:
-        torch.set_num_threads(self.threads)  # the only thread that runs torch in the server
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -116,8 +106,7 @@ class TailBatcher:
         try:
             x = group[0].features if len(group) == 1 else np.concatenate([it.features for it in group])
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                logits = group[0].tail(torch.from_numpy(x)).numpy()
+            logits = group[0].tail(x)
             seconds = time.perf_counter() - t0
         except Exception as exc:  # a tail that fails must not take the compute thread down
             for it in group:

@@ -2,6 +2,9 @@
 
 ``log(logger, "infer", request_id=..., ms=...)`` writes
 ``{"ts": "...", "level": "info", "logger": "cloud_server", "event": "infer", "request_id": ..., ...}``.
+Every request is logged at ``info`` (refusals at ``warning``); the lifecycle events (``serving``
+with the bound address, ``shutting down``, ``stopped``) come from ``cloud_server.lifecycle`` and
+are logged at any level.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def setup(level: str = "info", stream=None) -> None:
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
+    # start-up and shutdown events (with the bound address) are logged even at --log-level warning
+    logging.getLogger("cloud_server.lifecycle").setLevel(min(logging.INFO, logger.level))
 
 
 def log(logger: logging.Logger, level: int, event: str, **fields) -> None:

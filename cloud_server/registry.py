@@ -1,5 +1,6 @@
 """The deployments the server knows: records and heads read from the artifact store, and tails
-loaded lazily into a bounded least-recently-used cache.
+loaded lazily (as ONNX Runtime or torch runners, see ``tail_runtime``) into a bounded
+least-recently-used cache.
 
 A deployment folder that is replaced on disk (redeployed) is noticed through its
 ``deployment.json`` (inode and modification time) and reloaded on the next request.
@@ -13,12 +14,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import grpc
-from torch import nn
 
 from models import ArtifactStore, SplitlabError
 from models.loading import load_tail
 
 from .errors import RequestError
+from .tail_runtime import RUNTIMES, TailRunner, make_runner
 
 
 @dataclass
@@ -36,13 +37,17 @@ class Deployment:
 
 
 class Registry:
-    def __init__(self, store: ArtifactStore, cache_size: int = 8):
+    def __init__(self, store: ArtifactStore, cache_size: int = 8, runtime: str = "onnxruntime", threads: int = 1):
         if cache_size < 1:
             raise SplitlabError(f"the tail cache needs room for at least one tail, got {cache_size}")
+        if runtime not in RUNTIMES:
+            raise SplitlabError(f"unknown tail runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.store = store
         self.cache_size = cache_size
+        self.runtime = runtime
+        self.threads = threads
         self._records: dict[str, Deployment] = {}
-        self._tails: OrderedDict[str, tuple[tuple, nn.Module]] = OrderedDict()
+        self._tails: OrderedDict[str, tuple[tuple, TailRunner]] = OrderedDict()
         self._heads: dict[str, tuple[tuple, bytes, str]] = {}
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
@@ -99,8 +104,8 @@ class Registry:
         self._heads[dep.id] = (dep.stamp, data, digest)
         return data, digest
 
-    def tail(self, dep: Deployment) -> nn.Module:
-        """The deployment's tail module (eval mode), loading it on first use."""
+    def tail(self, dep: Deployment) -> TailRunner:
+        """The deployment's tail runner (features -> logits), loading it on first use."""
         with self._lock:
             hit = self._tails.get(dep.id)
             if hit is not None and hit[0] == dep.stamp:
@@ -119,13 +124,14 @@ class Registry:
                                    f"cannot load the tail of {dep.id!r}: {exc}") from None
             for p in tail.parameters():
                 p.requires_grad_(False)
+            runner = make_runner(tail, dep.feature_shape, self.runtime, self.threads, dep.id)
             with self._lock:
-                self._tails[dep.id] = (dep.stamp, tail)
+                self._tails[dep.id] = (dep.stamp, runner)
                 self._tails.move_to_end(dep.id)
                 while len(self._tails) > self.cache_size:
                     self._tails.popitem(last=False)
                 self.loads += 1
-            return tail
+            return runner
 
     def cached_tails(self) -> list[str]:
         with self._lock:

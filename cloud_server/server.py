@@ -20,7 +20,7 @@ from .logs import log
 from .registry import Registry
 from .service import SplitInferenceService
 
-logger = logging.getLogger("cloud_server")
+logger = logging.getLogger("cloud_server.lifecycle")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 DEFAULT_MAX_MESSAGE_MB = 64
 
@@ -37,6 +37,7 @@ class ServerConfig:
     merge_rows: int = 64
     cache_size: int = 8
     grace_seconds: float = 30.0
+    runtime: str = "onnxruntime"
 
     @property
     def max_message_bytes(self) -> int:
@@ -52,8 +53,8 @@ class CloudServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.registry = Registry(ArtifactStore(config.artifacts), config.cache_size)
-        self.batcher = TailBatcher(config.merge_rows, config.threads)
+        self.registry = Registry(ArtifactStore(config.artifacts), config.cache_size, config.runtime, config.threads)
+        self.batcher = TailBatcher(config.merge_rows)
         self.service = SplitInferenceService(self.registry, self.batcher, config.max_batch)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=ThreadPoolExecutor(max_workers=1))
@@ -79,7 +80,8 @@ class CloudServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log(logger, logging.INFO, "serving", address=f"{self.config.host}:{self.port}",
             artifacts=str(self.registry.store.root), deployments=len(self.registry.store.list_deployments()),
-            max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads)
+            max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads,
+            runtime=self.config.runtime)
         return self
 
     def stop(self, grace: float | None = None) -> None:

@@ -76,7 +76,7 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):
     # --- RPCs ----------------------------------------------------------------------------------
     def Infer(self, request, context):
         rid = request.request_id or metadata_request_id(context) or new_request_id()
-        context.send_initial_metadata((("x-request-id", rid),))
+        context.set_trailing_metadata((("x-request-id", rid),))
         t0 = time.perf_counter()
         try:
             result = self._submit(request, context).result()

@@ -35,14 +35,14 @@ def test_request_ids_travel_in_message_metadata_and_logs(digits_server):
     with captured_logs() as records:
         reply, call = stub.Infer.with_call(req, timeout=10)
         assert reply.request_id == "rid-123"
-        assert ("x-request-id", "rid-123") in tuple(call.initial_metadata())
+        assert ("x-request-id", "rid-123") in tuple(call.trailing_metadata())
         # no id in the message: the metadata's is used
         req.request_id = ""
         reply, _ = stub.Infer.with_call(req, timeout=10, metadata=(("x-request-id", "from-metadata"),))
         assert reply.request_id == "from-metadata"
         # neither: the server makes one up and says which
         reply, call = stub.Infer.with_call(req, timeout=10)
-        assert len(reply.request_id) == 32 and ("x-request-id", reply.request_id) in tuple(call.initial_metadata())
+        assert len(reply.request_id) == 32 and ("x-request-id", reply.request_id) in tuple(call.trailing_metadata())
         # refused requests are logged with their id too
         bad = pb.InferRequest(deployment_id="nope", request_id="rid-bad")
         with pytest.raises(grpc.RpcError):
@@ -124,19 +124,18 @@ def test_redeployed_model_is_picked_up(tmp_path):
     assert sha_before != sha_after and not np.allclose(before, after)
 
 
-class BlockingTail(torch.nn.Module):
+class BlockingTail:
     """A tail that holds the compute thread on its first call until released."""
 
     def __init__(self):
-        super().__init__()
         self.release = threading.Event()
         self.calls: list[int] = []
 
-    def forward(self, x):
+    def __call__(self, x):
         if not self.calls:
             self.release.wait(10)
         self.calls.append(len(x))
-        return x.sum(dim=(1,), keepdim=False)[:, :3]
+        return x.sum(axis=1)[:, :3]
 
 
 def test_batcher_merges_requests_that_queue_up():
@@ -161,18 +160,41 @@ def test_batcher_merges_requests_that_queue_up():
 
 
 def test_batcher_reports_a_failing_tail_and_keeps_running():
-    class Broken(torch.nn.Module):
-        def forward(self, x):
-            raise RuntimeError("boom")
+    def broken(x):
+        raise RuntimeError("boom")
 
     batcher = TailBatcher()
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            batcher.submit("d", Broken(), np.zeros((1, 2), np.float32)).result(10)
-        ok = batcher.submit("d", torch.nn.Identity(), np.ones((1, 2), np.float32)).result(10)
-        assert np.array_equal(ok.logits, np.ones((1, 2), np.float32))
+            batcher.submit("d", broken, np.zeros((1, 2), np.float32)).result(10)
+        ok = batcher.submit("d", lambda x: x * 2, np.ones((1, 2), np.float32)).result(10)
+        assert np.array_equal(ok.logits, np.full((1, 2), 2, np.float32))
     finally:
         batcher.close()
+
+
+def test_tail_runtimes_agree_and_unexportable_tails_fall_back_to_torch():
+    from cloud_server.tail_runtime import make_runner
+    from models import build_model, split_model
+
+    torch.manual_seed(0)
+    model = build_model("he-cifar-cnn", 10, (3, 32, 32)).eval()
+    _, tail = split_model(model, "relu22")
+    x = np.random.default_rng(0).random((3, 128, 16, 16), dtype=np.float32)
+    ort = make_runner(tail, (128, 16, 16), "onnxruntime")
+    ref = make_runner(tail, (128, 16, 16), "torch")
+    assert ort.runtime == "onnxruntime" and ref.runtime == "torch"
+    assert np.abs(ort(x) - ref(x)).max() <= 1e-4
+
+    class NotExportable(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy().sum(axis=1))  # leaves torch: tracing cannot follow
+
+    with captured_logs() as records:
+        fallback = make_runner(torch.nn.Sequential(NotExportable()), (4,), "onnxruntime", deployment_id="odd")
+    assert fallback.runtime == "torch" and "onnxruntime refused" in fallback.note
+    assert np.allclose(fallback(np.ones((2, 4), np.float32)), 4.0)
+    assert any(r["event"] == "onnx tail refused, using torch" and r["deployment"] == "odd" for r in records)
 
 
 def test_concurrent_stream_requests_are_merged(digits_server):

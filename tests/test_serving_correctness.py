@@ -19,14 +19,24 @@ N_IMAGES = 6
 
 @pytest.fixture(scope="module")
 def cloud(every_split_store, tmp_path_factory):
+    """A server running tails with ONNX Runtime (the default)."""
     store, models = every_split_store
     with running_server(store.root) as server, CloudClient(server.address) as client:
         yield store, models, client, HeadCache(tmp_path_factory.mktemp("heads"))
 
 
+@pytest.fixture(scope="module")
+def torch_cloud(every_split_store, tmp_path_factory):
+    """A server running tails with torch (``--runtime torch``)."""
+    store, models = every_split_store
+    with running_server(store.root, runtime="torch") as server, CloudClient(server.address) as client:
+        yield store, models, client, HeadCache(tmp_path_factory.mktemp("heads"))
+
+
+@pytest.mark.parametrize("tail_runtime", ["onnxruntime", "torch"])
 @pytest.mark.parametrize("arch", list(MODELS))
-def test_float32_wire_equals_monolithic_at_every_split(cloud, arch):
-    store, models, client, cache = cloud
+def test_float32_wire_equals_monolithic_at_every_split(request, arch, tail_runtime):
+    store, models, client, cache = request.getfixturevalue("cloud" if tail_runtime == "onnxruntime" else "torch_cloud")
     x = preprocess(sample_images(arch, N_IMAGES)[0])
     with torch.inference_mode():
         expected = models[arch](torch.from_numpy(x)).numpy()
@@ -42,7 +52,7 @@ def test_float32_wire_equals_monolithic_at_every_split(cloud, arch):
             streamed = edge.infer_future(dep_id, x, stream=stream).result(timeout=30)
             stream_diffs[split] = float(np.abs(streamed.logits - expected).max())
             assert np.array_equal(streamed.top1, expected.argmax(1)), split
-    print(f"\n{arch} float32 max |logit diff| per split: {unary_diffs}")
+    print(f"\n{arch} float32 ({tail_runtime} tail) max |logit diff| per split: {unary_diffs}")
     assert max(unary_diffs.values()) <= 1e-4, unary_diffs
     assert max(stream_diffs.values()) <= 1e-4, stream_diffs
     assert len(unary_diffs) == len(split_points(arch))
