@@ -248,3 +248,21 @@ def test_openapi_property_based_no_server_errors(case):
     from schemathesis.checks import positive_data_acceptance
 
     case.call_and_validate(headers=AUTH, excluded_checks=[positive_data_acceptance])
+
+
+def test_attack_defaults_over_the_limits_are_lowered_to_them():
+    from attacker.attacks import WhiteBoxParams
+    from attacker.lab.attacks import attack_params
+    from attacker.lab.spec import AttackSpec
+
+    limits = Limits(max_iterations=100, max_epochs=3)
+    default_its = WhiteBoxParams().resolved("conv1").iterations
+    assert default_its > 100
+    assert attack_params(AttackSpec(name="whitebox"), "conv1", limits)["iterations"] == 100
+    assert attack_params(AttackSpec(name="whitebox"), "conv1", Limits())["progress"] is False
+    assert "iterations" not in attack_params(AttackSpec(name="whitebox"), "conv1", Limits(max_iterations=10**6))
+    qf = attack_params(AttackSpec(name="queryfree", shadow="different"), "relu2", limits)
+    assert qf["shadow"] == "different" and qf["whitebox"]["iterations"] == 100 and qf["epochs"] == 3
+    assert attack_params(AttackSpec(name="blackbox"), "relu2", limits)["epochs"] == 3
+    explicit = AttackSpec(name="whitebox", params={"iterations": 50})
+    assert attack_params(explicit, "conv1", limits)["iterations"] == 50

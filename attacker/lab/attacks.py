@@ -18,8 +18,6 @@ NESTED = ("whitebox",)
 
 def attack_params(attack: AttackSpec, split: str | None = None, limits: Limits | None = None) -> dict[str, Any]:
     """The parameters handed to the attack: the user's, the setting, no progress bars, budgets."""
-    from attacker.attacks import WhiteBoxParams
-
     params = {k: (dict(v) if isinstance(v, dict) else v) for k, v in attack.params.items()}
     params["progress"] = False
     if attack.name == "queryfree":
@@ -27,9 +25,9 @@ def attack_params(attack: AttackSpec, split: str | None = None, limits: Limits |
         params["whitebox"] = {**params.get("whitebox", {}), "progress": False}
     if limits is not None:
         if attack.name == "whitebox":
-            params = _clamp_whitebox(params, split, limits, WhiteBoxParams)
+            params = _clamp_whitebox(params, split, limits, lambda p: p.resolved(split))
         elif attack.name == "queryfree":
-            params["whitebox"] = _clamp_whitebox(params["whitebox"], split, limits, WhiteBoxParams)
+            params["whitebox"] = _clamp_whitebox(params["whitebox"], split, limits, _queryfree_resolver(split))
         cls = _params_class(attack.name)
         for key in EPOCH_PARAMS:
             default = getattr(cls, key, None) if key in cls.__dataclass_fields__ else None
@@ -38,12 +36,24 @@ def attack_params(attack: AttackSpec, split: str | None = None, limits: Limits |
     return params
 
 
-def _clamp_whitebox(params: dict, split: str | None, limits: Limits, cls) -> dict:
+def _clamp_whitebox(params: dict, split: str | None, limits: Limits, resolve) -> dict:
+    """Lower the default iteration count to the limit (a value the user gave was checked already)."""
+    from attacker.attacks import WhiteBoxParams
+
     if params.get("iterations") is None:
-        resolved = cls.from_dict({k: v for k, v in params.items()}).resolved(split)
+        resolved = resolve(WhiteBoxParams.from_dict(params))
         if resolved.iterations > limits.max_iterations:
             params = {**params, "iterations": limits.max_iterations}
     return params
+
+
+def _queryfree_resolver(split: str | None):
+    """How the query-free attack fills in its inversion defaults (its own, then white-box's)."""
+    try:
+        from attacker.attacks.queryfree import queryfree_whitebox
+    except ImportError:  # an attack module without query-free specific defaults
+        return lambda p: p.resolved(split)
+    return lambda p: queryfree_whitebox(p, split)
 
 
 def _params_class(name: str):
