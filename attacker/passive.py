@@ -1,27 +1,21 @@
-"""The passive tap: a TCP relay between the edge and the cloud that decodes a copy of the traffic.
+"""The passive tap's relay: a TCP relay between the edge and the cloud.
 
 Each accepted connection gets its own connection to the upstream, and bytes are relayed both ways
 unchanged by asyncio protocols (no parsing, no copies, TCP_NODELAY, back-pressure by pausing the
 other side), so everything gRPC puts on the wire passes through as it is: messages, status codes,
 initial and trailing metadata, deadlines (``grpc-timeout``), keepalives, flow control, and the
-size limits the two endpoints enforce. A reference to each chunk goes to a bounded queue; one
-parser thread decodes HTTP/2 and gRPC from it (:mod:`attacker.h2parse`) and hands calls to the
-:class:`~attacker.recorder.Recorder`. If the parser falls behind past the queue's bound, the
-connection it was parsing stops being recorded (HTTP/2 header compression cannot resume after a
-gap); this is counted as ``connections_lost``, and traffic is never affected.
+size limits the two endpoints enforce. Each chunk is also handed (before it is relayed) to a
+``sink`` with ``opened(conn, peer)``, ``chunk(conn, from_client, data)`` and ``closed(conn)``: the
+recorder process (:mod:`attacker.recorder_process`), which decodes and records it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 import socket
-import threading
 import time
-
-from .h2parse import GrpcConnection, ParseError
 
 log = logging.getLogger("attacker.tap")
 
@@ -41,120 +35,6 @@ def _peer(transport) -> str:
     return f"ipv4:{addr[0]}:{addr[1]}"
 
 
-class Parser:
-    """The parser thread: chunks in (bounded), recorder events out.
-
-    The relay only appends to a deque (no lock, no wake-up): the thread drains it every
-    ``linger`` seconds, so the relay's thread is not made to hand the GIL over for every chunk.
-    """
-
-    def __init__(self, recorder, max_message: int, max_queue_bytes: int = 256 << 20, linger: float = 0.005):
-        self.recorder = recorder
-        self.max_message = max_message
-        self.max_queue_bytes = max_queue_bytes
-        self.linger = linger
-        self.counts: collections.Counter = collections.Counter()
-        self.methods: dict[str, int] = {}  # calls seen per method
-        self._queue: collections.deque = collections.deque()
-        self._in_bytes = 0   # written by the relay's thread only
-        self._out_bytes = 0  # written by the parser thread only
-        self._closing = False
-        self._lost: set[int] = set()
-        self._conns: dict[int, GrpcConnection] = {}
-        self._thread = threading.Thread(target=self._run, name="tap-parser", daemon=True)
-        self._thread.start()
-
-    # called on the event loop ------------------------------------------------------------------
-    def chunk(self, conn: int, upstream: bool, data: bytes) -> None:
-        if conn in self._lost:
-            return
-        if self._in_bytes - self._out_bytes + len(data) > self.max_queue_bytes:
-            self._lost.add(conn)
-            self._queue.append(("lost", conn, time.time(), None))
-            self.counts["connections_lost"] += 1
-            return
-        self._in_bytes += len(data)
-        self._queue.append((upstream, conn, time.time(), data))
-
-    def opened(self, conn: int, peer: str) -> None:
-        self._queue.append(("open", conn, time.time(), peer))
-
-    def closed(self, conn: int) -> None:
-        self._queue.append(("close", conn, time.time(), None))
-
-    # control -------------------------------------------------------------------------------------
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every chunk queued so far has been parsed."""
-        deadline = time.monotonic() + timeout
-        target = len(self._queue) + self.counts["handled"]
-        while self.counts["handled"] < target:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.002)
-        return True
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._closing = True
-        self._thread.join(timeout)
-
-    def stats(self) -> dict:
-        c = self.counts
-        return {"forwarded": dict(self.methods), "connections": c["connections"],
-                "connections_lost": c["connections_lost"], "connections_unparsed": c["connections_unparsed"],
-                "bytes_relayed": c["bytes"], "parser_queue_bytes": self._in_bytes - self._out_bytes}
-
-    # the thread ----------------------------------------------------------------------------------
-    def _emit(self, kind: str, *payload) -> None:
-        self.counts[f"calls:{kind}"] += 1
-        size = sum(len(p) for p in payload if isinstance(p, (bytes, bytearray)))
-        self.recorder.submit(kind, *payload, size=size)
-
-    def _run(self) -> None:
-        queue = self._queue
-        while True:
-            if not queue:
-                if self._closing:
-                    break
-                time.sleep(self.linger)
-                continue
-            while queue:
-                kind, conn, when, data = queue.popleft()
-                if isinstance(data, (bytes, bytearray)):
-                    self._out_bytes += len(data)
-                try:
-                    self._handle(kind, conn, when, data)
-                except Exception:  # a parser bug must not kill the thread
-                    log.exception("tap parser error")
-                    self._conns.pop(conn, None)
-                self.counts["handled"] += 1
-        for conn in list(self._conns):
-            self._handle("close", conn, time.time(), None)
-
-    def _handle(self, kind, conn, when, data) -> None:
-        if kind == "open":
-            self.counts["connections"] += 1
-            self._conns[conn] = GrpcConnection(str(conn), data, self._emit, self.max_message, self.methods)
-            return
-        state = self._conns.get(conn)
-        if kind in ("close", "lost"):
-            if state is not None:
-                del self._conns[conn]
-                state.close(when)
-            if kind == "lost":
-                self.recorder.fail(1, f"connection {conn}: parser queue full, recording of this "
-                                           "connection stopped (HTTP/2 cannot resume after a gap)")
-            return
-        self.counts["bytes"] += len(data)
-        if state is None or state.broken:
-            return
-        try:
-            state.feed(kind, data, when)
-        except ParseError as exc:
-            self.counts["connections_unparsed"] += 1
-            self.recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
-            state.close(when)
-
-
 class _Client(asyncio.Protocol):
     def __init__(self, relay: "Relay"):
         self.relay = relay
@@ -167,6 +47,7 @@ class _Client(asyncio.Protocol):
         _nodelay(transport)
         transport.pause_reading()
         self.relay.clients.add(self)
+        self.relay.connections += 1
         if self.relay.parser is not None:
             self.relay.parser.opened(self.conn, _peer(transport))
         self.relay.loop.create_task(self._connect())
@@ -243,7 +124,7 @@ class _Upstream(asyncio.Protocol):
 class Relay:
     """Accept on ``listen`` (HOST:PORT), relay every connection to ``upstream``; parse into ``parser``."""
 
-    def __init__(self, listen: str, upstream: str, parser: Parser | None):
+    def __init__(self, listen: str, upstream: str, parser=None):
         self.listen_host, _, listen_port = listen.rpartition(":")
         self.listen_port = int(listen_port)
         self.host, _, port = upstream.rpartition(":")
@@ -252,6 +133,7 @@ class Relay:
         self.parser = parser
         self.ids = itertools.count(1)
         self.clients: set[_Client] = set()
+        self.connections = 0
         self.last_activity = time.monotonic()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: asyncio.base_events.Server | None = None

@@ -57,6 +57,7 @@ class Recorder:
         self._last_error = ""
         self._last_log = 0.0
         self._started = time.time()
+        self.ready = threading.Event()  # set once the writer has tried to open the store
         self.extra_stats = None  # callable -> dict of the proxy's own counters, merged into stats()
         self._thread = threading.Thread(target=self._run, name="tap-recorder", daemon=True)
         self._thread.start()
@@ -125,6 +126,7 @@ class Recorder:
     def _run(self) -> None:
         last_stats = 0.0
         self._open()  # early, so that a bad --store is reported at start-up
+        self.ready.set()
         while True:
             with self._cond:
                 while not self._queue and not self._closing:

@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,14 +39,14 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .passive import Parser, Relay
+from .passive import Relay
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
+from .recorder_process import RecorderProcess
 
 log = logging.getLogger("attacker.tap")
 
 DEFAULT_MAX_MESSAGE = 64 << 20
-SWITCH_INTERVAL = 1e-4
 
 
 @dataclass
@@ -86,7 +85,7 @@ class Tap:
         self._handler: ProxyHandler | None = None
         self._log_task: asyncio.Task | None = None
         self._relay: Relay | None = None
-        self._parser: Parser | None = None
+        self._parser: RecorderProcess | None = None
         self._health = None
         self.admin_port: int | None = None
 
@@ -101,7 +100,7 @@ class Tap:
         cfg = self.config
         if cfg.mode not in ("passive", "proxy"):
             raise ValueError(f"tap mode must be 'passive' or 'proxy', got {cfg.mode!r}")
-        if cfg.record:
+        if cfg.record and cfg.mode == "proxy":
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
                                      cfg.max_store_bytes, stats_interval=cfg.stats_interval)
             self.recorder.extra_stats = self._proxy_stats
@@ -116,12 +115,13 @@ class Tap:
             if not self.port:
                 raise OSError(f"cannot listen on {cfg.listen}")
         else:
-            # The relay runs on this thread and the parser/writer on others; with Python's default
-            # 5 ms GIL switch interval a busy recorder thread could hold a relayed reply for up to
-            # 5 ms. A short interval keeps the relay's latency down (measured: tap_overhead.md).
-            sys.setswitchinterval(SWITCH_INTERVAL)
-            if self.recorder is not None:
-                self._parser = Parser(self.recorder, cfg.max_message_bytes, cfg.max_queue_bytes)
+            if cfg.record:
+                self._parser = RecorderProcess({
+                    "store": cfg.store, "max_queue": cfg.max_queue, "max_queue_bytes": cfg.max_queue_bytes,
+                    "max_captures": cfg.max_captures, "max_store_bytes": cfg.max_store_bytes,
+                    "stats_interval": cfg.stats_interval, "max_message_bytes": cfg.max_message_bytes,
+                    "log_level": logging.getLogger().getEffectiveLevel()}, cfg.max_queue_bytes)
+                self._parser.start(asyncio.get_running_loop())
             self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
             try:
                 self.port = await self._relay.start()
@@ -161,12 +161,14 @@ class Tap:
             await asyncio.get_running_loop().run_in_executor(None, self._parser.close)
         if self.recorder is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.recorder.close)
-            log.info("tap stopped: %s", json.dumps(self.stats(), sort_keys=True))
+        log.info("tap stopped: %s", json.dumps(self.stats(), sort_keys=True))
 
     def stats(self) -> dict:
         if self.recorder is not None:
             return self.recorder.stats()
-        return self._proxy_stats()
+        out = self._parser.stats() if self._parser is not None else {}
+        out.update(self._proxy_stats())
+        return out
 
     def _proxy_stats(self) -> dict:
         out: dict = {"mode": self.config.mode}
@@ -174,10 +176,9 @@ class Tap:
             counts = dict(self._handler.counts)
             out["upstream_errors"] = counts.pop("upstream_errors", 0)
             out["forwarded"] = {k.rsplit("/", 1)[-1]: v for k, v in counts.items()}
-        if self._parser is not None:
-            out.update(self._parser.stats())
         if self._relay is not None:
             out["open_connections"] = len(self._relay.clients)
+            out["connections"] = self._relay.connections
         return out
 
     def _health_status(self) -> int:

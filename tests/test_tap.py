@@ -223,3 +223,16 @@ def test_proxy_mode_enforces_its_message_size_limit(tmp_path):
         assert unary(ch, "Infer", fine)[0] == grpc.StatusCode.OK
         ch.close()
     server.stop(0)
+
+
+def test_passive_mode_decodes_compressed_messages(tmp_path):
+    server, port = start_fake_cloud(FakeCloud())
+    req = request(rid="gzip-1", seed=42)
+    with TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(tmp_path))) as tap:
+        with grpc.insecure_channel(f"127.0.0.1:{tap.tap.port}", compression=grpc.Compression.Gzip) as ch:
+            assert unary(ch, "Infer", req.SerializeToString())[0] == grpc.StatusCode.OK
+        assert tap.flush(10)
+        store = CaptureStore(tmp_path)
+        (cap,) = store.captures(request_id="gzip-1")
+        assert np.array_equal(store.features(cap), wire.decode(req.features))
+    server.stop(0)

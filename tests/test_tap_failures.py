@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +83,19 @@ def test_unusable_store_path_and_full_queue_are_counted(tmp_path, upstream, mode
         assert stats["record_failures"] + stats["dropped_queue_full"] == 30
         assert "not a folder" in stats["last_error"] or "queue full" in stats["last_error"]
         assert stats["forwarded"]["Infer"] == 30
+
+
+@pytest.mark.parametrize("mode", ["passive", "proxy"])
+def test_upstream_down_looks_the_same_as_direct(tmp_path, mode):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    with TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{dead}", store=str(tmp_path), mode=mode)) as tap:
+        for port in (dead, tap.tap.port):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                with pytest.raises(grpc.RpcError) as err:
+                    ch.unary_unary(INFER)(_payload("down"), timeout=5)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_sigterm_stops_gracefully_and_keeps_captures(tmp_path, upstream):

@@ -1,0 +1,365 @@
+"""The passive tap's recorder in its own process, so that decoding and writing never hold the
+relay's GIL.
+
+The relay (parent) hands each chunk it relays to :meth:`RecorderProcess.chunk`, which sends it
+with a 17-byte header over a Unix socket pair with one ``sendmsg`` (no copy in Python, no lock;
+what the socket cannot take at once waits in a bounded buffer drained when the socket is writable).
+The child decodes HTTP/2 + gRPC (:mod:`attacker.h2parse`) and records through the usual
+:class:`~attacker.recorder.Recorder`. A control pipe answers ``stats`` and ``flush`` (a marker sent
+in-band after the chunks, so a flush covers everything relayed before it).
+
+If the buffer towards the child passes its bound, the connection being relayed stops being
+recorded (``connections_lost``: HTTP/2 header compression cannot resume after a gap); if the child
+dies, recording stops and is counted. Traffic is never affected.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import socket
+import subprocess
+import struct
+import sys
+import threading
+import time
+
+log = logging.getLogger("attacker.tap")
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+HEADER = struct.Struct("<IBdI")  # connection id, kind, time, payload length
+CLIENT, SERVER, OPEN, CLOSE, LOST, FLUSH = range(6)
+SOCKET_BUFFER = 4 << 20
+
+
+class RecorderProcess:
+    """Parent side. ``start()`` on the relay's event loop; ``chunk``/``opened``/``closed`` from it too;
+    ``stats``/``flush``/``close`` from any thread."""
+
+    def __init__(self, config: dict, max_buffer: int = 256 << 20):
+        self.config = config
+        self.max_buffer = max_buffer
+        self.counts: collections.Counter = collections.Counter()
+        self._lost: set[int] = set()
+        self._pending: collections.deque = collections.deque()
+        self._pending_bytes = 0
+        self._dead = ""
+        self._loop = None
+        self._control_lock = threading.Lock()
+        self._tokens = iter(range(1, 1 << 62))
+        self._sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for s in (self._sock, child_sock):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        self._control, child_control = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._control_file = self._control.makefile("rwb")
+        # A fresh interpreter (not multiprocessing, which would re-import the parent's __main__ and
+        # with it torch): it imports only the decoder and the store.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "attacker.recorder_process", str(child_sock.fileno()),
+             str(child_control.fileno()), json.dumps(config)],
+            pass_fds=(child_sock.fileno(), child_control.fileno()), stdin=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])))
+        child_sock.close()
+        child_control.close()
+        self._sock.setblocking(False)
+        self.final_stats: dict | None = None
+
+    def start(self, loop, timeout: float = 30.0) -> dict | None:
+        """Remember the relay's loop; wait until the child has opened the store (its first report)."""
+        self._loop = loop
+        with self._control_lock:
+            try:
+                self._control.settimeout(timeout)
+                line = self._control_file.readline()
+                reply = json.loads(line) if line else None
+            except (OSError, ValueError):
+                reply = None
+        if not reply or reply[0] != "ready":
+            self._died("the recorder process did not start")
+            return None
+        return reply[-1]
+
+    # --- on the event loop ---------------------------------------------------------------------
+    def chunk(self, conn: int, upstream: bool, data: bytes) -> None:
+        if conn in self._lost or self._dead:
+            return
+        if self._pending_bytes + len(data) > self.max_buffer:
+            self._lost.add(conn)
+            self.counts["connections_lost"] += 1
+            self._send(conn, LOST, b"")
+            return
+        self._send(conn, CLIENT if upstream else SERVER, data)
+
+    def opened(self, conn: int, peer: str) -> None:
+        self._send(conn, OPEN, peer.encode())
+
+    def closed(self, conn: int) -> None:
+        self._lost.discard(conn)
+        self._send(conn, CLOSE, b"")
+
+    def _send(self, conn: int, kind: int, data: bytes) -> None:
+        if self._dead:
+            return
+        header = HEADER.pack(conn, kind, time.time(), len(data))
+        if not self._pending:
+            try:
+                sent = self._sock.sendmsg([header, data] if data else [header])
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                return self._died(f"the recorder process is gone ({exc})")
+            if sent == len(header) + len(data):
+                return
+            if sent < len(header):
+                self._pending.append(header[sent:])
+                if data:
+                    self._pending.append(data)
+            else:
+                self._pending.append(memoryview(data)[sent - len(header):])
+            self._pending_bytes += len(header) + len(data) - sent
+            self._loop.add_writer(self._sock.fileno(), self._drain)
+            return
+        self._pending.append(header)
+        if data:
+            self._pending.append(data)
+        self._pending_bytes += len(header) + len(data)
+
+    def _drain(self) -> None:
+        while self._pending:
+            part = self._pending[0]
+            try:
+                sent = self._sock.send(part)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._loop.remove_writer(self._sock.fileno())
+                return self._died(f"the recorder process is gone ({exc})")
+            self._pending_bytes -= sent
+            if sent < len(part):
+                self._pending[0] = memoryview(part)[sent:]
+                return
+            self._pending.popleft()
+        self._loop.remove_writer(self._sock.fileno())
+
+    def _died(self, why: str) -> None:
+        if not self._dead:
+            self._dead = why
+            self._pending.clear()
+            self._pending_bytes = 0
+            log.error("%s: recording stopped, traffic is unaffected", why)
+
+    # --- from any thread -----------------------------------------------------------------------
+    def _request(self, message: list, timeout: float):
+        """Send a control request, return the matching reply's last element (None on timeout)."""
+        with self._control_lock:
+            if self._dead or self._process.poll() is not None:
+                return None
+            try:
+                self._control.settimeout(timeout)
+                self._control_file.write(json.dumps(message).encode() + b"\n")
+                self._control_file.flush()
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    line = self._control_file.readline()
+                    if not line:
+                        return None
+                    reply = json.loads(line)
+                    if reply[0] == message[0] and (len(message) < 2 or reply[1] == message[1]):
+                        return reply[-1]
+            except (OSError, ValueError):
+                return None
+        return None
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        token = next(self._tokens)
+        done = threading.Event()
+        self._loop.call_soon_threadsafe(lambda: (self._send(0, FLUSH, struct.pack("<Q", token)), done.set()))
+        done.wait(timeout)
+        return bool(self._request(["flush", token], timeout))
+
+    def stats(self, timeout: float = 5.0) -> dict:
+        child = self.final_stats or self._request(["stats"], timeout) or {}
+        out = dict(child)
+        out["connections_lost"] = out.get("connections_lost", 0) + self.counts["connections_lost"]
+        out["recorder_buffer_bytes"] = self._pending_bytes
+        if self._dead:
+            out["recorder_dead"] = self._dead
+        return out
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Let the child drain what it was sent, finish writing, report its final counters and exit."""
+        deadline = time.monotonic() + timeout
+        while self._pending and not self._dead and time.monotonic() < deadline:
+            time.sleep(0.01)  # the event loop drains it (close runs off the loop's thread)
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        with self._control_lock:
+            try:
+                self._control.settimeout(max(0.1, deadline - time.monotonic()))
+                for line in self._control_file:
+                    reply = json.loads(line)
+                    if reply[0] == "final":
+                        self.final_stats = reply[-1]
+                        break
+            except (OSError, ValueError):
+                pass
+        try:
+            self._process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._sock.close()
+        self._control_file.close()
+        self._control.close()
+
+
+# --- the child ---------------------------------------------------------------------------------
+
+def _light_imports() -> None:
+    """Import ``models.errors`` without ``models/__init__`` (which loads torch: seconds, 300 MB)."""
+    if "models" in sys.modules:
+        return
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("models")
+    if spec is not None and spec.submodule_search_locations:
+        pkg = types.ModuleType("models")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["models"] = pkg
+
+
+def child_main(sock: socket.socket, control: socket.socket, config: dict) -> None:
+    _light_imports()
+    logging.basicConfig(level=config.get("log_level", logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import hpack.hpack
+
+    hpack.hpack.log.disabled = True
+    from .h2parse import GrpcConnection, ParseError
+    from .recorder import Recorder
+
+    recorder = Recorder(config["store"], config["max_queue"], config["max_queue_bytes"], config["max_captures"],
+                        config["max_store_bytes"], stats_interval=config["stats_interval"])
+    counts: collections.Counter = collections.Counter()
+    methods: dict[str, int] = {}
+    conns: dict[int, GrpcConnection] = {}
+    send_lock = threading.Lock()
+    control_file = control.makefile("rwb")
+
+    def reply(*message) -> None:
+        with send_lock:
+            try:
+                control_file.write(json.dumps(message).encode() + b"\n")
+                control_file.flush()
+            except OSError:
+                pass
+
+    def stats() -> dict:
+        out = recorder.stats()
+        out.update(forwarded=dict(methods), connections=counts["connections"],
+                   connections_lost=counts["connections_lost"], connections_unparsed=counts["connections_unparsed"],
+                   bytes_relayed=counts["bytes"], mode="passive")
+        return out
+
+    recorder.extra_stats = lambda: {"forwarded": dict(methods), "connections": counts["connections"],
+                                    "connections_unparsed": counts["connections_unparsed"], "mode": "passive"}
+
+    def serve_control() -> None:
+        for line in control_file:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if message[0] == "stats":
+                reply("stats", stats())
+            # "flush" requests are answered when their in-band marker is reached
+
+    recorder.ready.wait(10)  # its writer thread opens the store first: report how that went
+    reply("ready", stats())
+    threading.Thread(target=serve_control, name="tap-recorder-control", daemon=True).start()
+    flushed: set[int] = set()
+
+    def emit(kind: str, *payload) -> None:
+        size = sum(len(p) for p in payload if isinstance(p, (bytes, bytearray)))
+        recorder.submit(kind, *payload, size=size)
+
+    buf = bytearray()
+    view_size = 1 << 20
+    chunk = bytearray(view_size)
+    while True:
+        try:
+            n = sock.recv_into(chunk)
+        except OSError:
+            n = 0
+        if n == 0:
+            break
+        buf += memoryview(chunk)[:n]
+        pos = 0
+        while len(buf) - pos >= HEADER.size:
+            conn, kind, when, length = HEADER.unpack_from(buf, pos)
+            if len(buf) - pos - HEADER.size < length:
+                break
+            data = bytes(buf[pos + HEADER.size:pos + HEADER.size + length])
+            pos += HEADER.size + length
+            if kind in (CLIENT, SERVER):
+                counts["bytes"] += length
+                state = conns.get(conn)
+                if state is None or state.broken:
+                    continue
+                try:
+                    state.feed(kind == CLIENT, data, when)
+                except ParseError as exc:
+                    counts["connections_unparsed"] += 1
+                    recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
+                    state.close(when)
+                except Exception:
+                    log.exception("tap parser error")
+                    conns.pop(conn, None)
+            elif kind == OPEN:
+                counts["connections"] += 1
+                conns[conn] = GrpcConnection(str(conn), data.decode(), emit, config["max_message_bytes"], methods)
+            elif kind in (CLOSE, LOST):
+                state = conns.pop(conn, None)
+                if state is not None:
+                    state.close(when)
+                if kind == LOST:
+                    counts["connections_lost"] += 1
+                    recorder.fail(1, f"connection {conn}: the recorder fell behind, recording of this connection "
+                                     "stopped (HTTP/2 cannot resume after a gap)")
+            elif kind == FLUSH:
+                (token,) = struct.unpack("<Q", data)
+                recorder.flush(30)
+                flushed.add(token)
+                reply("flush", token, True)
+        del buf[:pos]
+    for conn, state in list(conns.items()):
+        state.close(time.time())
+    recorder.close()
+    reply("final", stats())
+    os._exit(0)
+
+
+def main(argv: list[str]) -> None:
+    data_fd, control_fd, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    signal_ignore()
+    child_main(socket.socket(fileno=data_fd), socket.socket(fileno=control_fd), config)
+
+
+def signal_ignore() -> None:
+    """The parent decides when recording ends (it closes the socket); Ctrl-C in a terminal reaches
+    the whole process group, so the child ignores SIGINT/SIGTERM and drains instead."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
