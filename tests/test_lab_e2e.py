@@ -40,10 +40,16 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 FINAL = ("done", "failed", "cancelled")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def tiny_spec(splits=("conv1",), iterations=200, **extra) -> dict:
@@ -59,7 +65,7 @@ class Services:
         self.root = root
         self.artifacts, self.captures, self.lab = root / "artifacts", root / "captures", root / "lab"
         self.artifacts.mkdir()
-        self.cloud_port, self.tap_port, self.edge_port, self.api_port = (free_port() for _ in range(4))
+        self.cloud_port, self.tap_port, self.admin_port, self.edge_port, self.api_port = free_ports(5)
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.edge = f"http://127.0.0.1:{self.edge_port}"
         self.env = dict(os.environ, SPLITLAB_THREADS="1", SPLITLAB_API_TOKEN=TOKEN, PYTHONUNBUFFERED="1",
@@ -74,6 +80,7 @@ class Services:
 
     def start_attacker(self) -> None:
         self._spawn("attacker", ["attacker", "serve", "--listen", f"127.0.0.1:{self.tap_port}",
+                                 "--admin", f"127.0.0.1:{self.admin_port}",
                                  "--upstream", f"127.0.0.1:{self.cloud_port}", "--store", str(self.captures),
                                  "--api-host", "127.0.0.1", "--api-port", str(self.api_port), "--edge", self.edge,
                                  "--artifacts", str(self.artifacts), "--lab-dir", str(self.lab),

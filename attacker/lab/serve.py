@@ -46,6 +46,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     tap.add_argument("--upstream", default=_env("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
                      help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
+    tap.add_argument("--mode", choices=["passive", "proxy"], default=_env("SPLITLAB_TAP_MODE", "passive"),
+                     help="tap mode, as `attacker tap --mode` (env SPLITLAB_TAP_MODE, default passive)")
+    tap.add_argument("--admin", default=_env("SPLITLAB_TAP_ADMIN", None),
+                     help="passive mode: HOST:PORT of the tap's own health + reflection (env SPLITLAB_TAP_ADMIN, "
+                          "default the listen port + 1)")
     tap.add_argument("--max-message-mb", type=float, default=_env("SPLITLAB_MAX_MESSAGE_MB", 64.0, float),
                      help="largest gRPC message, MiB (env SPLITLAB_MAX_MESSAGE_MB, default 64)")
     tap.add_argument("--no-tap", action="store_true",
@@ -132,19 +137,21 @@ def run_serve(args) -> int:
         from ..tap import TapConfig, TapThread
 
         tap = TapThread(TapConfig(listen=args.listen, upstream=args.upstream, store=str(store_dir),
-                                  max_message_bytes=int(args.max_message_mb * 2**20)))
+                                  max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode,
+                                  admin=args.admin))
         try:
             port = tap.start()
         except OSError as exc:
             raise SplitlabError(f"the tap cannot listen on {args.listen}: {exc}") from exc
-        log.info("tap listening on %s (port %d) -> %s, store %s", args.listen, port, args.upstream, store_dir)
+        log.info("tap (%s mode) listening on %s (port %d) -> %s, store %s", args.mode, args.listen, port,
+                 args.upstream, store_dir)
     else:
         from ..capture_store import CaptureStore
 
         CaptureStore(store_dir).close()  # create it, so that experiments can read it
     runner = ExperimentRunner(RunnerConfig(
         artifacts=artifacts, captures=store_dir, edge_url=args.edge, data_root=args.data_root, limits=limits,
-        flush=(lambda: tap.recorder.flush(10.0)) if tap is not None and tap.recorder is not None else None))
+        flush=(lambda: tap.flush(10.0)) if tap is not None else None))
     config = LabConfig(lab_dir=lab_dir, artifacts=artifacts, data_root=args.data_root, token=token, limits=limits,
                        workers=args.workers, edge_url=args.edge, tap_status=tap.stats if tap is not None else None)
     app = create_app(config, runner)
