@@ -262,8 +262,6 @@ def test_experiment_page_in_headless_chromium(lab, tmp_path):
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "lab-experiment.png")
         shutil.copy(tmp_path / "index.png", Path(keep) / "lab-index.png")
-    rec = lab.get(exp["id"])
-    assert rec["results"]["model"]["reused"] is True  # same training spec as the lifecycle test
     assert lab.get(ahead["id"])["status"] == "done"
 
 
@@ -298,6 +296,8 @@ def test_restart_recovers_running_and_queued_experiments(lab):
     events = [e["event"] for e in rec["events"]]
     assert events == ["queued", "running", "interrupted", "running", "done"]
     assert [r["split"] for r in rec["results"]["rows"]] == ["conv1", "relu1", "pool1"]
+    assert rec["results"]["model"]["reused"] is True  # stored by the run that was killed
+    assert rec["results"]["splits"][0]["deployment_reused"] is True  # conv1 was deployed before the kill
     later = lab.wait_final(second["id"])
     assert later["status"] == "done" and later["restarts"] == 0
     check_noise_defence(lab, later["results"], sigma=0.3)
