@@ -1,12 +1,13 @@
-"""One compute thread that runs every tail (a callable: float32 features -> logits), merging concurrent small requests into one batch.
+"""One compute thread that runs every tail, merging concurrent small requests into one batch.
 
-gRPC handler threads only validate and decode; they hand the features to :class:`TailBatcher` and
-wait on a future. The compute thread takes everything that queued up while it was busy, groups it
-by deployment, concatenates requests of the same deployment up to ``merge_rows`` examples, runs
-the tail once per group and splits the logits back. Nothing waits for a batch to fill: a lone
-request runs at once, and batches form only when requests arrive faster than the tail runs (which
-is when merging pays). Running all tails on one thread also keeps the runtime to one thread team
-instead of one per gRPC handler thread (see PERFORMANCE-NOTES).
+gRPC handler threads only validate; they hand the features (a ``Features`` view of the request
+bytes) to :class:`TailBatcher` and wait on a future. The compute thread takes everything that
+queued up while it was busy, groups it by deployment and wire dtype, concatenates each group up to
+``merge_rows`` examples, runs the tail (a callable: ``Features`` -> float32 logits) once per group
+and splits the logits back. Nothing waits for a batch to fill: a lone request runs at once, and
+batches form only when requests arrive faster than the tail runs (which is when merging pays).
+Running all tails on one thread also keeps the runtime to one thread team instead of one per gRPC
+handler thread (see PERFORMANCE-NOTES).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from .features import Features
+
 
 @dataclass
 class TailResult:
@@ -31,8 +34,8 @@ class TailResult:
 @dataclass
 class _Item:
     key: object
-    tail: Callable[[np.ndarray], np.ndarray]
-    features: np.ndarray
+    tail: Callable[[Features], np.ndarray]
+    features: Features
     future: Future
     is_active: Callable[[], bool] | None
 
@@ -52,7 +55,7 @@ class TailBatcher:
         self._thread = threading.Thread(target=self._loop, name="tail-compute", daemon=True)
         self._thread.start()
 
-    def submit(self, key, tail: Callable[[np.ndarray], np.ndarray], features: np.ndarray,
+    def submit(self, key, tail: Callable[[Features], np.ndarray], features: Features,
                is_active: Callable[[], bool] | None = None) -> Future:
         fut: Future = Future()
         with self._cond:
@@ -92,7 +95,7 @@ class TailBatcher:
         by_key: dict[object, list[list[_Item]]] = {}
         groups: list[list[_Item]] = []
         for it in live:
-            chunks = by_key.setdefault(it.key, [])
+            chunks = by_key.setdefault((it.key, it.features.merge_key), [])
             rows = len(it.features)
             if chunks and sum(len(c.features) for c in chunks[-1]) + rows <= self.merge_rows:
                 chunks[-1].append(it)
@@ -104,7 +107,7 @@ class TailBatcher:
 
     def _run(self, group: list[_Item]) -> None:
         try:
-            x = group[0].features if len(group) == 1 else np.concatenate([it.features for it in group])
+            x = Features.concat([it.features for it in group])
             t0 = time.perf_counter()
             logits = group[0].tail(x)
             seconds = time.perf_counter() - t0

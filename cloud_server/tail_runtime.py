@@ -4,8 +4,12 @@ ONNX Runtime runs this zoo's layers 2-10x faster than torch on a small CPU (meas
 ``benchmarks/results/serving.md``), so the server exports each tail to ONNX when it loads it,
 checks the export against torch on random features (max |difference| <= 1e-4, else it falls back
 to torch and logs why) and runs that, single-threaded with spinning off like the edge's heads.
-``--runtime torch`` keeps torch. Either way a runner maps float32 features (batch, ...) to float32
-logits (batch, classes).
+``--runtime torch`` keeps torch.
+
+A runner maps validated ``Features`` (still in their wire dtype) to float32 logits. With ONNX
+Runtime, float16 and int8 features are converted inside the graph (a ``Cast`` or
+``DequantizeLinear`` in front of the tail, exact, and ~10x faster than numpy's float16
+conversion); other dtypes are converted with numpy.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from protos import split_inference_pb2 as pb
+
 from .logs import log
+from .features import Features
 
 logger = logging.getLogger("cloud_server")
 
@@ -35,17 +42,17 @@ TOLERANCE = 1e-4
 @dataclass
 class TailRunner:
     runtime: str
-    run: Callable[[np.ndarray], np.ndarray]
+    run: Callable[[Features], np.ndarray]
     note: str = ""
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.run(x)
+    def __call__(self, features: Features) -> np.ndarray:
+        return self.run(features)
 
 
 def torch_runner(tail: torch.nn.Module, note: str = "") -> TailRunner:
-    def run(x):
+    def run(f: Features):
         with torch.inference_mode():
-            return tail(torch.from_numpy(x)).numpy()
+            return tail(torch.from_numpy(f.float32())).numpy()
 
     return TailRunner("torch", run, note)
 
@@ -61,13 +68,38 @@ def export_onnx(tail: torch.nn.Module, feature_shape) -> bytes:
     return buf.getvalue()
 
 
+def with_input_conversion(onnx_bytes: bytes, code: int) -> bytes:
+    """The tail graph taking float16 (``Cast``) or int8 + scale (``DequantizeLinear``) input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    original = graph.input[0]
+    name = original.name
+    dims = [d.dim_param or d.dim_value for d in original.type.tensor_type.shape.dim]
+    del graph.input[:]
+    if code == pb.Tensor.FLOAT16:
+        graph.input.append(helper.make_tensor_value_info("wire", TensorProto.FLOAT16, dims))
+        graph.node.insert(0, helper.make_node("Cast", ["wire"], [name], to=TensorProto.FLOAT))
+    elif code == pb.Tensor.INT8:
+        graph.input.extend([helper.make_tensor_value_info("wire", TensorProto.INT8, dims),
+                            helper.make_tensor_value_info("wire_scale", TensorProto.FLOAT, [])])
+        graph.initializer.append(helper.make_tensor("wire_zero", TensorProto.INT8, [], [0]))
+        graph.node.insert(0, helper.make_node("DequantizeLinear", ["wire", "wire_scale", "wire_zero"], [name]))
+    else:
+        raise ValueError(f"no in-graph conversion for wire dtype {code}")
+    return model.SerializeToString()
+
+
 def onnx_runner(tail: torch.nn.Module, feature_shape, threads: int = 1) -> TailRunner:
     """The tail exported to ONNX and checked against torch; raises ``ValueError`` if they differ."""
     from models.onnx_runtime import head_session
 
     if len(tail) == 0:  # split at the last layer: the features are the logits
-        return TailRunner("identity", lambda x: x)
-    sess = head_session(export_onnx(tail, feature_shape), threads)
+        return TailRunner("identity", lambda f: f.float32())
+    onnx_bytes = export_onnx(tail, feature_shape)
+    sess = head_session(onnx_bytes, threads)
     name = sess.get_inputs()[0].name
     probe = np.random.default_rng(0).standard_normal((3, *feature_shape)).astype(np.float32)
     with torch.inference_mode():
@@ -77,8 +109,20 @@ def onnx_runner(tail: torch.nn.Module, feature_shape, threads: int = 1) -> TailR
     if not diff <= TOLERANCE:
         raise ValueError(f"ONNX Runtime's tail differs from torch's by {diff:.3g}")
 
-    def run(x):
-        return sess.run(None, {name: x})[0]
+    converting: dict[int, object] = {}  # wire dtype -> session with the conversion in the graph
+
+    def run(f: Features):
+        if f.code == pb.Tensor.FLOAT32:
+            return sess.run(None, {name: f.raw})[0]
+        if f.code in (pb.Tensor.FLOAT16, pb.Tensor.INT8):
+            conv = converting.get(f.code)
+            if conv is None:  # built on first use, on the compute thread
+                conv = converting[f.code] = head_session(with_input_conversion(onnx_bytes, f.code), threads)
+            feeds = {"wire": f.raw}
+            if f.code == pb.Tensor.INT8:
+                feeds["wire_scale"] = np.asarray(f.scale, dtype=np.float32)
+            return conv.run(None, feeds)[0]
+        return sess.run(None, {name: f.float32()})[0]
 
     return TailRunner("onnxruntime", run)
 

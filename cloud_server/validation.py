@@ -10,17 +10,17 @@ refused by gRPC itself with ``RESOURCE_EXHAUSTED``.)
 from __future__ import annotations
 
 import grpc
-import numpy as np
 
 from protos import split_inference_pb2 as pb
 from protos import wire
 
 from .errors import RequestError
+from .features import Features
 from .registry import Deployment
 
 
-def features_of(request: pb.InferRequest, dep: Deployment, max_batch: int) -> np.ndarray:
-    """The request's features as float32 (batch, *feature shape), or a ``RequestError``."""
+def features_of(request: pb.InferRequest, dep: Deployment, max_batch: int) -> Features:
+    """The request's validated features (batch, *feature shape), or a ``RequestError``."""
     if not request.HasField("features"):
         raise _invalid("request has no features tensor")
     t = request.features
@@ -37,7 +37,7 @@ def features_of(request: pb.InferRequest, dep: Deployment, max_batch: int) -> np
         raise _invalid(f"batch of {batch} examples exceeds this server's limit of {max_batch} "
                        "(--max-batch); split it into smaller requests")
     try:
-        return wire.decode(t)
+        return Features(*wire.decode_raw(t))
     except wire.WireError as exc:
         raise _invalid(f"features: {exc}") from None
 

@@ -96,10 +96,17 @@ def status_code(number: int) -> grpc.StatusCode:
 
 def build_request(deployment_id: str, features: np.ndarray, wire_dtype: str = "float32",
                   request_id: str | None = None, scale: float | None = None) -> pb.InferRequest:
-    """An ``InferRequest``; the features are encoded in place (no extra copy of the payload)."""
+    """An ``InferRequest`` message (for inspection or for sending malformed variants in tests)."""
     req = pb.InferRequest(deployment_id=deployment_id, request_id=request_id or new_request_id())
     wire.encode_into(req.features, features, wire_dtype, scale=scale)
     return req
+
+
+def request_bytes(deployment_id: str, features: np.ndarray, wire_dtype: str = "float32",
+                  request_id: str | None = None, scale: float | None = None) -> tuple[str, bytes]:
+    """(request id, serialized ``InferRequest``) written straight from the array (one copy)."""
+    rid = request_id or new_request_id()
+    return rid, wire.infer_request_bytes(deployment_id, rid, features, wire_dtype, scale)
 
 
 def _result(reply: pb.InferReply, request_bytes: int) -> InferResult:
@@ -115,6 +122,11 @@ class CloudClient:
         self.max_message_mb = max_message_mb
         self.channel = grpc.insecure_channel(address, options=channel_options(max_message_mb, retries))
         self.stub = pb_grpc.SplitInferenceStub(self.channel)
+        # the inference methods take pre-serialized requests (see ``request_bytes``)
+        self._infer = self.channel.unary_unary(f"/{SERVICE}/Infer", request_serializer=None,
+                                               response_deserializer=pb.InferReply.FromString)
+        self._infer_stream = self.channel.stream_stream(f"/{SERVICE}/InferStream", request_serializer=None,
+                                                        response_deserializer=pb.StreamReply.FromString)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -161,25 +173,24 @@ class CloudClient:
     def infer(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
               request_id: str | None = None, timeout: float | None = None, scale: float | None = None) -> InferResult:
         """Run the tail on ``features`` (batch, *feature shape); blocks until the reply."""
-        req = build_request(deployment_id, features, wire, request_id, scale)
-        reply = self._call(self.stub.Infer, req, req.request_id, timeout)
-        return _result(reply, req.ByteSize())
+        rid, data = request_bytes(deployment_id, features, wire, request_id, scale)
+        reply = self._call(self._infer, data, rid, timeout)
+        return _result(reply, len(data))
 
     def infer_future(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
                      request_id: str | None = None, timeout: float | None = None,
                      scale: float | None = None) -> Future:
         """Like :meth:`infer` but returns at once; the future yields an ``InferResult``."""
-        req = build_request(deployment_id, features, wire, request_id, scale)
+        rid, data = request_bytes(deployment_id, features, wire, request_id, scale)
         out: Future = Future()
-        call = self.stub.Infer.future(req, timeout=timeout or self.timeout,
-                                      metadata=(("x-request-id", req.request_id),))
-        size = req.ByteSize()
+        call = self._infer.future(data, timeout=timeout or self.timeout, metadata=(("x-request-id", rid),))
+        size = len(data)
 
         def done(c):
             try:
                 out.set_result(_result(c.result(), size))
             except grpc.RpcError as exc:
-                out.set_exception(CloudError(exc.code(), exc.details() or "", req.request_id))
+                out.set_exception(CloudError(exc.code(), exc.details() or "", rid))
             except Exception as exc:  # noqa: BLE001 - e.g. a reply that does not decode
                 out.set_exception(exc)
 
@@ -208,32 +219,31 @@ class InferStream:
         self._lock = threading.Lock()
         self._closed = False
         self._error: CloudError | None = None
-        self._call = client.stub.InferStream(iter(self._requests.get, _END), timeout=timeout,
-                                             metadata=(("x-request-id", stream_id),))
+        self._call = client._infer_stream(iter(self._requests.get, _END), timeout=timeout,
+                                          metadata=(("x-request-id", stream_id),))
         self._reader = threading.Thread(target=self._read, name="infer-stream-replies", daemon=True)
         self._reader.start()
 
     def submit(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
                request_id: str | None = None, scale: float | None = None) -> Future:
-        req = build_request(deployment_id, features, wire, request_id, scale)
+        rid, data = request_bytes(deployment_id, features, wire, request_id, scale)
+        return self._send(rid, data)
+
+    def send_raw(self, request: pb.InferRequest) -> Future:
+        """Send a prebuilt request as is (tests use it to send malformed ones)."""
+        return self._send(request.request_id, request.SerializeToString())
+
+    def _send(self, rid: str, data: bytes) -> Future:
         fut: Future = Future()
         with self._lock:
             if self._error is not None:
                 raise self._error
             if self._closed:
                 raise RuntimeError("stream is closed")
-            if req.request_id in self._pending:
-                raise ValueError(f"request id {req.request_id!r} is already in flight on this stream")
-            self._pending[req.request_id] = (fut, req.ByteSize())
-        self._requests.put(req)
-        return fut
-
-    def send_raw(self, request: pb.InferRequest) -> Future:
-        """Send a prebuilt request as is (tests use it to send malformed ones)."""
-        fut: Future = Future()
-        with self._lock:
-            self._pending[request.request_id] = (fut, request.ByteSize())
-        self._requests.put(request)
+            if rid in self._pending:
+                raise ValueError(f"request id {rid!r} is already in flight on this stream")
+            self._pending[rid] = (fut, len(data))
+        self._requests.put(data)
         return fut
 
     def _read(self) -> None:

@@ -4,6 +4,16 @@ Wire dtypes: ``float32``, ``float16``, ``bfloat16`` (the top 16 bits of a float3
 nearest even), ``int8`` (symmetric: value = int8 * scale, scale = max|x| / 127) and ``uint8``.
 Bytes are little-endian, C order. :func:`decode` validates everything a peer could get wrong and
 raises :class:`WireError` with a message naming the problem.
+
+Large tensors are the hot path of split inference, so copies are counted:
+
+* :func:`infer_request_bytes` writes a serialized ``InferRequest`` straight from the array's
+  buffer (one copy; byte-identical to protobuf's own ``SerializeToString``, which copies the
+  payload three times and is ~30x slower at 16 MiB on this machine);
+* :func:`decode_raw` returns a zero-copy view in the wire dtype (validated: size, dtype, NaN/Inf by
+  bit tests, which are ~8x faster than ``np.isfinite`` on float16), so a receiver can convert
+  inside its model (ONNX Runtime casts float16 ~10x faster than numpy), or call
+  :func:`to_float32`.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ WIRE_DTYPES = {"float32": pb.Tensor.FLOAT32, "float16": pb.Tensor.FLOAT16, "bflo
                "int8": pb.Tensor.INT8, "uint8": pb.Tensor.UINT8}
 _ITEMSIZE = {pb.Tensor.FLOAT32: 4, pb.Tensor.FLOAT16: 2, pb.Tensor.BFLOAT16: 2, pb.Tensor.INT8: 1,
              pb.Tensor.UINT8: 1}
-_NUMPY = {pb.Tensor.FLOAT32: "<f4", pb.Tensor.FLOAT16: "<f2", pb.Tensor.INT8: "i1", pb.Tensor.UINT8: "u1"}
+# numpy dtype of the raw representation (bfloat16 travels as its 16 bits)
+_NUMPY = {pb.Tensor.FLOAT32: "<f4", pb.Tensor.FLOAT16: "<f2", pb.Tensor.BFLOAT16: "<u2", pb.Tensor.INT8: "i1",
+          pb.Tensor.UINT8: "u1"}
 
 
 class WireError(ValueError):
@@ -30,36 +42,41 @@ def dtype_name(code: int) -> str:
     return f"unknown({code})"
 
 
-def encode_into(tensor: pb.Tensor, array: np.ndarray, wire_dtype: str = "float32",
-                scale: float | None = None) -> pb.Tensor:
-    """Fill ``tensor`` (a message field, set in place to avoid copying) from ``array``.
+# --- encoding ---------------------------------------------------------------------------------
 
-    An array that is already in the wire dtype is sent as is (an edge can cast or quantise inside
+def wire_array(array: np.ndarray, wire_dtype: str = "float32", scale: float | None = None) -> tuple[np.ndarray, float]:
+    """``array`` in its wire representation (C-contiguous) and the int8 scale (0 otherwise).
+
+    An array that is already in the wire dtype is used as is (an edge can cast or quantise inside
     its head); an ``int8`` array then needs its ``scale``.
     """
     if wire_dtype not in WIRE_DTYPES:
         raise WireError(f"unknown wire dtype {wire_dtype!r}; choose one of {', '.join(WIRE_DTYPES)}")
     code = WIRE_DTYPES[wire_dtype]
-    tensor.dtype = code
-    del tensor.shape[:]
-    tensor.shape.extend(int(s) for s in array.shape)
-    tensor.scale = 0.0
     if code == pb.Tensor.BFLOAT16:
         bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
         rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-        tensor.data = (rounded >> np.uint32(16)).astype("<u2").tobytes()
-    elif code == pb.Tensor.INT8 and array.dtype == np.int8:
+        return (rounded >> np.uint32(16)).astype("<u2"), 0.0
+    if code == pb.Tensor.INT8 and array.dtype == np.int8:
         if scale is None or not (np.isfinite(scale) and scale > 0):
             raise WireError(f"an int8 array needs a positive finite scale, got {scale}")
-        tensor.scale = float(scale)
-        tensor.data = np.ascontiguousarray(array).tobytes()
-    elif code == pb.Tensor.INT8:
+        return np.ascontiguousarray(array), float(scale)
+    if code == pb.Tensor.INT8:
         peak = float(np.max(np.abs(array))) if array.size else 0.0
         scale = peak / 127.0 if peak > 0 else 1.0
-        tensor.scale = scale
-        tensor.data = np.clip(np.rint(array / scale), -127, 127).astype("i1").tobytes()
-    else:
-        tensor.data = np.ascontiguousarray(array, dtype=_NUMPY[code]).tobytes()
+        return np.clip(np.rint(array / scale), -127, 127).astype("i1"), scale
+    return np.ascontiguousarray(array, dtype=_NUMPY[code]), 0.0
+
+
+def encode_into(tensor: pb.Tensor, array: np.ndarray, wire_dtype: str = "float32",
+                scale: float | None = None) -> pb.Tensor:
+    """Fill ``tensor`` (a message field, set in place) from ``array`` (see :func:`wire_array`)."""
+    raw, scale = wire_array(array, wire_dtype, scale)
+    tensor.dtype = WIRE_DTYPES[wire_dtype]
+    del tensor.shape[:]
+    tensor.shape.extend(int(s) for s in array.shape)
+    tensor.scale = scale
+    tensor.data = raw.tobytes()
     return tensor
 
 
@@ -67,8 +84,48 @@ def encode(array: np.ndarray, wire_dtype: str = "float32", scale: float | None =
     return encode_into(pb.Tensor(), array, wire_dtype, scale)
 
 
-def decode(tensor: pb.Tensor, allow_nonfinite: bool = False) -> np.ndarray:
-    """The tensor as a float32 numpy array; raises :class:`WireError` when it is malformed."""
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+_TAG_FEATURES = b"\x1a"  # InferRequest.features: field 3, length-delimited
+_TAG_DATA = b"\x1a"      # Tensor.data: field 3, length-delimited
+
+
+def infer_request_bytes(deployment_id: str, request_id: str, array: np.ndarray, wire_dtype: str = "float32",
+                        scale: float | None = None) -> bytes:
+    """A serialized ``InferRequest`` built from ``array``'s buffer with a single copy.
+
+    The bytes equal ``InferRequest(..., features=encode(array, wire_dtype)).SerializeToString()``.
+    """
+    raw, scale = wire_array(array, wire_dtype, scale)
+    head = pb.InferRequest(deployment_id=deployment_id, request_id=request_id).SerializeToString()
+    before = pb.Tensor(dtype=WIRE_DTYPES[wire_dtype], shape=[int(s) for s in array.shape]).SerializeToString()
+    after = pb.Tensor(scale=scale).SerializeToString()
+    size = raw.nbytes
+    data_field = (_TAG_DATA + _varint(size)) if size else b""  # proto3 omits empty bytes
+    tensor_len = len(before) + len(data_field) + size + len(after)
+    parts = [head, _TAG_FEATURES, _varint(tensor_len), before, data_field]
+    if size:
+        parts.append(memoryview(raw).cast("B"))
+    parts.append(after)
+    return b"".join(parts)
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+def decode_raw(tensor: pb.Tensor, allow_nonfinite: bool = False) -> tuple[np.ndarray, int, float]:
+    """(zero-copy view in the wire representation, dtype code, int8 scale); validates everything.
+
+    The view has the tensor's shape; bfloat16 comes as its raw ``uint16`` bits.
+    """
     code = tensor.dtype
     if code not in _ITEMSIZE:
         raise WireError(f"unknown tensor dtype {code}; expected one of {', '.join(WIRE_DTYPES)}")
@@ -79,19 +136,40 @@ def decode(tensor: pb.Tensor, allow_nonfinite: bool = False) -> np.ndarray:
         raise WireError(f"tensor shape {list(shape)} has a negative dimension")
     count = int(np.prod(shape, dtype=np.int64))
     expected = count * _ITEMSIZE[code]
-    if len(tensor.data) != expected:
-        raise WireError(f"tensor data is {len(tensor.data)} bytes but shape {list(shape)} x "
+    data = tensor.data
+    if len(data) != expected:
+        raise WireError(f"tensor data is {len(data)} bytes but shape {list(shape)} x "
                         f"{dtype_name(code)} needs {expected}")
-    if code == pb.Tensor.BFLOAT16:
-        out = (np.frombuffer(tensor.data, "<u2").astype("<u4") << np.uint32(16)).view("<f4")
-    elif code == pb.Tensor.INT8:
-        if not (np.isfinite(tensor.scale) and tensor.scale > 0):
+    scale = 0.0
+    if code == pb.Tensor.INT8:
+        scale = float(tensor.scale)
+        if not (np.isfinite(scale) and scale > 0):
             raise WireError(f"int8 tensor needs a positive finite scale, got {tensor.scale}")
-        out = np.frombuffer(tensor.data, "i1").astype(np.float32) * np.float32(tensor.scale)
-    else:
-        out = np.frombuffer(tensor.data, _NUMPY[code]).astype(np.float32, copy=False)
-    out = out.reshape(shape)
-    if not allow_nonfinite and code in (pb.Tensor.FLOAT32, pb.Tensor.FLOAT16, pb.Tensor.BFLOAT16):
-        if not np.isfinite(out).all():
-            raise WireError("tensor contains NaN or Inf values")
-    return out
+    raw = np.frombuffer(data, _NUMPY[code]).reshape(shape)
+    if not allow_nonfinite and not _finite(raw, code):
+        raise WireError("tensor contains NaN or Inf values")
+    return raw, code, scale
+
+
+def _finite(raw: np.ndarray, code: int) -> bool:
+    if code == pb.Tensor.FLOAT32:
+        return bool(np.isfinite(raw).all())
+    if code == pb.Tensor.FLOAT16:  # exponent bits all ones: Inf or NaN
+        return not bool(((raw.view("<u2") & np.uint16(0x7C00)) == np.uint16(0x7C00)).any())
+    if code == pb.Tensor.BFLOAT16:
+        return not bool(((raw & np.uint16(0x7F80)) == np.uint16(0x7F80)).any())
+    return True
+
+
+def to_float32(raw: np.ndarray, code: int, scale: float = 0.0) -> np.ndarray:
+    """A raw wire array (from :func:`decode_raw`) as float32 (a view when it already is)."""
+    if code == pb.Tensor.BFLOAT16:
+        return (raw.astype("<u4") << np.uint32(16)).view("<f4")
+    if code == pb.Tensor.INT8:
+        return raw.astype(np.float32) * np.float32(scale)
+    return raw.astype(np.float32, copy=False)
+
+
+def decode(tensor: pb.Tensor, allow_nonfinite: bool = False) -> np.ndarray:
+    """The tensor as a float32 numpy array; raises :class:`WireError` when it is malformed."""
+    return to_float32(*decode_raw(tensor, allow_nonfinite))

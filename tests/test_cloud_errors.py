@@ -153,12 +153,29 @@ def test_good_client_gets_every_reply_while_another_sends_garbage(digits_server)
     assert bad_counts["sent"] > 0 and bad_counts["refused"] == bad_counts["sent"]
 
 
-def test_deadline_exceeded_is_reported(digits_server):
-    with CloudClient(digits_server.address) as client:
-        with pytest.raises(CloudError) as info:
-            client.infer(DEP, features(2), timeout=1e-6)
-        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert info.value.request_id
+def test_deadline_exceeded_is_reported_and_expired_work_is_skipped(lenet_digits):
+    import time
+
+    with running_server(lenet_digits.root) as server, CloudClient(server.address) as client:
+        real_tail = server.registry.tail
+        ran = []
+
+        def slow(features):
+            ran.append(len(features))
+            time.sleep(0.5)
+            return np.zeros((len(features), 10), np.float32)
+
+        server.registry.tail = lambda dep: slow
+        first = client.infer_future(DEP, features(1), timeout=0.2)      # occupies the compute thread
+        second = client.infer_future(DEP, features(2), timeout=0.2)     # expires while queued
+        for fut in (first, second):
+            with pytest.raises(CloudError) as info:
+                fut.result(timeout=10)
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and info.value.request_id
+        time.sleep(0.6)
+        assert ran == [1]  # the expired, queued request never reached the tail
+        server.registry.tail = real_tail
+        assert client.infer(DEP, features(1)).logits.shape == (1, 10)
 
 
 def test_unreachable_cloud_is_unavailable_after_retries():

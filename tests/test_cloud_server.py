@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cloud_server.batcher import TailBatcher
+from cloud_server.features import Features
 from edge_client.client import CloudClient, CloudError
 from fixtures_grpc import CloudProcess, captured_logs, digits_server, running_server  # noqa: F401
 from protos import split_inference_pb2 as pb
@@ -131,11 +132,15 @@ class BlockingTail:
         self.release = threading.Event()
         self.calls: list[int] = []
 
-    def __call__(self, x):
+    def __call__(self, f):
         if not self.calls:
             self.release.wait(10)
-        self.calls.append(len(x))
-        return x.sum(axis=1)[:, :3]
+        self.calls.append(len(f))
+        return f.raw.sum(axis=1)[:, :3]
+
+
+def f32(x):
+    return Features(x, pb.Tensor.FLOAT32)
 
 
 def test_batcher_merges_requests_that_queue_up():
@@ -143,17 +148,19 @@ def test_batcher_merges_requests_that_queue_up():
     batcher = TailBatcher(merge_rows=8)
     try:
         xs = [np.full((n, 4, 3), i, np.float32) for i, n in enumerate([1, 1, 3, 2, 4, 1, 9])]
-        first = batcher.submit("d", tail, xs[0])
+        first = batcher.submit("d", tail, f32(xs[0]))
         time.sleep(0.05)  # the compute thread is now blocked inside the first call
-        rest = [batcher.submit("d", tail, x) for x in xs[1:]]
-        other = batcher.submit("e", tail, xs[1])
+        rest = [batcher.submit("d", tail, f32(x)) for x in xs[1:]]
+        other = batcher.submit("e", tail, f32(xs[1]))
+        half = batcher.submit("d", tail, Features(xs[1].astype(np.float16), pb.Tensor.FLOAT16))
         tail.release.set()
         results = [first.result(10)] + [f.result(10) for f in rest]
-        assert other.result(10).merged == 1
+        assert other.result(10).merged == 1 and half.result(10).merged == 1
     finally:
         batcher.close()
-    # 1 alone; then [1, 3, 2] (6 rows), [4, 1] (5), the 9-row request alone (over 8), "e" alone
-    assert tail.calls == [1, 6, 5, 9, 1]
+    # 1 alone; then [1, 3, 2] (6 rows), [4, 1] (5), the 9-row request alone (over 8), "e" alone,
+    # and the float16 request of "d" alone (other wire dtype)
+    assert tail.calls == [1, 6, 5, 9, 1, 1]
     for x, r in zip(xs, results):
         assert np.allclose(r.logits, x.sum(axis=1)[:, :3])  # each caller gets its own rows back
     assert [r.merged for r in results] == [1, 3, 3, 3, 2, 2, 1]
@@ -166,8 +173,8 @@ def test_batcher_reports_a_failing_tail_and_keeps_running():
     batcher = TailBatcher()
     try:
         with pytest.raises(RuntimeError, match="boom"):
-            batcher.submit("d", broken, np.zeros((1, 2), np.float32)).result(10)
-        ok = batcher.submit("d", lambda x: x * 2, np.ones((1, 2), np.float32)).result(10)
+            batcher.submit("d", broken, f32(np.zeros((1, 2), np.float32))).result(10)
+        ok = batcher.submit("d", lambda f: f.raw * 2, f32(np.ones((1, 2), np.float32))).result(10)
         assert np.array_equal(ok.logits, np.full((1, 2), 2, np.float32))
     finally:
         batcher.close()
@@ -184,7 +191,14 @@ def test_tail_runtimes_agree_and_unexportable_tails_fall_back_to_torch():
     ort = make_runner(tail, (128, 16, 16), "onnxruntime")
     ref = make_runner(tail, (128, 16, 16), "torch")
     assert ort.runtime == "onnxruntime" and ref.runtime == "torch"
-    assert np.abs(ort(x) - ref(x)).max() <= 1e-4
+    assert np.abs(ort(f32(x)) - ref(f32(x))).max() <= 1e-4
+    # float16 / int8 / bfloat16 features: converted in the graph (or by numpy) exactly as wire.decode does
+    for dtype in ("float16", "int8", "bfloat16"):
+        raw, code, scale = wire.decode_raw(wire.encode(x, dtype))
+        f = Features(raw, code, scale)
+        assert np.abs(ort(f) - ref(f)).max() <= 1e-4, dtype
+        with torch.inference_mode():
+            assert np.abs(ref(f) - tail(torch.from_numpy(wire.to_float32(raw, code, scale))).numpy()).max() == 0
 
     class NotExportable(torch.nn.Module):
         def forward(self, x):
@@ -193,7 +207,7 @@ def test_tail_runtimes_agree_and_unexportable_tails_fall_back_to_torch():
     with captured_logs() as records:
         fallback = make_runner(torch.nn.Sequential(NotExportable()), (4,), "onnxruntime", deployment_id="odd")
     assert fallback.runtime == "torch" and "onnxruntime refused" in fallback.note
-    assert np.allclose(fallback(np.ones((2, 4), np.float32)), 4.0)
+    assert np.allclose(fallback(f32(np.ones((2, 4), np.float32))), 4.0)
     assert any(r["event"] == "onnx tail refused, using torch" and r["deployment"] == "odd" for r in records)
 
 

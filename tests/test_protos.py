@@ -37,3 +37,38 @@ def test_wire_round_trip(dtype, tol):
     back = wire.decode(pb.Tensor.FromString(t.SerializeToString()))
     assert back.dtype == np.float32 and back.shape == x.shape
     assert np.max(np.abs(back - x)) <= tol * max(1.0, float(np.abs(x).max()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8", "uint8"])
+@pytest.mark.parametrize("shape", [(2, 3, 4), (1, 300), (0, 5)])
+def test_fast_request_serialization_is_byte_identical_to_protobuf(dtype, shape):
+    x = np.random.default_rng(1).uniform(0, 2, shape).astype(np.float32)
+    reference = pb.InferRequest(deployment_id="dep", request_id="rid-1", features=wire.encode(x, dtype))
+    fast = wire.infer_request_bytes("dep", "rid-1", x, dtype)
+    assert fast == reference.SerializeToString()
+    back = pb.InferRequest.FromString(fast)
+    assert back.deployment_id == "dep" and list(back.features.shape) == list(shape)
+
+
+def test_nonfinite_values_are_refused_for_every_float_dtype():
+    for dtype in ("float32", "float16", "bfloat16"):
+        for bad in (np.nan, np.inf, -np.inf):
+            x = np.zeros((2, 3), np.float32)
+            x[1, 2] = bad
+            t = wire.encode(x, dtype)
+            with pytest.raises(wire.WireError, match="NaN or Inf"):
+                wire.decode(t)
+            assert np.isnan(wire.decode(t, allow_nonfinite=True)[1, 2]) == np.isnan(bad)
+    # the largest finite values are fine
+    big = np.array([[65504.0, -3.0e38]], np.float32)
+    assert wire.decode(wire.encode(big[:, :1], "float16"))[0, 0] == 65504.0
+    assert np.isfinite(wire.decode(wire.encode(big, "bfloat16"))).all()
+
+
+def test_raw_decode_is_a_view_in_the_wire_dtype():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    raw, code, scale = wire.decode_raw(wire.encode(x, "float16"))
+    assert raw.dtype == np.float16 and raw.shape == (3, 4) and code == pb.Tensor.FLOAT16
+    raw, code, scale = wire.decode_raw(wire.encode(x, "int8"))
+    assert raw.dtype == np.int8 and scale == pytest.approx(11 / 127)
+    assert np.allclose(wire.to_float32(raw, code, scale), x, atol=scale / 2)
