@@ -50,33 +50,53 @@ class _Direction:
         self.max_frame = max_message + (1 << 20)
 
     def feed(self, data: bytes) -> list:
-        """The complete frames now buffered, as ``(type, stream_id, flags, payload)``."""
-        buf = self.buf
-        buf += data
+        """The frames completed by ``data``, as ``(type, stream_id, flags, payload)``.
+
+        ``data`` must be immutable (bytes): DATA payloads are returned as memoryviews into it, so a
+        frame is copied only when it straddles two chunks.
+        """
+        view = memoryview(data)
+        frames: list = []
         if self.need_preface:
-            if len(buf) < len(PREFACE):
-                return []
-            if bytes(buf[:len(PREFACE)]) != PREFACE:
+            take = min(len(PREFACE) - len(self.buf), len(view))
+            self.buf += view[:take]
+            view = view[take:]
+            if len(self.buf) < len(PREFACE):
+                return frames
+            if bytes(self.buf) != PREFACE:
                 raise ParseError("the client did not open with the HTTP/2 preface (not h2c gRPC?)")
-            del buf[:len(PREFACE)]
+            self.buf = bytearray()
             self.need_preface = False
-        frames = []
-        pos, end = 0, len(buf)
-        with memoryview(buf) as view:
-            while end - pos >= 9:
-                length = int.from_bytes(view[pos:pos + 3], "big")
-                if length > self.max_frame:
-                    raise ParseError(f"frame of {length} bytes is larger than any allowed message")
-                if end - pos < 9 + length:
-                    break
-                ftype, flags = view[pos + 3], view[pos + 4]
-                stream = int.from_bytes(view[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-                frame = self._frame(ftype, flags, stream, view[pos + 9:pos + 9 + length])
-                pos += 9 + length
-                if frame is not None:
-                    frames.append(frame)
-        del buf[:pos]
+        buf = self.buf
+        while buf and len(view):  # complete the frame left over from the previous chunk
+            total = 9 + int.from_bytes(buf[:3], "big") if len(buf) >= 9 else 9
+            take = min(total - len(buf), len(view))
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) >= 9 and len(buf) == 9 + int.from_bytes(buf[:3], "big"):
+                self._parse(memoryview(bytes(buf)), frames)
+                buf.clear()
+        rest = self._parse(view, frames)
+        if len(rest):
+            buf += rest
         return frames
+
+    def _parse(self, view: memoryview, frames: list) -> memoryview:
+        """Parse the complete frames in ``view``; return what is left (a partial frame)."""
+        pos, end = 0, len(view)
+        while end - pos >= 9:
+            length = int.from_bytes(view[pos:pos + 3], "big")
+            if length > self.max_frame:
+                raise ParseError(f"frame of {length} bytes is larger than any allowed message")
+            if end - pos < 9 + length:
+                break
+            ftype, flags = view[pos + 3], view[pos + 4]
+            stream = int.from_bytes(view[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+            frame = self._frame(ftype, flags, stream, view[pos + 9:pos + 9 + length])
+            pos += 9 + length
+            if frame is not None:
+                frames.append(frame)
+        return view[pos:]
 
     def _frame(self, ftype, flags, stream, payload: memoryview):
         if self.block is not None and ftype != CONTINUATION:
@@ -85,7 +105,7 @@ class _Direction:
             if flags & PADDED:
                 pad = payload[0]
                 payload = payload[1:len(payload) - pad]
-            return DATA, stream, flags, bytes(payload)
+            return DATA, stream, flags, payload  # a view: no copy
         if ftype in (HEADERS, PUSH_PROMISE):
             start = 0
             pad = 0
@@ -255,7 +275,7 @@ class GrpcConnection:
 
     def _messages(self, st: _Messages, data: bytes, encoding: str) -> list[bytes]:
         """Complete gRPC messages (5-byte prefix: compressed flag, big-endian length) so far."""
-        if data:
+        if len(data):
             st.parts.append(data)
             st.have += len(data)
         out = []
@@ -264,7 +284,7 @@ class GrpcConnection:
                 if st.have < 5:
                     break
                 if len(st.parts[0]) < 5:
-                    st.parts = [b"".join(st.parts)]
+                    st.parts = [memoryview(b"".join(st.parts))]
                 head = st.parts[0]
                 st.need = (head[0], int.from_bytes(head[1:5], "big"))
                 if st.need[1] > self.max_message:
@@ -272,17 +292,17 @@ class GrpcConnection:
             compressed, length = st.need
             if st.have < 5 + length:
                 break
-            blob = st.parts[0] if len(st.parts) == 1 else b"".join(st.parts)
-            message = blob[5:5 + length]
+            blob = st.parts[0] if len(st.parts) == 1 else memoryview(b"".join(st.parts))
+            message = blob[5:5 + length]  # a view into the DATA payload when it held the whole message
             rest = blob[5 + length:]
-            st.parts = [rest] if rest else []
+            st.parts = [rest] if len(rest) else []
             st.have = len(rest)
             st.need = None
             out.append(_inflate(message, encoding) if compressed else message)
         return out
 
 
-def _inflate(message: bytes, encoding: str) -> bytes:
+def _inflate(message, encoding: str) -> bytes:
     if encoding == "gzip":
         return zlib.decompress(message, 16 + zlib.MAX_WBITS)
     if encoding == "deflate":

@@ -284,61 +284,52 @@ def child_main(sock: socket.socket, control: socket.socket, config: dict) -> Non
     recorder.ready.wait(10)  # its writer thread opens the store first: report how that went
     reply("ready", stats())
     threading.Thread(target=serve_control, name="tap-recorder-control", daemon=True).start()
-    flushed: set[int] = set()
 
     def emit(kind: str, *payload) -> None:
-        size = sum(len(p) for p in payload if isinstance(p, (bytes, bytearray)))
+        size = sum(len(p) for p in payload if isinstance(p, (bytes, bytearray, memoryview)))
         recorder.submit(kind, *payload, size=size)
 
-    buf = bytearray()
-    view_size = 1 << 20
-    chunk = bytearray(view_size)
+    rfile = sock.makefile("rb", buffering=1 << 20)
     while True:
         try:
-            n = sock.recv_into(chunk)
-        except OSError:
-            n = 0
-        if n == 0:
-            break
-        buf += memoryview(chunk)[:n]
-        pos = 0
-        while len(buf) - pos >= HEADER.size:
-            conn, kind, when, length = HEADER.unpack_from(buf, pos)
-            if len(buf) - pos - HEADER.size < length:
+            header = rfile.read(HEADER.size)
+            if len(header) < HEADER.size:
                 break
-            data = bytes(buf[pos + HEADER.size:pos + HEADER.size + length])
-            pos += HEADER.size + length
-            if kind in (CLIENT, SERVER):
-                counts["bytes"] += length
-                state = conns.get(conn)
-                if state is None or state.broken:
-                    continue
-                try:
-                    state.feed(kind == CLIENT, data, when)
-                except ParseError as exc:
-                    counts["connections_unparsed"] += 1
-                    recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
-                    state.close(when)
-                except Exception:
-                    log.exception("tap parser error")
-                    conns.pop(conn, None)
-            elif kind == OPEN:
-                counts["connections"] += 1
-                conns[conn] = GrpcConnection(str(conn), data.decode(), emit, config["max_message_bytes"], methods)
-            elif kind in (CLOSE, LOST):
-                state = conns.pop(conn, None)
-                if state is not None:
-                    state.close(when)
-                if kind == LOST:
-                    counts["connections_lost"] += 1
-                    recorder.fail(1, f"connection {conn}: the recorder fell behind, recording of this connection "
-                                     "stopped (HTTP/2 cannot resume after a gap)")
-            elif kind == FLUSH:
-                (token,) = struct.unpack("<Q", data)
-                recorder.flush(30)
-                flushed.add(token)
-                reply("flush", token, True)
-        del buf[:pos]
+            conn, kind, when, length = HEADER.unpack(header)
+            data = rfile.read(length) if length else b""  # bytes, read straight from the socket
+            if len(data) < length:
+                break
+        except OSError:
+            break
+        if kind in (CLIENT, SERVER):
+            counts["bytes"] += length
+            state = conns.get(conn)
+            if state is None or state.broken:
+                continue
+            try:
+                state.feed(kind == CLIENT, data, when)
+            except ParseError as exc:
+                counts["connections_unparsed"] += 1
+                recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
+                state.close(when)
+            except Exception:
+                log.exception("tap parser error")
+                conns.pop(conn, None)
+        elif kind == OPEN:
+            counts["connections"] += 1
+            conns[conn] = GrpcConnection(str(conn), data.decode(), emit, config["max_message_bytes"], methods)
+        elif kind in (CLOSE, LOST):
+            state = conns.pop(conn, None)
+            if state is not None:
+                state.close(when)
+            if kind == LOST:
+                counts["connections_lost"] += 1
+                recorder.fail(1, f"connection {conn}: the recorder fell behind, recording of this connection "
+                                 "stopped (HTTP/2 cannot resume after a gap)")
+        elif kind == FLUSH:
+            (token,) = struct.unpack("<Q", data)
+            recorder.flush(30)
+            reply("flush", token, True)
     for conn, state in list(conns.items()):
         state.close(time.time())
     recorder.close()
