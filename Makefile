@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.demo
 
 test: $(STAMP)
+	bash tests/setup_browser.sh
 	$(PY) -m pytest
 
 bench: $(STAMP)
