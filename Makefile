@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.demo
 
 test: $(STAMP)
-	bash tests/setup_browser.sh
+	bash tests/setup_system.sh
 	$(PY) -m pytest
 
 bench: $(STAMP)

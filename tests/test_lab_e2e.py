@@ -229,7 +229,7 @@ def test_lifecycle_with_real_reconstructions(lab):
     assert health["status"] == "ok" and health["tap"]["recorded"] >= 10
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: run tests/setup_browser.sh")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: run tests/setup_system.sh")
 def test_experiment_page_in_headless_chromium(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
