@@ -13,12 +13,12 @@ from grpc_reflection.v1alpha import reflection
 
 from models import ArtifactStore
 from protos import split_inference_pb2 as pb
-from protos import split_inference_pb2_grpc as pb_grpc
+from protos import wire
 
 from .batcher import TailBatcher
 from .logs import log
 from .registry import Registry
-from .service import SplitInferenceService
+from .service import MalformedRequest, SplitInferenceService
 
 logger = logging.getLogger("cloud_server.lifecycle")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
@@ -48,6 +48,37 @@ def message_options(max_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
 
 
+def parse_request(data: bytes):
+    """An ``InferRequest`` (zero-copy view), or ``MalformedRequest`` for bytes that do not parse:
+    the handler answers those with INVALID_ARGUMENT (and a stream goes on) instead of gRPC's
+    generic INTERNAL "Exception deserializing request!"."""
+    try:
+        return wire.parse_infer_request(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and anything else
+        return MalformedRequest(f"request is not a valid splitlab.v1.InferRequest message ({exc})")
+
+
+def add_service(service: SplitInferenceService, server: grpc.Server) -> None:
+    """Register the service like the generated ``add_SplitInferenceServicer_to_server``, except that
+    inference requests are parsed without copying their features (:func:`parse_request`)."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            service.Infer, request_deserializer=parse_request,
+            response_serializer=pb.InferReply.SerializeToString),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            service.InferStream, request_deserializer=parse_request,
+            response_serializer=pb.StreamReply.SerializeToString),
+        "GetHead": grpc.unary_unary_rpc_method_handler(
+            service.GetHead, request_deserializer=pb.GetHeadRequest.FromString,
+            response_serializer=pb.HeadReply.SerializeToString),
+        "ListDeployments": grpc.unary_unary_rpc_method_handler(
+            service.ListDeployments, request_deserializer=pb.ListDeploymentsRequest.FromString,
+            response_serializer=pb.ListDeploymentsReply.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class CloudServer:
     """A started-on-demand gRPC server for every deployment of ``config.artifacts``."""
 
@@ -60,7 +91,7 @@ class CloudServer:
                                             experimental_thread_pool=ThreadPoolExecutor(max_workers=1))
         self._server = grpc.server(ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
                                    options=message_options(config.max_message_bytes) + [("grpc.so_reuseport", 0)])
-        pb_grpc.add_SplitInferenceServicer_to_server(self.service, self._server)
+        add_service(self.service, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

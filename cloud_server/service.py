@@ -32,6 +32,16 @@ logger = logging.getLogger("cloud_server")
 _END = object()
 
 
+class MalformedRequest:
+    """Stands in for a request whose bytes did not parse (see ``server.parse_request``)."""
+
+    deployment_id = ""
+    request_id = ""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
@@ -52,6 +62,8 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):
     # --- shared path ---------------------------------------------------------------------------
     def _submit(self, request: pb.InferRequest, context):
         """Validate ``request`` and queue it; returns the future of its ``TailResult``."""
+        if isinstance(request, MalformedRequest):
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         dep = self.registry.deployment(request.deployment_id)
         features = features_of(request, dep, self.max_batch)
         tail = self.registry.tail(dep)

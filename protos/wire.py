@@ -173,3 +173,133 @@ def to_float32(raw: np.ndarray, code: int, scale: float = 0.0) -> np.ndarray:
 def decode(tensor: pb.Tensor, allow_nonfinite: bool = False) -> np.ndarray:
     """The tensor as a float32 numpy array; raises :class:`WireError` when it is malformed."""
     return to_float32(*decode_raw(tensor, allow_nonfinite))
+
+
+# --- zero-copy request parsing ----------------------------------------------------------------
+
+class TensorView:
+    """The fields of a parsed ``Tensor``; ``data`` is a memoryview into the received bytes."""
+
+    __slots__ = ("dtype", "shape", "data", "scale")
+
+    def __init__(self):
+        self.dtype = 0
+        self.shape: list[int] = []
+        self.data = memoryview(b"")
+        self.scale = 0.0
+
+
+class InferRequestView:
+    """A parsed ``InferRequest`` that shares the features' bytes with the received message.
+
+    Quacks like the generated message for what the server reads (``deployment_id``,
+    ``request_id``, ``features``, ``HasField("features")``).
+    """
+
+    __slots__ = ("deployment_id", "request_id", "features")
+
+    def __init__(self):
+        self.deployment_id = ""
+        self.request_id = ""
+        self.features: TensorView | None = None
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - the protobuf spelling
+        if name != "features":
+            raise ValueError(f"InferRequest has no message field {name!r}")
+        return self.features is not None
+
+
+class _Fallback(Exception):
+    """Something the fast parser does not handle (groups, a repeated features field ...)."""
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise _Fallback("truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview):
+    """(field number, wire type, value) for each field; values of length-delimited fields are slices."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wt = key >> 3, key & 7
+        if wt == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wt == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif wt == 2:
+            size, pos = _read_varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        elif wt == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise _Fallback(f"wire type {wt}")
+        if pos > end or number == 0:
+            raise _Fallback("truncated field")
+        yield number, wt, value
+
+
+def _int64(v: int) -> int:
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _int32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _tensor(buf: memoryview) -> TensorView:
+    t = TensorView()
+    for number, wt, value in _fields(buf):
+        if number == 1 and wt == 0:
+            t.dtype = _int32(value)
+        elif number == 2 and wt == 2:  # packed
+            pos = 0
+            while pos < len(value):
+                v, pos = _read_varint(value, pos)
+                t.shape.append(_int64(v))
+        elif number == 2 and wt == 0:  # unpacked (still valid proto3)
+            t.shape.append(_int64(value))
+        elif number == 3 and wt == 2:
+            t.data = value
+        elif number == 4 and wt == 5:
+            t.scale = float(np.frombuffer(value, "<f4")[0])
+        elif number in (1, 2, 3, 4):
+            raise _Fallback(f"field {number} with wire type {wt}")
+    return t
+
+
+def parse_infer_request(data: bytes):
+    """Parse a serialized ``InferRequest`` without copying the features' bytes.
+
+    Returns an :class:`InferRequestView`; input the fast path does not cover (repeated or merged
+    sub-messages, groups) is handed to protobuf, and malformed input raises like protobuf does.
+    """
+    buf = memoryview(data)
+    try:
+        req = InferRequestView()
+        for number, wt, value in _fields(buf):
+            if number in (1, 2) and wt == 2:
+                text = str(value, "utf-8")
+                if number == 1:
+                    req.deployment_id = text
+                else:
+                    req.request_id = text
+            elif number == 3 and wt == 2:
+                if req.features is not None:
+                    raise _Fallback("features given twice (protobuf merges them)")
+                req.features = _tensor(value)
+            elif number in (1, 2, 3):
+                raise _Fallback(f"field {number} with wire type {wt}")
+        return req
+    except (_Fallback, UnicodeDecodeError):
+        return pb.InferRequest.FromString(data)

@@ -59,6 +59,23 @@ BAD_REQUESTS = {
 }
 
 
+def test_bytes_that_are_not_a_request_get_invalid_argument(digits_server):
+    channel = grpc.insecure_channel(digits_server.address)
+    infer = channel.unary_unary("/splitlab.v1.SplitInference/Infer")  # raw bytes in and out
+    with pytest.raises(grpc.RpcError) as info:
+        infer(b"\x1a\xff\xff\xff\x0f", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid splitlab.v1.InferRequest" in info.value.details()
+    # on a stream, the garbage fails alone and the stream goes on
+    stream = channel.stream_stream("/splitlab.v1.SplitInference/InferStream",
+                                   response_deserializer=pb.StreamReply.FromString)
+    good = raw_request(rid="fine").SerializeToString()
+    replies = list(stream(iter([b"\xff", good]), timeout=10))
+    assert [r.error_code for r in replies if r.request_id == "fine"] == [0]
+    assert sorted(r.error_code for r in replies) == [0, grpc.StatusCode.INVALID_ARGUMENT.value[0]]
+    channel.close()
+
+
 @pytest.fixture(scope="module")
 def stub(digits_server):
     channel = grpc.insecure_channel(digits_server.address)
