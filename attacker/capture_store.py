@@ -3,7 +3,10 @@
 Layout of ``DIR`` (``--store``, env ``SPLITLAB_STORE``, default ``./captures``)::
 
     index.sqlite              WAL-mode index (tables below); safe to read while the tap writes
-    arrays/<hour>/<name>.npy  one float32 feature batch per capture (decoded from the wire dtype)
+    arrays/<hour>/<name>.npys segment files: each capture's feature batch is one complete .npy record
+                              (header + data) appended at an offset kept in the index, in the wire
+                              representation (float32, float16, bfloat16 as uint16 bits, int8 with
+                              its scale in the index, uint8); ``features()`` returns float32
     heads/<sha256>.onnx       every distinct head seen in a GetHead reply, stored once per digest
     truth/<name>.npy          ground-truth images attached from outside (see :meth:`attach_ground_truth`)
     tap-stats.json            the tap's counters (forwarded, recorded, dropped, failed), refreshed live
@@ -14,8 +17,9 @@ of the reply), ``heads`` (deployment x digest, with arch, split, shapes, preproc
 live in ``heads/``), ``deployments`` (the latest ``ListDeployments`` / ``GetHead`` facts per
 deployment) and ``ground_truth`` (request id -> images file).
 
-Retention: ``max_captures`` and/or ``max_bytes`` (feature bytes on disk); the oldest captures and
-their files are dropped once a limit is passed. Nothing is kept in memory, so a store survives
+Retention: ``max_captures`` and/or ``max_bytes`` (bytes of feature records); the oldest captures
+are dropped once a limit is passed, and a segment file is deleted when none of its records is
+left (so disk use can exceed ``max_bytes`` by up to one segment, ``SEGMENT_BYTES``). Nothing is kept in memory, so a store survives
 restarts: open the same folder again and every query sees what was written before.
 """
 
@@ -36,6 +40,7 @@ from models.errors import SplitlabError
 
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "captures"
+SEGMENT_BYTES = 64 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS captures (
@@ -51,7 +56,9 @@ CREATE TABLE IF NOT EXISTS captures (
     wire_dtype TEXT NOT NULL DEFAULT '',
     shape TEXT NOT NULL DEFAULT '[]',
     features_file TEXT,
+    features_offset INTEGER NOT NULL DEFAULT 0,
     features_bytes INTEGER NOT NULL DEFAULT 0,
+    scale REAL NOT NULL DEFAULT 0,
     logits BLOB,
     logits_shape TEXT NOT NULL DEFAULT '[]',
     top1 TEXT NOT NULL DEFAULT '[]',
@@ -60,6 +67,7 @@ CREATE TABLE IF NOT EXISTS captures (
 CREATE INDEX IF NOT EXISTS captures_dep_time ON captures(deployment_id, time);
 CREATE INDEX IF NOT EXISTS captures_time ON captures(time);
 CREATE INDEX IF NOT EXISTS captures_request ON captures(request_id);
+CREATE INDEX IF NOT EXISTS captures_file ON captures(features_file);
 CREATE TABLE IF NOT EXISTS heads (
     deployment_id TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -112,6 +120,8 @@ class Capture:
     top1: list[int]
     stream_id: str
     logits: np.ndarray | None = field(default=None, repr=False)
+    features_offset: int = field(default=0, repr=False)
+    scale: float = field(default=0.0, repr=False)
 
     @property
     def batch(self) -> int:
@@ -185,10 +195,20 @@ class CaptureStore:
         except sqlite3.DatabaseError as exc:
             raise SplitlabError(f"cannot open capture store {index}: {exc}") from exc
         self._seq = 0
+        self._segment: tuple[str, object] | None = None  # (relative path, open file) being appended
 
     def close(self) -> None:
         with self._lock:
+            self._close_segment()
             self._db.close()
+
+    def _close_segment(self) -> None:
+        if self._segment is not None:
+            try:
+                self._segment[1].close()
+            except OSError:
+                pass
+            self._segment = None
 
     def __enter__(self):
         return self
@@ -215,48 +235,66 @@ class CaptureStore:
             raise
         return rel, path.stat().st_size
 
-    def add_captures(self, rows: list[dict]) -> list[int]:
-        """Insert capture rows (dicts; ``features`` an array or None) in one transaction.
-
-        Feature arrays are written first; if the transaction fails their files are removed again
-        and the exception propagates (the tap counts it). Applies retention afterwards.
-        """
-        written: list[Path] = []
-        records = []
+    def _append(self, arrays: list[np.ndarray], when: float) -> list[tuple[str, int, int]]:
+        """Append each array as one .npy record to the current segment: (file, offset, size) each."""
+        hour = time.strftime("%Y%m%d-%H", time.gmtime(when))
+        seg = self._segment
+        if seg is not None and (not seg[0].startswith(f"arrays/{hour}/") or seg[1].tell() >= SEGMENT_BYTES):
+            self._close_segment()
+        if self._segment is None:
+            rel = f"arrays/{hour}/{self._new_name(when)}.npys"
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            self._segment = (rel, open(self.root / rel, "ab"))
+        rel, fh = self._segment
+        out = []
         try:
-            for row in rows:
-                feats = row.get("features")
-                rel, size = (None, 0)
-                if feats is not None:
-                    rel, size = self.write_array("arrays", feats, row["time"])
-                    written.append(self.root / rel)
+            for array in arrays:
+                start = fh.tell()
+                np.save(fh, array, allow_pickle=False)
+                out.append((rel, start, fh.tell() - start))
+            fh.flush()
+        except BaseException:
+            self._close_segment()  # a partial record is harmless (nothing points at it); start afresh
+            raise
+        return out
+
+    def add_captures(self, rows: list[dict]) -> list[int]:
+        """Insert capture rows (dicts; ``features`` the raw wire array or None) in one transaction.
+
+        Feature records are appended to the current segment first; if the transaction then fails
+        they are left unreferenced (and go with their segment) and the exception propagates (the
+        tap counts it). Applies retention afterwards.
+        """
+        with self._lock:
+            feats = [(i, row["features"]) for i, row in enumerate(rows) if row.get("features") is not None]
+            where = dict(zip((i for i, _ in feats), self._append([np.ascontiguousarray(a) for _, a in feats],
+                                                                  rows[0]["time"]))) if feats else {}
+            records = []
+            for i, row in enumerate(rows):
+                rel, offset, size = where.get(i, (None, 0, 0))
                 logits = row.get("logits")
                 records.append((
                     row.get("request_id", ""), row.get("deployment_id", ""), row["method"],
                     row.get("peer", ""), row["time"], row.get("latency"), int(row.get("status", 0)),
                     row.get("error", ""), row.get("wire_dtype", ""),
-                    json.dumps([int(s) for s in row.get("shape", [])]), rel, size,
+                    json.dumps([int(s) for s in row.get("shape", [])]), rel, offset, size,
+                    float(row.get("scale", 0.0)),
                     None if logits is None else np.ascontiguousarray(logits, "<f4").tobytes(),
                     json.dumps([] if logits is None else list(logits.shape)),
                     json.dumps([int(v) for v in row.get("top1", [])]), row.get("stream_id", "")))
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    ids = []
-                    for rec in records:
-                        cur = self._db.execute(
-                            "INSERT INTO captures (request_id, deployment_id, method, peer, time, latency,"
-                            " status, error, wire_dtype, shape, features_file, features_bytes, logits,"
-                            " logits_shape, top1, stream_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rec)
-                        ids.append(cur.lastrowid)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = []
+                for rec in records:
+                    cur = self._db.execute(
+                        "INSERT INTO captures (request_id, deployment_id, method, peer, time, latency, status,"
+                        " error, wire_dtype, shape, features_file, features_offset, features_bytes, scale, logits,"
+                        " logits_shape, top1, stream_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rec)
+                    ids.append(cur.lastrowid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         self.apply_retention()
         return ids
 
@@ -335,9 +373,11 @@ class CaptureStore:
             if not victims:
                 return 0
             self._db.execute("DELETE FROM captures WHERE id <= ?", (victims[-1][0],))
-        for _, rel, _ in victims:
-            if rel:
-                (self.root / rel).unlink(missing_ok=True)
+            current = self._segment[0] if self._segment else None
+            for rel in {v[1] for v in victims if v[1]}:
+                if rel != current and self._db.execute("SELECT 1 FROM captures WHERE features_file=? LIMIT 1",
+                                                        (rel,)).fetchone() is None:
+                    (self.root / rel).unlink(missing_ok=True)
         return len(victims)
 
     # --- reading -------------------------------------------------------------------------------
@@ -362,7 +402,7 @@ class CaptureStore:
         if ok_only:
             where.append("status = 0 AND features_file IS NOT NULL")
         cols = ("id, request_id, deployment_id, method, peer, time, latency, status, error, wire_dtype,"
-                " shape, features_file, features_bytes, top1, stream_id, logits, logits_shape")
+                " shape, features_file, features_bytes, top1, stream_id, logits, logits_shape, features_offset, scale")
         sql = f"SELECT {cols} FROM captures" + (f" WHERE {' AND '.join(where)}" if where else "")
         if last is not None:
             if last < 1:
@@ -378,7 +418,7 @@ class CaptureStore:
             if with_logits and r[15] is not None:
                 logits = np.frombuffer(r[15], "<f4").reshape(json.loads(r[16]))
             out.append(Capture(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], json.loads(r[10]),
-                               r[11], r[12], json.loads(r[13]), r[14], logits))
+                               r[11], r[12], json.loads(r[13]), r[14], logits, r[17], r[18]))
         return out
 
     def count(self, deployment: str | None = None) -> int:
@@ -404,14 +444,28 @@ class CaptureStore:
             row = self._db.execute("SELECT info FROM deployments WHERE deployment_id=?", (deployment,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def features(self, capture: Capture, mmap: bool = False) -> np.ndarray:
-        """The captured feature batch (float32, batch x feature shape)."""
+    def raw_features(self, capture: Capture) -> np.ndarray:
+        """The captured feature batch as it was on the wire (see the module docstring)."""
         if capture.features_file is None:
             raise SplitlabError(f"capture {capture.id} has no features ({capture.error or 'not recorded'})")
         path = self.root / capture.features_file
-        if not path.exists():
-            raise SplitlabError(f"capture {capture.id}'s features file {path} is missing (dropped by retention?)")
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(capture.features_offset)
+                return np.load(fh, allow_pickle=False)
+        except FileNotFoundError:
+            raise SplitlabError(f"capture {capture.id}'s features file {path} is missing "
+                                "(dropped by retention?)") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise SplitlabError(f"capture {capture.id}'s features record in {path} is unreadable: {exc}") from exc
+
+    def features(self, capture: Capture) -> np.ndarray:
+        """The captured feature batch as float32 (batch x feature shape), decoded from the wire dtype."""
+        from protos import wire
+
+        raw = self.raw_features(capture)
+        code = wire.WIRE_DTYPES.get(capture.wire_dtype, wire.WIRE_DTYPES["float32"])
+        return np.ascontiguousarray(wire.to_float32(raw, code, capture.scale), dtype=np.float32)
 
     def heads(self, deployment: str | None = None) -> list[Head]:
         """Heads seen, newest sighting first."""

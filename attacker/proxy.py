@@ -168,14 +168,27 @@ class ProxyHandler(grpc.GenericRpcHandler):
             sid = f"s{next(self._stream_ids)}"
             peer = context.peer()
 
-            async def requests():
-                async for message in request_iterator:
-                    if recorder is not None:
-                        recorder.submit("stream_request", sid, peer, time.time(), message, "", size=len(message))
-                    yield message
+            # Requests are written with call.write(), not handed over as an iterator: when the upstream
+            # ends a stream with an error while an iterator is still being consumed, grpc-aio
+            # sometimes reports "Internal error from Core" instead of the upstream's status.
+            call = multicallable(timeout=_timeout(context), metadata=metadata)
 
-            call = multicallable(requests(), timeout=_timeout(context), metadata=metadata)
-            await self._pump(call, context, sid if recorder is not None else None)
+            async def forward_requests():
+                try:
+                    async for message in request_iterator:
+                        if recorder is not None:
+                            recorder.submit("stream_request", sid, peer, time.time(), message, "", size=len(message))
+                        await call.write(message)
+                    await call.done_writing()
+                except Exception:  # the call ended (upstream error, cancellation): nothing left to send
+                    pass
+
+            writer = asyncio.get_running_loop().create_task(forward_requests())
+            try:
+                await self._pump(call, context, sid if recorder is not None else None)
+            finally:
+                if not writer.done():
+                    writer.cancel()
 
         return handle
 
@@ -184,7 +197,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
         initial_sent = False
         recorder = self._recorder
         try:
-            async for message in call:
+            while True:
+                message = await call.read()
+                if message is aio.EOF:
+                    break
                 if not initial_sent:
                     initial = forwarded_metadata(await call.initial_metadata())
                     if initial:
@@ -197,7 +213,15 @@ class ProxyHandler(grpc.GenericRpcHandler):
             self.counts["upstream_errors"] += 1
             if sid is not None:
                 recorder.submit("stream_end", sid, time.time(), err.code().value[0], err.details() or "")
-            await _relay_error(context, err, initial_sent)
+            if not initial_sent:
+                initial = forwarded_metadata(err.initial_metadata())
+                if initial:
+                    await context.send_initial_metadata(initial)
+            # set (not abort): the handler returns normally and gRPC sends this status
+            context.set_trailing_metadata(forwarded_metadata(err.trailing_metadata()))
+            context.set_code(err.code())
+            context.set_details(err.details() or "")
+            return
         except asyncio.CancelledError:
             call.cancel()
             if sid is not None:

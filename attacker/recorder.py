@@ -216,20 +216,24 @@ class Recorder:
                 self._fail(0, f"recording a ListDeployments reply failed: {exc}")
 
     # --- parsing -------------------------------------------------------------------------------
-    def _request_row(self, method: str, peer: str, when: float, request: bytes, md_request_id: str) -> dict:
+    def _request_row(self, method: str, peer: str, when: float, request, md_request_id: str) -> dict:
         row = {"method": method, "peer": peer, "time": when, "request_id": md_request_id}
         try:
-            msg = pb.InferRequest.FromString(request)
+            msg = wire.parse_infer_request(request)  # zero-copy: the features stay a view of the message
         except Exception as exc:
             self._counts["malformed"] += 1
             row["error"] = f"unparseable InferRequest: {exc}"
             return row
         row["request_id"] = msg.request_id or md_request_id
         row["deployment_id"] = msg.deployment_id
+        if not msg.HasField("features"):
+            self._counts["malformed"] += 1
+            row["error"] = "request without features"
+            return row
         row["wire_dtype"] = wire.dtype_name(msg.features.dtype)
         row["shape"] = list(msg.features.shape)
-        try:
-            row["features"] = wire.decode(msg.features, allow_nonfinite=True)
+        try:  # stored as on the wire (float16 stays float16); decoded to float32 when read
+            row["features"], _, row["scale"] = wire.decode_raw(msg.features, allow_nonfinite=True)
         except wire.WireError as exc:
             self._counts["malformed"] += 1
             row["error"] = f"malformed features: {exc}"

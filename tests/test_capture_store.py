@@ -7,6 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from attacker import capture_store
 from attacker.capture_store import CaptureStore, load_ground_truth_file
 from models.errors import SplitlabError
 
@@ -39,20 +40,22 @@ def test_queries_by_deployment_time_last_id_and_request(tmp_path):
         store.captures(last=0)
 
 
-def test_retention_by_count_and_bytes_drops_oldest_and_their_files(tmp_path):
+def test_retention_by_count_and_bytes_drops_oldest_and_their_segments(tmp_path, monkeypatch):
+    monkeypatch.setattr(capture_store, "SEGMENT_BYTES", 1)  # a new segment file for every write
     store = CaptureStore(tmp_path / "s", max_captures=3)
-    store.add_captures([_row(i) for i in range(5)])
+    for i in range(5):
+        store.add_captures([_row(i)])
     left = store.captures()
     assert [c.request_id for c in left] == ["r2", "r3", "r4"]
-    files = sorted(p.name for p in (tmp_path / "s" / "arrays").rglob("*.npy"))
-    assert len(files) == 3
+    assert len(list((tmp_path / "s" / "arrays").rglob("*.npys"))) == 3  # unreferenced segments deleted
+    assert np.array_equal(store.features(left[0]), np.full((2, 4, 3, 3), 2.0))
     one = left[0].features_bytes
     store.close()
     small = CaptureStore(tmp_path / "s", max_bytes=2 * one)
     small.add_captures([_row(5)])
     assert [c.request_id for c in small.captures()] == ["r4", "r5"]
     assert small.total_bytes() <= 2 * one
-    assert len(list((tmp_path / "s" / "arrays").rglob("*.npy"))) == 2
+    assert len(list((tmp_path / "s" / "arrays").rglob("*.npys"))) == 2
     with pytest.raises(SplitlabError):
         CaptureStore(tmp_path / "t", max_captures=0)
 
@@ -104,15 +107,35 @@ def test_store_errors_are_clear(tmp_path):
         store.features(c)
 
 
-def test_failed_transaction_leaves_no_files(tmp_path):
+def test_failed_transaction_records_nothing_and_the_store_goes_on(tmp_path):
     store = CaptureStore(tmp_path / "s", busy_timeout=0.05)
     other = sqlite3.connect(tmp_path / "s" / "index.sqlite", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     with pytest.raises(sqlite3.OperationalError):
         store.add_captures([_row(1)])
     other.execute("ROLLBACK")
-    assert list((tmp_path / "s" / "arrays").rglob("*.npy")) == []
-    assert store.add_captures([_row(1)]) == [1]
+    assert store.count() == 0
+    assert store.add_captures([_row(2)]) == [1]
+    assert np.array_equal(store.features(store.captures()[0]), np.full((2, 4, 3, 3), 2.0))
+
+
+def test_features_are_kept_in_their_wire_dtype(tmp_path):
+    from protos import wire
+
+    store = CaptureStore(tmp_path / "s")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    rows = []
+    for name in ("float32", "float16", "bfloat16", "int8"):
+        raw, code, scale = wire.decode_raw(wire.encode(x, name))
+        rows.append({"method": "Infer", "request_id": name, "time": 1.0, "features": raw, "scale": scale,
+                     "wire_dtype": name, "shape": raw.shape})
+    store.add_captures(rows)
+    for name, tol in (("float32", 0), ("float16", 2e-3), ("bfloat16", 2e-2), ("int8", 2e-2)):
+        (cap,) = store.captures(request_id=name)
+        raw = store.raw_features(cap)
+        assert raw.itemsize == (4 if name == "float32" else 1 if name == "int8" else 2)
+        got = store.features(cap)
+        assert got.dtype == np.float32 and np.allclose(got, x, atol=tol * np.abs(x).max())
 
 
 def test_ground_truth_file(tmp_path):
