@@ -38,7 +38,12 @@ class ParseError(Exception):
 
 
 class _Direction:
-    """Frames of one direction of the connection; header blocks decoded in order."""
+    """Frames of one direction of the connection; header blocks decoded in order.
+
+    DATA payloads are streamed: each piece of a DATA frame is reported as soon as its bytes arrive,
+    as a memoryview into the received chunk (no copy), so a large frame spanning many chunks is
+    never buffered here; only frame headers and other (small) frames that straddle two chunks are.
+    """
 
     def __init__(self, client: bool, max_message: int):
         self.buf = bytearray()
@@ -48,12 +53,16 @@ class _Direction:
         self.hpack.max_header_list_size = 1 << 24
         self.block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments) awaiting CONTINUATION
         self.max_frame = max_message + (1 << 20)
+        # the DATA frame being streamed: bytes left, stream, flags, trailing padding (None: unknown yet)
+        self.data_left = 0
+        self.data_stream = 0
+        self.data_flags = 0
+        self.data_pad: int | None = 0
 
     def feed(self, data: bytes) -> list:
-        """The frames completed by ``data``, as ``(type, stream_id, flags, payload)``.
+        """The frames (and DATA pieces) completed by ``data``, as ``(type, stream_id, flags, payload)``.
 
-        ``data`` must be immutable (bytes): DATA payloads are returned as memoryviews into it, so a
-        frame is copied only when it straddles two chunks.
+        ``data`` must be immutable (bytes): payloads may be memoryviews into it.
         """
         view = memoryview(data)
         frames: list = []
@@ -68,44 +77,84 @@ class _Direction:
             self.buf = bytearray()
             self.need_preface = False
         buf = self.buf
-        while buf and len(view):  # complete the frame left over from the previous chunk
-            total = 9 + int.from_bytes(buf[:3], "big") if len(buf) >= 9 else 9
-            take = min(total - len(buf), len(view))
-            buf += view[:take]
-            view = view[take:]
-            if len(buf) >= 9 and len(buf) == 9 + int.from_bytes(buf[:3], "big"):
-                self._parse(memoryview(bytes(buf)), frames)
-                buf.clear()
-        rest = self._parse(view, frames)
-        if len(rest):
-            buf += rest
+        while len(view):
+            if self.data_left:
+                view = self._data_piece(view, frames)
+                continue
+            if buf or len(view) < 9:  # a frame header (or a small frame) straddling chunks
+                if len(buf) < 9:
+                    take = min(9 - len(buf), len(view))
+                    buf += view[:take]
+                    view = view[take:]
+                    if len(buf) < 9:
+                        break
+                    if buf[3] == DATA:
+                        self._start_data(buf)
+                        buf.clear()
+                        continue
+                total = 9 + self._length(buf)
+                take = min(total - len(buf), len(view))
+                buf += view[:take]
+                view = view[take:]
+                if len(buf) == total:
+                    frame = bytes(buf)
+                    buf.clear()
+                    self._one(memoryview(frame), frames)
+                continue
+            length = self._length(view)
+            if view[3] == DATA:
+                self._start_data(view[:9])
+                view = view[9:]
+                continue
+            if len(view) < 9 + length:
+                buf += view
+                break
+            self._one(view[:9 + length], frames)
+            view = view[9 + length:]
         return frames
 
-    def _parse(self, view: memoryview, frames: list) -> memoryview:
-        """Parse the complete frames in ``view``; return what is left (a partial frame)."""
-        pos, end = 0, len(view)
-        while end - pos >= 9:
-            length = int.from_bytes(view[pos:pos + 3], "big")
-            if length > self.max_frame:
-                raise ParseError(f"frame of {length} bytes is larger than any allowed message")
-            if end - pos < 9 + length:
-                break
-            ftype, flags = view[pos + 3], view[pos + 4]
-            stream = int.from_bytes(view[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-            frame = self._frame(ftype, flags, stream, view[pos + 9:pos + 9 + length])
-            pos += 9 + length
-            if frame is not None:
-                frames.append(frame)
-        return view[pos:]
+    def _length(self, header) -> int:
+        length = int.from_bytes(header[:3], "big")
+        if length > self.max_frame:
+            raise ParseError(f"frame of {length} bytes is larger than any allowed message")
+        return length
+
+    def _start_data(self, header) -> None:
+        if self.block is not None:
+            raise ParseError("a header block was interrupted by another frame")
+        self.data_left = self._length(header)
+        self.data_flags = header[4]
+        self.data_stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+        self.data_pad = None if self.data_flags & PADDED else 0
+
+    def _data_piece(self, view: memoryview, frames: list) -> memoryview:
+        """Report the next piece of the DATA frame being streamed; return the rest of ``view``."""
+        if self.data_pad is None:  # PADDED: the first byte is the padding length
+            self.data_pad = view[0]
+            self.data_left -= 1
+            view = view[1:]
+            if self.data_pad > self.data_left:
+                raise ParseError("DATA padding longer than the frame")
+            if not len(view) and self.data_left:
+                return view
+        take = min(self.data_left, len(view))
+        content = max(0, min(take, self.data_left - self.data_pad))
+        if content:
+            frames.append((DATA, self.data_stream, self.data_flags, view[:content]))
+        self.data_left -= take
+        return view[take:]
+
+    def _one(self, frame: memoryview, frames: list) -> None:
+        """Parse one complete non-DATA frame."""
+        ftype, flags = frame[3], frame[4]
+        stream = int.from_bytes(frame[5:9], "big") & 0x7FFFFFFF
+        parsed = self._frame(ftype, flags, stream, frame[9:])
+        if parsed is not None:
+            frames.append(parsed)
 
     def _frame(self, ftype, flags, stream, payload: memoryview):
         if self.block is not None and ftype != CONTINUATION:
             raise ParseError("a header block was interrupted by another frame")
-        if ftype == DATA:
-            if flags & PADDED:
-                pad = payload[0]
-                payload = payload[1:len(payload) - pad]
-            return DATA, stream, flags, payload  # a view: no copy
         if ftype in (HEADERS, PUSH_PROMISE):
             start = 0
             pad = 0

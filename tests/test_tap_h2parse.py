@@ -110,3 +110,44 @@ def test_garbage_is_a_parse_error_not_a_crash():
         conn.feed(True, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1.0)
     assert conn.broken
     conn.feed(True, b"more", 1.0)  # ignored from then on
+
+
+def _frame(ftype: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def test_padding_priority_and_continuation_frames():
+    """Frames gRPC does not send itself but HTTP/2 allows: padded DATA/HEADERS, PRIORITY, CONTINUATION."""
+    from hpack import Encoder
+
+    from attacker.h2parse import PREFACE
+
+    req = pb.InferRequest(deployment_id="dep", request_id="pad-1")
+    wire.encode_into(req.features, np.arange(40, dtype=np.float32).reshape(2, 20))
+    message = req.SerializeToString()
+    grpc_message = b"\x00" + len(message).to_bytes(4, "big") + message
+    enc_c, enc_s = Encoder(), Encoder()
+    block = enc_c.encode([(":method", "POST"), (":path", SVC + "Infer"), ("x-request-id", "pad-1"),
+                          ("content-type", "application/grpc")])
+    client = PREFACE + _frame(4, 0, 0, b"")  # SETTINGS
+    headers = b"\x03" + b"\x00\x00\x00\x00\x10" + block[:5] + b"pad"  # PADDED | PRIORITY, 3 bytes of padding
+    client += _frame(1, 0x8 | 0x20, 1, headers) + _frame(9, 0x4, 1, block[5:])  # CONTINUATION ends it
+    half = len(grpc_message) // 2
+    client += _frame(0, 0x8, 1, b"\x02" + grpc_message[:half] + b"zz")  # padded DATA
+    client += _frame(0, 0x1, 1, grpc_message[half:])
+    reply = pb.InferReply(request_id="pad-1")
+    reply.top1.extend([1, 2])
+    body = reply.SerializeToString()
+    server = _frame(1, 0x4, 1, enc_s.encode([(":status", "200")]))
+    server += _frame(0, 0, 1, b"\x00" + len(body).to_bytes(4, "big") + body)
+    server += _frame(1, 0x4 | 0x1, 1, enc_s.encode([("grpc-status", "0")]))
+    for size in (len(client), 7, 1):
+        events = []
+        conn = GrpcConnection("1", "peer", lambda *e: events.append(e))
+        for i in range(0, len(client), size):
+            conn.feed(True, client[i:i + size], 1.0)
+        for i in range(0, len(server), size):
+            conn.feed(False, server[i:i + size], 2.0)
+        (event,) = events
+        assert event[0] == "infer" and bytes(event[4]) == message and bytes(event[5]) == body
+        assert event[6] == 0 and event[8] == "pad-1"
