@@ -1,7 +1,8 @@
 """The tap's recorder: a bounded queue and one background writer thread in front of the store.
 
-The proxy only hands raw message bytes to :meth:`Recorder.submit` (no parsing, no I/O, never
-blocks); the writer thread parses them (``InferRequest`` features, the reply, ``GetHead`` payloads,
+Its callers (the proxy's handlers, or the passive tap's decoder in the recorder process) only hand
+raw message bytes to :meth:`Recorder.submit` (no parsing, no I/O, never blocks); the writer thread
+parses them (``InferRequest`` features, the reply, ``GetHead`` payloads,
 ``ListDeployments``), matches InferStream replies to their requests by request id, and writes to the
 :class:`~attacker.capture_store.CaptureStore` in batched transactions.
 

@@ -3,16 +3,18 @@
 The edge points at the tap instead of the cloud (``--listen``); the tap passes every call of every
 method to the cloud (``--upstream``) unchanged and records each request's features, the reply,
 request id, deployment, peer and time, every ``GetHead`` payload and every ``ListDeployments``
-reply into the capture store (``--store``; see :mod:`attacker.capture_store`) on background threads
-(:mod:`attacker.recorder`). Recording never blocks or fails a call: drops and failures are logged and
-counted in ``STORE/tap-stats.json``.
+reply into the capture store (``--store``; see :mod:`attacker.capture_store`) off the traffic's
+path (:mod:`attacker.recorder`). Recording never blocks or fails a call: drops and failures are
+logged and counted in ``STORE/tap-stats.json`` (and in the final line printed on exit).
 
 Two modes:
-  passive (default)  a TCP relay that copies the bytes unchanged and decodes HTTP/2 + gRPC from a
-                     copy on a parser thread (:mod:`attacker.passive`, :mod:`attacker.h2parse`):
-                     everything on the wire passes as it is, at the cost of a socket hop. The tap's
-                     own grpc.health.v1 (service "" and "splitlab.attacker.Tap") and reflection are
-                     on --admin (default: the listen port + 1).
+  passive (default)  a TCP relay that passes the bytes on unchanged (:mod:`attacker.passive`) and
+                     hands a copy to a recorder process that decodes HTTP/2 + gRPC
+                     (:mod:`attacker.recorder_process`, :mod:`attacker.h2parse`): everything on the
+                     wire passes as it is (statuses, metadata, deadlines, flow control, the
+                     endpoints' own size limits), at the cost of a socket hop. The tap's own
+                     grpc.health.v1 (service "" and "splitlab.attacker.Tap") and reflection are on
+                     --admin (default: the listen port + 1).
   proxy              a gRPC proxy (generic handlers, bytes in/out: :mod:`attacker.proxy`) that
                      terminates each call and re-issues it upstream with the same metadata and the
                      remaining deadline, and relays status, details and metadata back; it enforces

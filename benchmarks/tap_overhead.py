@@ -78,6 +78,17 @@ def start(cmd: list[str], ready: str, env: dict) -> subprocess.Popen:
     return proc
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live children, from /proc (Linux)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return 0.0
+    return total + sum(proc_cpu(int(c)) for c in children)
+
+
 def wait_ready(address: str, timeout: float = 60.0) -> None:
     from edge_client.client import CloudClient
 
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env))
             upstream = f"127.0.0.1:{cloud_port}"
             targets = {"direct": upstream}
+            pids_by_target = {}
             for name, extra in TAPS.items():
                 port = free_port()
                 procs.append(start([sys.executable, "-m", "attacker", "tap", "--listen", f"127.0.0.1:{port}",
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "--store", str(tmp / f"captures-{len(procs)}"), "--log-level", "warning", *extra],
                                    "", env))
                 targets[name] = f"127.0.0.1:{port}"
+                pids_by_target[name] = procs[-1].pid
             for address in targets.values():
                 wait_ready(address)
             clients = {name: CloudClient(addr, timeout=120) for name, addr in targets.items()}
@@ -171,17 +184,22 @@ def main(argv: list[str] | None = None) -> int:
                 dep_id = f"{arch}-bench--{split}"
                 feats = features_for(deps[dep_id], tmp / "artifacts" / "deployments" / dep_id, batch)
                 results: dict[str, list[tuple[float, float, int]]] = {n: [] for n in targets}
+                cpu = {n: 0.0 for n in targets}
                 for r in range(args.rounds):
                     k = r % len(targets)
                     order = list(targets)[k:] + list(targets)[:k]
                     for name in order:
                         fn = run_unary if mode == "unary" else run_stream
+                        pids = [procs[0].pid] + ([pids_by_target[name]] if name in pids_by_target else [])
+                        before = time.process_time() + sum(proc_cpu(p) for p in pids)
                         results[name].append(fn(clients[name], dep_id, feats, args.seconds))
+                        cpu[name] += time.process_time() + sum(proc_cpu(p) for p in pids) - before
                 row = {"workload": f"{arch} {split}", "batch": batch, "mode": mode,
                        "mb": feats.nbytes / 2**20}
                 for name, res in results.items():
+                    calls = sum(x[2] for x in res) + 3 * len(res)  # (3 warm-up calls per measurement)
                     row[name] = (statistics.median(x[0] for x in res), statistics.median(x[1] for x in res),
-                                 sum(x[2] for x in res))
+                                 sum(x[2] for x in res), cpu[name] / calls * 1e3)
                 rows.append(row)
                 print(_line(row), flush=True)
             for c in clients.values():
@@ -193,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             for proc in procs:
                 try:
                     out, _ = proc.communicate(timeout=30)
-                    if "tap stopped" in (out or "") and '"mode": "passive"' in out and '"recorded": 0' not in out:
-                        tap_out = out.strip().splitlines()[-1]
+                    last = (out or "").strip().splitlines()[-1:] or [""]
+                    if last[0].startswith("tap stopped") and '"recorded":' in last[0] and '"passive"' in last[0]:
+                        tap_out = last[0]
                 except subprocess.TimeoutExpired:
                     proc.kill()
     write_report(Path(args.out), rows, args, tap_out)
@@ -204,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _slower(row, name) -> tuple[float, float]:
     """(throughput loss, p50 increase) of ``name`` against direct, as fractions."""
-    d_tp, d_p50, _ = row["direct"]
-    tp, p50, _ = row[name]
+    d_tp, d_p50 = row["direct"][:2]
+    tp, p50 = row[name][:2]
     return 1 - tp / d_tp, p50 / d_p50 - 1
 
 
@@ -215,7 +234,8 @@ def _line(row) -> str:
             f"p50 {row['direct'][1]:7.2f} ms | tap {row['tap'][0]:8.1f} img/s p50 {row['tap'][1]:7.2f} ms "
             f"({t_tp:+.1%} thr loss, {t_lat:+.1%} p50) | relay only {row['relay only'][0]:8.1f} img/s "
             f"p50 {row['relay only'][1]:7.2f} ms | proxy mode {row['proxy mode'][0]:8.1f} img/s "
-            f"p50 {row['proxy mode'][1]:7.2f} ms")
+            f"p50 {row['proxy mode'][1]:7.2f} ms | CPU ms/call direct {row['direct'][3]:.2f} tap {row['tap'][3]:.2f} "
+            f"relay {row['relay only'][3]:.2f} proxy {row['proxy mode'][3]:.2f}")
 
 
 def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
@@ -230,15 +250,18 @@ def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
         f"no GPU; the cloud server, three taps and the client are five processes sharing these cores "
         f"(SPLITLAB_THREADS=1). Medians over {args.rounds} interleaved rounds of {args.seconds:g} s; "
         "features are real head outputs (random weights). Throughput in images/s; p50 is per call "
-        "(unary: one call in flight, the edge's latency; stream: 8 requests in flight on one InferStream).",
+        "(unary: one call in flight, the edge's latency; stream: 8 requests in flight on one InferStream). "
+        "CPU ms/call: CPU time of the client, the cloud and the tap (with its recorder process) per call, "
+        "from /proc: what the tap adds independently of other load on the machine.",
         "",
         "Goal: through the recording tap (default passive mode) at most 10% slower than direct, in "
         "throughput and in p50. Also shown: the passive relay without recording (the cost of the hop "
         "alone) and the recording tap in `--mode proxy` (a gRPC proxy re-issuing each call).", "",
-        "| workload | batch | MiB/call | calls | direct img/s | direct p50 ms | tap img/s | tap p50 ms "
+        "| workload | batch | MiB/call | mode | direct img/s | direct p50 ms | tap img/s | tap p50 ms "
         "| tap throughput loss | tap p50 increase | goal met | relay-only img/s | relay-only p50 ms "
-        "| proxy-mode img/s | proxy-mode p50 ms | proxy-mode thr loss / p50 incr. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| proxy-mode img/s | proxy-mode p50 ms | proxy-mode thr loss / p50 incr. "
+        "| CPU ms/call: direct / tap / relay only / proxy mode |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         loss, inc = _slower(row, "tap")
@@ -248,7 +271,8 @@ def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
             f"| {row['workload']} | {row['batch']} | {row['mb']:.2f} | {row['mode']} | {row['direct'][0]:.1f} | "
             f"{row['direct'][1]:.2f} | {row['tap'][0]:.1f} | {row['tap'][1]:.2f} | {loss:+.1%} | {inc:+.1%} | {met} | "
             f"{row['relay only'][0]:.1f} | {row['relay only'][1]:.2f} | {row['proxy mode'][0]:.1f} | "
-            f"{row['proxy mode'][1]:.2f} | {p_loss:+.1%} / {p_inc:+.1%} |")
+            f"{row['proxy mode'][1]:.2f} | {p_loss:+.1%} / {p_inc:+.1%} | {row['direct'][3]:.2f} / {row['tap'][3]:.2f} / "
+            f"{row['relay only'][3]:.2f} / {row['proxy mode'][3]:.2f} |")
     if tap_out:
         lines += ["", f"Recording tap's final counters: `{tap_out}`"]
     path.parent.mkdir(parents=True, exist_ok=True)
