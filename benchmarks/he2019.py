@@ -66,6 +66,9 @@ SETTINGS = {
     "queryfree": ["same-set/same-net", "diff-set/same-net", "same-set/diff-net", "diff-set/diff-net"],
 }
 PSNR_CAP = 100.0
+# Bumped when an attack's code changes its results, so that cached cells are recomputed
+# (blackbox 2: the inverse network gained its linear skip path).
+CELL_VERSIONS = {"blackbox": 2}
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -246,6 +249,8 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from cached cells")
     parser.add_argument("--threads", type=int, default=config.get("threads", int(os.environ.get("SPLITLAB_THREADS", 1))))
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--target-id", action="append", default=[], metavar="DATASET=MODEL_ID",
+                        help="use this stored model as the dataset's target (else trained under that id)")
     parser.add_argument("--artifacts", default=config.get("artifacts", os.environ.get("SPLITLAB_ARTIFACTS", "artifacts")))
     args = parser.parse_args(argv)
     set_torch_threads(args.threads)
@@ -256,14 +261,12 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
     only = set(args.only.split(",")) if args.only else None
     attacks = args.attacks.split(",") if args.attacks else config.get("attacks", list(SETTINGS))
     wanted_splits = set(args.splits.split(",")) if args.splits else None
+    overrides = dict(item.split("=", 1) for item in args.target_id if "=" in item)
     results: dict = {}
     targets, evals, figures = [], [], []
     for dcfg in config["datasets"]:
         name = dcfg["name"]
-        spec = dcfg["target"]
-        if only and name not in only:
-            # still report cells cached earlier for this dataset
-            pass
+        spec = {**dcfg["target"], "id": overrides.get(name, dcfg["target"]["id"])}
         from benchmarks.training import ensure_target
 
         ds = load_dataset(spec["dataset"])
@@ -290,7 +293,8 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
                 settings = dcfg.get("settings", {}).get(attack, SETTINGS[attack])
                 for setting in settings:
                     params = _merge(dcfg.get(attack), dcfg.get("per_split", {}).get(split, {}).get(attack))
-                    key = _key(spec, split, attack, setting, params, desc, dcfg.get("aux_count"), dcfg.get("seed", 0))
+                    key = _key(spec, split, attack, setting, params, desc, dcfg.get("aux_count"), dcfg.get("seed", 0),
+                               *([CELL_VERSIONS[attack]] if attack in CELL_VERSIONS else []))
                     stem = cache / f"{name}-{split}-{attack}-{setting.replace('/', '_')}"
                     cached = stem.with_suffix(".json")
                     hit = cached.exists() and json.loads(cached.read_text()).get("key") == key and not args.fresh

@@ -31,8 +31,8 @@ def test_onnx_queries_without_cache_also_learn():
     t = mnist_target()
     head, _ = split_model(t.model, "conv1")
     query = onnx_query(export_head_onnx(head, (1, 28, 28)))
-    aux = t.x_train[:600]
-    attack = BlackBoxAttack(epochs=2, width=16, batch_size=50, max_cache_mb=0, progress=False)
+    aux = t.x_train[:1000]
+    attack = BlackBoxAttack(epochs=2, width=16, batch_size=32, lr=3e-3, max_cache_mb=0, progress=False)
     attack.fit(BlackBoxKnowledge(query, aux, (1, 28, 28), "same-distribution"))
     assert attack.queries == 1 + 2 * len(aux)  # every mini-batch queried again
     m = image_metrics(attack.reconstruct(query(t.x_eval)), t.x_eval)
