@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -25,13 +26,17 @@ def _env(name: str, default, kind=str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cloud-server",
-        description="Serve the tail of every deployment in the artifact store over gRPC "
-                    "(splitlab.v1.SplitInference, plus grpc.health.v1 and server reflection). "
-                    "Tails load lazily on first use into a bounded cache; concurrent requests for the same "
-                    "deployment are merged into one batch. SIGTERM/SIGINT stop gracefully: new calls are "
-                    "refused, in-flight calls finish, exit status 0.",
+        description=textwrap.fill(
+            "Serve the tail of every deployment in the artifact store over gRPC "
+            "(splitlab.v1.SplitInference, plus grpc.health.v1 and server reflection). "
+            "Tails load lazily on first use into a bounded cache and run on one compute thread "
+            "(ONNX Runtime by default); concurrent requests for the same deployment are merged into "
+            "one batch. Bad requests get INVALID_ARGUMENT / NOT_FOUND / RESOURCE_EXHAUSTED with a "
+            "message. SIGTERM/SIGINT stop gracefully: new calls are refused, in-flight calls finish, "
+            "exit status 0.", 90),
         epilog="Every flag has an environment default (shown in brackets). Example:\n"
-               "  cloud-server --artifacts ./artifacts --port 50051 --threads 1",
+               "  cloud-server --artifacts ./artifacts --port 50051 --threads 1\n"
+               "Logs are JSON lines on stderr; the 'serving' line gives the bound address.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=_env("SPLITLAB_CLOUD_HOST", "0.0.0.0"),
                    help="interface to listen on [SPLITLAB_CLOUD_HOST, default 0.0.0.0]")

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 from protos.wire import WIRE_DTYPES
 
@@ -35,7 +36,7 @@ def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:
                    help="deadline of each call in seconds [SPLITLAB_TIMEOUT, default 30]")
     if not runtime:
         return
-    p.add_argument("--wire", choices=list(WIRE_DTYPES), default=_env("SPLITLAB_WIRE", "float32"),
+    p.add_argument("--wire", choices=[w for w in WIRE_DTYPES if w != "uint8"], default=_env("SPLITLAB_WIRE", "float32"),
                    help="dtype of the features on the wire; float16/int8 are produced inside the ONNX head "
                         "[SPLITLAB_WIRE, default float32]")
     p.add_argument("--runtime", choices=["onnxruntime", "torch"], default=_env("SPLITLAB_RUNTIME", "onnxruntime"),
@@ -60,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="send dataset samples through edge -> cloud; print accuracy, images/s, latency",
-                         description="Send test images of a dataset through the split deployment. Prints accuracy, "
-                                     "images/s, latency percentiles per request and bytes per image.",
-                         epilog="example: edge-client run --cloud localhost:50051 --deployment lenet5-mnist-s0--relu2 "
-                                "--count 1000 --batch 64 --wire float16 --stream")
+                         description=textwrap.fill(
+                             "Send test images of a dataset through the split deployment. Prints accuracy, "
+                             "images/s, latency percentiles per request and bytes per image.", 78),
+                         epilog="example:\n  edge-client run --cloud localhost:50051 --deployment lenet5-mnist-s0--relu2 \\\n"
+                                "      --count 1000 --batch 64 --wire float16 --stream",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(run)
     run.add_argument("--deployment", required=True, help="deployment id (see `edge-client list`)")
     run.add_argument("--dataset", help="dataset to draw samples from (default: the deployment's)")
@@ -78,10 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     serve = sub.add_parser("serve", help="serve POST /v1/infer (REST) in front of the cloud",
-                           description="Serve the edge's REST API: POST /v1/infer (PNG/JPEG upload or JSON array, "
-                                       "plus a deployment id) answers class, scores and request id (also in the "
-                                       "X-Request-ID header); GET /healthz; OpenAPI docs at /docs.",
-                           epilog="example: edge-client serve --port 8001 --cloud localhost:50051")
+                           description=textwrap.fill(
+                               "Serve the edge's REST API: POST /v1/infer (PNG/JPEG upload or JSON array, "
+                               "plus a deployment id) answers class, scores and request id (also in the "
+                               "X-Request-ID header); GET /healthz; GET /v1/deployments; OpenAPI docs at /docs.", 78),
+                           epilog="examples:\n  edge-client serve --port 8001 --cloud localhost:50051\n"
+                                  "  curl -F file=@digit.png -F deployment_id=lenet5-mnist-s0--relu2 "
+                                  "localhost:8001/v1/infer",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(serve)
     serve.add_argument("--host", default=_env("SPLITLAB_EDGE_HOST", "0.0.0.0"),
                        help="interface [SPLITLAB_EDGE_HOST, default 0.0.0.0]")
