@@ -45,10 +45,12 @@ class Cancelled(Exception):
 
 
 class TailBatcher:
-    def __init__(self, merge_rows: int = 64):
+    def __init__(self, merge_rows: int = 64, inline: bool = True):
         self.merge_rows = max(1, merge_rows)
+        self.inline = inline
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
+        self._compute = threading.Lock()  # held by whoever runs a tail: one tail at a time
         self._closed = False
         self.batches = 0
         self.requests = 0
@@ -56,8 +58,24 @@ class TailBatcher:
         self._thread.start()
 
     def submit(self, key, tail: Callable[[Features], np.ndarray], features: Features,
-               is_active: Callable[[], bool] | None = None) -> Future:
+               is_active: Callable[[], bool] | None = None, inline: bool = True) -> Future:
+        """Queue a request; the future yields its ``TailResult``.
+
+        When nothing is running or queued (and ``inline`` is on, here and for the batcher) the tail
+        runs right here on the caller's thread instead: a lone unary request then skips two thread
+        hand-offs, which are what batch-1 latency is made of on a busy machine. It still holds the
+        compute lock, so tails never run concurrently. (A stream's reader passes ``inline=False``:
+        it must go on reading while the tail runs.)
+        """
         fut: Future = Future()
+        if inline and self.inline and not self._queue and self._compute.acquire(blocking=False):
+            try:
+                if not self._queue and not self._closed:
+                    fut.set_running_or_notify_cancel()
+                    self._execute([_Item(key, tail, features, fut, None)])
+                    return fut
+            finally:
+                self._compute.release()
         with self._cond:
             if self._closed:
                 raise RuntimeError("the tail batcher is closed")
@@ -83,15 +101,20 @@ class TailBatcher:
                 items = list(self._queue)
                 self._queue.clear()
             for group in self._groups(items):
-                self._run(group)
+                with self._compute:
+                    group = [it for it in group if self._alive(it)]  # checked once the tail is free
+                    if group:
+                        self._execute(group)
+
+    @staticmethod
+    def _alive(it: _Item) -> bool:
+        if it.is_active is not None and not it.is_active():
+            it.future.set_exception(Cancelled("the call ended before its tail ran"))
+            return False
+        return True
 
     def _groups(self, items: list[_Item]) -> list[list[_Item]]:
-        live = []
-        for it in items:
-            if it.is_active is not None and not it.is_active():
-                it.future.set_exception(Cancelled("the call ended before its tail ran"))
-            elif it.future.set_running_or_notify_cancel():
-                live.append(it)
+        live = [it for it in items if it.future.set_running_or_notify_cancel()]
         by_key: dict[object, list[list[_Item]]] = {}
         groups: list[list[_Item]] = []
         for it in live:
@@ -105,7 +128,7 @@ class TailBatcher:
                 groups.append(chunk)
         return groups
 
-    def _run(self, group: list[_Item]) -> None:
+    def _execute(self, group: list[_Item]) -> None:
         try:
             x = Features.concat([it.features for it in group])
             t0 = time.perf_counter()

@@ -9,6 +9,7 @@ A deployment folder that is replaced on disk (redeployed) is noticed through its
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Registry:
         self.runtime = runtime
         self.threads = threads
         self._records: dict[str, Deployment] = {}
+        self._json_paths: dict[str, str] = {}
         self._tails: OrderedDict[str, tuple[tuple, TailRunner]] = OrderedDict()
         self._heads: dict[str, tuple[tuple, bytes, str]] = {}
         self._lock = threading.Lock()
@@ -56,17 +58,20 @@ class Registry:
     # --- records -------------------------------------------------------------------------------
     def deployment(self, dep_id: str) -> Deployment:
         """The deployment record, or a ``RequestError`` (NOT_FOUND / INVALID_ARGUMENT)."""
-        if not dep_id:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "deployment_id is empty")
+        path = self._json_paths.get(dep_id)
+        if path is None:
+            if not dep_id:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "deployment_id is empty")
+            try:
+                path = str(self.store.deployment_dir(dep_id) / "deployment.json")
+            except SplitlabError as exc:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         try:
-            folder = self.store.deployment_dir(dep_id)
-        except SplitlabError as exc:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        try:
-            st = (folder / "deployment.json").stat()
+            st = os.stat(path)
         except OSError:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"no deployment {dep_id!r} on this server (see ListDeployments)") from None
+        self._json_paths[dep_id] = path  # only ids that exist are remembered
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._records.get(dep_id)
         if cached is not None and cached.stamp == stamp:

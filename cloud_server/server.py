@@ -38,6 +38,7 @@ class ServerConfig:
     cache_size: int = 8
     grace_seconds: float = 30.0
     runtime: str = "onnxruntime"
+    inline: bool = True  # a lone request runs its tail on the handler thread (see TailBatcher)
 
     @property
     def max_message_bytes(self) -> int:
@@ -85,7 +86,9 @@ class CloudServer:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.registry = Registry(ArtifactStore(config.artifacts), config.cache_size, config.runtime, config.threads)
-        self.batcher = TailBatcher(config.merge_rows)
+        # inline runs would give torch one OpenMP team per handler thread: only with ORT or 1 thread
+        self.batcher = TailBatcher(config.merge_rows,
+                                   config.inline and (config.runtime == "onnxruntime" or config.threads == 1))
         self.service = SplitInferenceService(self.registry, self.batcher, config.max_batch)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=ThreadPoolExecutor(max_workers=1))

@@ -60,14 +60,14 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):
         self.max_batch = max_batch
 
     # --- shared path ---------------------------------------------------------------------------
-    def _submit(self, request: pb.InferRequest, context):
+    def _submit(self, request: pb.InferRequest, context, inline: bool = True):
         """Validate ``request`` and queue it; returns the future of its ``TailResult``."""
         if isinstance(request, MalformedRequest):
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         dep = self.registry.deployment(request.deployment_id)
         features = features_of(request, dep, self.max_batch)
         tail = self.registry.tail(dep)
-        return self.batcher.submit(dep.id, tail, features, context.is_active)
+        return self.batcher.submit(dep.id, tail, features, context.is_active, inline)
 
     def _reply(self, request_id: str, result) -> pb.InferReply:
         reply = pb.InferReply(request_id=request_id, server_seconds=result.seconds)
@@ -129,7 +129,7 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):
                     rid = request.request_id or f"{stream_rid or 'stream'}-{counts['received']}"
                     t0 = time.perf_counter()
                     try:
-                        fut = self._submit(request, context)
+                        fut = self._submit(request, context, inline=False)
                     except BaseException as exc:  # noqa: BLE001
                         replies.put(self._stream_error(rid, request.deployment_id, self._failure(exc)))
                         continue

@@ -26,9 +26,9 @@ def features_of(request: pb.InferRequest, dep: Deployment, max_batch: int) -> Fe
     t = request.features
     if t.dtype == pb.Tensor.DTYPE_UNSPECIFIED or wire.dtype_name(t.dtype).startswith("unknown"):
         raise _invalid(f"unknown features dtype {t.dtype}; expected one of {', '.join(wire.WIRE_DTYPES)}")
-    shape = tuple(int(s) for s in t.shape)
-    expected = "[batch, " + ", ".join(str(s) for s in dep.feature_shape) + "]"
+    shape = tuple(t.shape)
     if len(shape) != len(dep.feature_shape) + 1 or shape[1:] != dep.feature_shape:
+        expected = "[batch, " + ", ".join(str(s) for s in dep.feature_shape) + "]"
         raise _invalid(f"features have shape {list(shape)} but deployment {dep.id!r} expects {expected}")
     batch = shape[0]
     if batch <= 0:

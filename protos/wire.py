@@ -18,6 +18,8 @@ Large tensors are the hot path of split inference, so copies are counted:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import split_inference_pb2 as pb
@@ -129,13 +131,12 @@ def decode_raw(tensor: pb.Tensor, allow_nonfinite: bool = False) -> tuple[np.nda
     code = tensor.dtype
     if code not in _ITEMSIZE:
         raise WireError(f"unknown tensor dtype {code}; expected one of {', '.join(WIRE_DTYPES)}")
-    shape = tuple(int(s) for s in tensor.shape)
+    shape = tuple(tensor.shape)
     if not shape:
         raise WireError("tensor has no shape")
-    if any(s < 0 for s in shape):
+    if min(shape) < 0:
         raise WireError(f"tensor shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64))
-    expected = count * _ITEMSIZE[code]
+    expected = math.prod(shape) * _ITEMSIZE[code]
     data = tensor.data
     if len(data) != expected:
         raise WireError(f"tensor data is {len(data)} bytes but shape {list(shape)} x "

@@ -145,7 +145,7 @@ def f32(x):
 
 def test_batcher_merges_requests_that_queue_up():
     tail = BlockingTail()
-    batcher = TailBatcher(merge_rows=8)
+    batcher = TailBatcher(merge_rows=8, inline=False)
     try:
         xs = [np.full((n, 4, 3), i, np.float32) for i, n in enumerate([1, 1, 3, 2, 4, 1, 9])]
         first = batcher.submit("d", tail, f32(xs[0]))
@@ -164,6 +164,31 @@ def test_batcher_merges_requests_that_queue_up():
     for x, r in zip(xs, results):
         assert np.allclose(r.logits, x.sum(axis=1)[:, :3])  # each caller gets its own rows back
     assert [r.merged for r in results] == [1, 3, 3, 3, 2, 2, 1]
+
+
+def test_lone_requests_run_inline_and_busy_ones_queue():
+    threads = []
+
+    def tail(f):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.2 if len(threads) == 1 else 0)
+        return f.raw
+
+    batcher = TailBatcher()
+    try:
+        x = f32(np.ones((1, 2), np.float32))
+        assert batcher.submit("d", tail, x).result(10).merged == 1  # ran during submit, on this thread
+        assert threads == [threading.current_thread().name]
+        threads.clear()
+        first = threading.Thread(target=lambda: batcher.submit("d", tail, x), name="first")
+        first.start()
+        time.sleep(0.05)  # "first" is inside the tail now: the next two must queue
+        later = [batcher.submit("d", tail, x) for _ in range(2)]
+        assert all(f.result(10).merged == 2 for f in later)
+        first.join()
+        assert threads == ["first", "tail-compute"]
+    finally:
+        batcher.close()
 
 
 def test_batcher_reports_a_failing_tail_and_keeps_running():
