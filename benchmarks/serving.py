@@ -280,7 +280,9 @@ def run(args) -> dict:
                 edges = {w: Edge(client, HeadCache(tmp / "heads"), wire=w) for w in WIRES}
                 for split in arch_splits:
                     dep_id = f"{arch}-bench--{split}"
+                    floor = timed_loop(lambda: client.health(), args.seconds / 2, 50)
                     row = {"mono": monolithic(model, inputs, args.seconds),
+                           "grpc_floor_ms": float(np.median(floor) * 1e3),
                            "compute": compute_only(store, dep_id, x[:1], args.seconds, args.tail_runtime),
                            "cells": {}}
                     for call in CALLS:
@@ -440,16 +442,17 @@ def batch1_section(results) -> list[str]:
            "p50 ms per configuration; \"compute\" is the ONNX Runtime head plus the cloud's tail runtime at "
            "batch 1 in one process; \"over\" is the unary float32 p50 minus compute (goal: <= 1 ms); "
            "the last columns are images/s ratios to the monolithic model at batch 1.", "",
-           "| model | split | mono p50 | compute | " + " | ".join(f"{c} {w}" for c, w in cols)
+           "| model | split | mono p50 | compute | gRPC floor | " + " | ".join(f"{c} {w}" for c, w in cols)
            + " | over | unary f32 img/s | stream f32 img/s |",
-           "|---|---|---|---|" + "---|" * len(cols) + "---|---|---|"]
+           "|---|---|---|---|---|" + "---|" * len(cols) + "---|---|---|"]
     for arch, split, row in _cells(results):
         mono = row["mono"]["torch1_b1"]
         comp = row["compute"]["head_p50_ms"] + row["compute"]["tail_p50_ms"]
         cells = row["cells"]
         p50 = [fmt(cells[f"{c}/{w}/b1"]["p50_ms"]) for c, w in cols]
         over = cells["unary/float32/b1"]["p50_ms"] - comp
-        out.append(f"| {arch} | {split} | {fmt(mono['p50_ms'])} | {fmt(comp)} | " + " | ".join(p50)
+        out.append(f"| {arch} | {split} | {fmt(mono['p50_ms'])} | {fmt(comp)} | {fmt(row['grpc_floor_ms'])} | "
+                   + " | ".join(p50)
                    + f" | {over:+.2f} | {fmt(ratio(cells['unary/float32/b1']['images_per_s'], mono['images_per_s']))} | "
                    f"{fmt(ratio(cells['stream/float32/b1']['images_per_s'], mono['images_per_s']))} |")
     return out + [""]
@@ -483,7 +486,13 @@ NOTES = [
     "produced inside the edge's ONNX graph and converted back inside the cloud's, so the reduced-precision "
     "wire costs no numpy casts.",
     "- One compute thread runs every tail (one thread team), merging requests that queue up while it is "
-    "busy; with 4 requests in flight on a stream at batch 1 this is what lifts throughput.",
+    "busy; with 4 requests in flight on a stream at batch 1 this is what lifts throughput. A lone unary "
+    "request runs its tail on the gRPC handler thread instead (no hand-off).",
+    "- At batch 1 the fixed cost of a gRPC call between two Python processes (the \"gRPC floor\" column: "
+    "a grpc.health.v1 Check against the same server, measured next to each split point; it grows with the "
+    "machine's load, since every call wakes several threads in two processes) is most of \"other\"; the "
+    "rest is per-request Python (encoding, parsing, validation, the reply), about 0.1 ms when quiet.",
+    "- head, tail and total are medians taken separately, so \"other\" can come out slightly negative.",
     "- Pipelining (the head of the next batch runs on the edge while the cloud runs the tail of the "
     "previous one) is what lets two single-threaded processes beat one single-threaded model; with "
     "one request in flight the stages add up instead.",
