@@ -9,8 +9,10 @@ A deployment folder that is replaced on disk (redeployed) is noticed through its
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -20,7 +22,11 @@ from models import ArtifactStore, SplitlabError
 from models.loading import load_tail
 
 from .errors import RequestError
+from .logs import log
 from .tail_runtime import RUNTIMES, TailRunner, make_runner
+
+
+logger = logging.getLogger("cloud_server")
 
 
 @dataclass
@@ -122,6 +128,7 @@ class Registry:
                 hit = self._tails.get(dep.id)
                 if hit is not None and hit[0] == dep.stamp:
                     return hit[1]
+            t0 = time.perf_counter()
             try:
                 tail, _ = load_tail(self.store, dep.id)
             except (SplitlabError, KeyError, TypeError, ValueError) as exc:
@@ -130,6 +137,8 @@ class Registry:
             for p in tail.parameters():
                 p.requires_grad_(False)
             runner = make_runner(tail, dep.feature_shape, self.runtime, self.threads, dep.id)
+            log(logger, logging.INFO, "tail loaded", deployment=dep.id, runtime=runner.runtime,
+                seconds=round(time.perf_counter() - t0, 3))
             with self._lock:
                 self._tails[dep.id] = (dep.stamp, runner)
                 self._tails.move_to_end(dep.id)
