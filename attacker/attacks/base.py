@@ -113,8 +113,8 @@ class InversionAttack:
     def __init__(self, params: AttackParams | dict | None = None, **overrides):
         if params is None or isinstance(params, dict):
             params = self.Params.from_dict({**(params or {}), **overrides})
-        elif overrides:
-            params = params.replace(**overrides)
+        elif overrides and isinstance(params, self.Params):
+            params = self.Params.from_dict({**params.as_dict(), **overrides})
         if not isinstance(params, self.Params):
             raise AttackParameterError(f"{type(self).__name__} takes {self.Params.__name__}, "
                                        f"got {type(params).__name__}")
