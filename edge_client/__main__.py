@@ -156,14 +156,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
+    from models.graceful import run_uvicorn
 
     from .rest import create_app
 
     edge = _edge(args)
     app = create_app(edge, args.deployment, args.max_upload_mb)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        run_uvicorn(app, host=args.host, port=args.port, log_level="info")
     finally:
         edge.client.close()
     return 0

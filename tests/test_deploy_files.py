@@ -166,7 +166,7 @@ def test_health_checks_on_every_service(model):
     services = model["services"]
     assert _health_targets(services["cloud"]) == ["grpc://127.0.0.1:50051"]
     # the tap's own health service; the overall one ("") is forwarded to the cloud
-    assert _health_targets(services["attacker"]) == ["grpc://127.0.0.1:50052/splitlab.attacker.Tap",
+    assert _health_targets(services["attacker"]) == ["grpc://127.0.0.1:50053/splitlab.attacker.Tap",
                                                      "http://127.0.0.1:8000/healthz"]
     assert _health_targets(services["edge"]) == ["http://127.0.0.1:8001/healthz"]
     for name in LONG_RUNNING:
@@ -472,7 +472,7 @@ def test_runs_as_non_root_with_a_health_check():
     health = [a for i, a in runtime if i == "HEALTHCHECK"]
     assert len(health) == 1 and '"/opt/splitlab/healthcheck.py"' in health[0]
     assert [a for i, a in runtime if i == "CMD"] == ['["cloud-server"]']
-    assert set(" ".join(a for i, a in runtime if i == "EXPOSE").split()) == {"50051", "50052",
+    assert set(" ".join(a for i, a in runtime if i == "EXPOSE").split()) == {"50051", "50052", "50053",
                                                                               "8000", "8001"}
     env = " ".join(a for i, a in runtime if i == "ENV")
     assert "SPLITLAB_HEALTHCHECK=grpc://127.0.0.1:50051" in env

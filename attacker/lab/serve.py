@@ -109,8 +109,7 @@ def bind_host(requested: str, token: str | None) -> tuple[str, str | None]:
 
 
 def run_serve(args) -> int:
-    import uvicorn
-
+    from models.graceful import run_uvicorn
     from models.onnx_runtime import set_torch_threads
 
     from .app import LabConfig, create_app
@@ -163,7 +162,7 @@ def run_serve(args) -> int:
              host, args.api_port, lab_dir, artifacts, args.edge, args.workers)
     print(f"lab API listening on http://{host}:{args.api_port}" + (f" ({warning})" if warning else ""), flush=True)
     try:
-        uvicorn.run(app, host=host, port=args.api_port, log_level=args.log_level, access_log=False)
+        run_uvicorn(app, host=host, port=args.api_port, log_level=args.log_level, access_log=False)
     finally:
         if tap is not None:
             tap.stop(1.0)
