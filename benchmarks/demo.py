@@ -1,18 +1,26 @@
 """``make demo``: the main job of the testbed on an embedded default, in a few minutes on 2 cores.
 
-Trains ``lenet5`` on MNIST when a data root has it (else on scikit-learn's digits, which needs no
-files), deploys it at every split point and prints, per split point, the feature shape, the
-bytes one image costs on the wire and the head/tail FLOPs.
+1. Trains ``lenet5`` on MNIST when a data root has it (else on scikit-learn's digits, which needs
+   no files), deploys it at every split point and prints, per split point, the feature shape, the
+   bytes one image costs on the wire and the head/tail FLOPs.
+2. Starts the three services of ``deploy/docker-compose.yml`` as local processes (cloud, attacker
+   tap + lab API, edge), streams private test images through the edge's REST endpoint and the
+   tap to the cloud, and attacks the live captures at a few split points with the white-box and
+   black-box attacks through the ``attacker`` CLI.
+3. Prints a table (split point x attack: PSNR, SSIM, accuracy through the pipeline, bytes per
+   image), writes a PNG of originals and reconstructions, and stops the services.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models import ArtifactStore, SplitlabError, load_dataset, split_model
@@ -76,11 +84,39 @@ def print_table(rows: list[dict]) -> None:
               f"{r['head_flops'] / 1e6:>12.3f} {r['tail_flops'] / 1e6:>12.3f}")
 
 
+def one_per_class(dataset: str, data_root, per_class: int = 1):
+    ds = load_dataset(dataset, data_root)
+    picks = [i for c in range(ds.num_classes) for i in np.flatnonzero(ds.y_test == c)[:per_class]]
+    return ds.x_test[picks], ds.y_test[picks]
+
+
+def live(args, store: ArtifactStore, model_id: str, dataset: str) -> None:
+    from .demo_live import run_live
+
+    images, labels = one_per_class(dataset, args.data_root)
+    root = Path(args.out)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    rows, png = run_live(root, store.root, model_id, args.splits.split(","), images, labels, dataset, step)
+    print()
+    header = f"{'split':<7} {'attack':<9} {'PSNR dB':>8} {'SSIM':>6} {'accuracy':>8} {'bytes/img':>9} {'attack s':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['split']:<7} {r['attack']:<9} {r['psnr']:>8.2f} {r['ssim']:>6.3f} {r['accuracy']:>8.2f} "
+              f"{r['bytes']:>9} {r['seconds']:>8.1f}")
+    print(f"\noriginals and reconstructions: {png.resolve()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo", description=__doc__)
     parser.add_argument("--artifacts", default=os.environ.get("SPLITLAB_ARTIFACTS", "artifacts"))
     parser.add_argument("--data-root", default=os.environ.get("SPLITLAB_DATA"))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("SPLITLAB_THREADS", 1)))
+    parser.add_argument("--out", default="out/demo", help="services' working folder, captures and the figure")
+    parser.add_argument("--splits", default="conv1,relu2", help="split points attacked live (comma-separated)")
+    parser.add_argument("--no-live", action="store_true", help="stop after the split-point table")
     args = parser.parse_args(argv)
     set_torch_threads(args.threads)
     store = ArtifactStore(args.artifacts)
@@ -88,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataset = pick_dataset(args.data_root)
         model_id = f"demo-lenet5-{dataset}"
-        step(f"1/2 train lenet5 on {dataset} (artifacts in {Path(store.root).resolve()})")
+        step(f"1/4 train lenet5 on {dataset} (artifacts in {Path(store.root).resolve()})")
         manifest = train_demo_model(store, dataset, model_id)
         print(f"test accuracy {manifest['test_accuracy']:.4f}")
-        step("2/2 deploy every split point (ONNX head checked against torch) and measure it")
+        step("2/4 deploy every split point (ONNX head checked against torch) and measure it")
         print_table(split_table(store, model_id))
+        if not args.no_live:
+            live(args, store, model_id, dataset)
     except SplitlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

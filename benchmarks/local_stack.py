@@ -47,7 +47,7 @@ class LocalStack:
     """The init step and the three services of the compose file, as processes under ``root``."""
 
     def __init__(self, root: Path, data_root: Path | None = None, extra_env: dict | None = None):
-        self.root = Path(root)
+        self.root = Path(root).resolve()
         self.ports = {name: free_port() for name in CONTAINER_PORTS}
         self.paths = {"/artifacts": self.root / "artifacts", "/captures": self.root / "captures",
                       "/data": Path(data_root or os.environ.get("SPLITLAB_DATA", PROJECT.parent / "shared" / "datasets"))}
