@@ -146,7 +146,8 @@ def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool)
         stats.update(shadow_accuracy=obj.shadow_accuracy, aux_count=len(x))
     started = time.perf_counter()
     rec = obj.reconstruct(feats)
-    stats.update(fit_seconds=obj.fit_seconds or 0.0, reconstruct_seconds=time.perf_counter() - started)
+    stats.update(fit_seconds=obj.fit_seconds or 0.0, reconstruct_seconds=time.perf_counter() - started,
+                 threads=torch.get_num_threads())
     resolved = getattr(obj, "resolved", None)
     if resolved is not None:
         stats.update(iterations=resolved.iterations, ms_per_iteration=1000 * stats["reconstruct_seconds"] / resolved.iterations,
@@ -228,7 +229,7 @@ def figure(results_rec: dict, x_eval: torch.Tensor, dataset: str, path: Path) ->
         for j in range(n):
             ax = axes[i][j]
             ax.imshow(arr[j, ..., 0] if arr.shape[-1] == 1 else arr[j], cmap="gray" if arr.shape[-1] == 1 else None,
-                      vmin=0, vmax=1)
+                      vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
         axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=6)
     fig.subplots_adjust(left=0.2, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
