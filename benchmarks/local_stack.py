@@ -114,6 +114,18 @@ class LocalStack:
         subprocess.run([sys.executable, str(BOOTSTRAP)], env=env, check=True)
 
     def start(self, timeout: float = 120.0, progress=print) -> None:
+        """Start cloud, attacker and edge in order, each once the one before it is healthy.
+
+        If one fails to start or become healthy, the ones already started are stopped (nothing is
+        left running) and the error is raised.
+        """
+        try:
+            self._start_all(timeout, progress)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, timeout: float, progress) -> None:
         for name in ORDER:
             command = self.services[name]["command"]
             self.logs[name] = self.root / f"{name}.log"

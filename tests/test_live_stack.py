@@ -103,3 +103,21 @@ def test_live_traffic_attacks_and_clean_shutdown(stack, tmp_path):
     codes = stack.stop()
     assert codes == {"edge": 0, "attacker": 0, "cloud": 0}, {n: stack.log(n)[-2000:] for n in codes}
     assert all(p.poll() is not None for p in procs.values())
+
+
+def test_compose_values_are_mapped_onto_loopback(tmp_path):
+    s = LocalStack(tmp_path)
+    env = s.service_env("edge")
+    assert env["SPLITLAB_CLOUD"] == s.tap and env["SPLITLAB_EDGE_HOST"] == "127.0.0.1"
+    assert env["SPLITLAB_EDGE_PORT"] == str(s.ports["edge"])
+    attacker = s.service_env("attacker")
+    assert attacker["SPLITLAB_TAP_UPSTREAM"] == s.cloud and attacker["SPLITLAB_STORE"] == str(s.root / "captures")
+    assert s.health_targets("cloud") == [f"grpc://{s.cloud}"]
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path):
+    s = LocalStack(tmp_path)
+    s.services["cloud"]["command"] = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with pytest.raises(RuntimeError, match="cloud exited with code 3"):
+        s.start(timeout=20, progress=lambda *_: None)
+    assert all(p.poll() is not None for p in s.procs.values())
