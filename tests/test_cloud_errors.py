@@ -190,7 +190,9 @@ def test_deadline_exceeded_is_reported_and_expired_work_is_skipped(lenet_digits)
                 fut.result(timeout=10)
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and info.value.request_id
         time.sleep(0.6)
-        assert ran == [1]  # the expired, queued request never reached the tail
+        # whichever call reached the compute thread first ran; the other expired in the queue and
+        # never reached the tail (the two calls may arrive in either order)
+        assert len(ran) == 1 and ran[0] in (1, 2), ran
         server.registry.tail = real_tail
         assert client.infer(DEP, features(1)).logits.shape == (1, 10)
 
