@@ -20,19 +20,10 @@ import logging
 import os
 import sys
 
+from models.env import env_default
 from models.errors import SplitlabError
 
 from .capture_store import default_store_dir
-
-
-def env_default(name: str, default, kind=str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise SplitlabError(f"environment variable {name} must be {kind.__name__}, got {value!r}") from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -21,22 +21,13 @@ import logging
 import os
 from pathlib import Path
 
+from models.env import env_default as _env
 from models.errors import SplitlabError
 
 from .spec import Limits
 
 log = logging.getLogger("attacker.lab")
 LOOPBACK = "127.0.0.1"
-
-
-def _env(name: str, default, kind=str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return kind(value)
-    except ValueError:
-        raise SplitlabError(f"environment variable {name} must be {kind.__name__}, got {value!r}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
