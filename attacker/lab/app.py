@@ -32,7 +32,8 @@ from .worker import WorkerPool
 
 log = logging.getLogger("attacker.lab")
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
-ERRORS = {401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+ERRORS = {400: {"model": ErrorBody, "description": "the body is not parsable JSON"},
+          401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
           404: {"model": ErrorBody, "description": "no such experiment"},
           422: {"model": ErrorBody, "description": "invalid input; the message names the field"}}
 
@@ -125,7 +126,7 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
 
     # --- API -----------------------------------------------------------------------------------
     @app.post("/v1/experiments", status_code=202, response_model=Experiment, tags=["experiments"],
-              dependencies=[Depends(require_token)], responses={401: ERRORS[401], 422: ERRORS[422]},
+              dependencies=[Depends(require_token)], responses={400: ERRORS[400], 401: ERRORS[401], 422: ERRORS[422]},
               summary="Submit an experiment; it is queued and runs in the background")
     def submit(spec: ExperimentSpec, response: Response):
         check_spec(spec, config.limits, config.artifacts, config.data_root)
