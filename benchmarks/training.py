@@ -60,7 +60,41 @@ def report(rows: list[dict], threads: int, command: str) -> str:
             f"| {m['model_id']} | {m['arch']} | {m['dataset']} | {len(m['members']['indices'])} | {opts['epochs']} | "
             f"{budget} | {statistics.median(m['epoch_seconds']):.1f} | {m['train_seconds']:.0f} | "
             f"{m['train_accuracy']:.4f} | {m['test_accuracy']:.4f} | {'' if target is None else f'>= {target}'} | {met} |")
+    curves = [(r["manifest"]["model_id"], r["manifest"].get("epoch_test_accuracy")) for r in rows]
+    curves = [(name, c) for name, c in curves if c]
+    if curves:
+        lines += ["", "Test accuracy after each epoch (`eval_each_epoch`):", ""]
+        for name, curve in curves:
+            marks = sorted({1, len(curve), *range(5, len(curve), 5)})
+            lines.append(f"- {name}: " + ", ".join(f"epoch {e} {curve[e - 1]:.4f}" for e in marks))
+        lines += ["", "![training curves](training-curves.png)"]
     return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict], path: Path) -> Path | None:
+    """Test accuracy per epoch of every target that recorded it, with its target line."""
+    curves = [r for r in rows if r["manifest"].get("epoch_test_accuracy")]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in curves:
+        curve = r["manifest"]["epoch_test_accuracy"]
+        line, = ax.plot(range(1, len(curve) + 1), curve, marker=".", label=r["manifest"]["model_id"])
+        if r["spec"].get("target_test_accuracy"):
+            ax.axhline(r["spec"]["target_test_accuracy"], color=line.get_color(), linestyle="--", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,12 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in config["targets"]:
         if args.only and spec["id"] != args.only:
+            if store.model_dir(spec["id"]).exists():  # keep its row in the report
+                rows.append({"spec": spec, "manifest": store.manifest(spec["id"])})
             continue
         manifest = ensure_target(store, spec, args.retrain)
         rows.append({"spec": spec, "manifest": manifest})
         print(f"{spec['id']}: test accuracy {manifest['test_accuracy']:.4f}", flush=True)
     command = "python -m benchmarks.training" + ("" if args.config == str(DEFAULT_CONFIG) else f" --config {args.config}")
-    Path(args.out).write_text(report(rows, args.threads, command))
+    out = Path(args.out)
+    existing = out.read_text() if out.exists() else ""
+    notes = existing.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in existing else ""
+    text = report(rows, args.threads, command)
+    out.write_text(text + ("\n<!-- notes -->" + notes if notes else ""))
+    plot_curves(rows, out.parent / "training-curves.png")
     print(f"wrote {args.out}")
     return 0
 

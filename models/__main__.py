@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--augment", action="store_true", help="random crop + flip (colour datasets)")
+    p.add_argument("--eval-each-epoch", action="store_true",
+                   help="measure test accuracy after every epoch (printed, and kept in the manifest)")
     p.add_argument("--scheme", default="privacy", choices=["privacy", "full"],
                    help="privacy: members are 25%% of the train set, disjoint shadow/aux parts recorded; "
                         "full: the whole train set, test set as non-members")
@@ -105,7 +107,8 @@ def cmd_train(args) -> int:
     _threads(args)
     opts = TrainOptions(arch=args.arch, dataset=args.dataset, epochs=args.epochs, limit=args.limit,
                         dropout=args.dropout, weight_decay=args.weight_decay, seed=args.seed,
-                        batch_size=args.batch_size, lr=args.lr, augment=args.augment, scheme=args.scheme)
+                        batch_size=args.batch_size, lr=args.lr, augment=args.augment, scheme=args.scheme,
+                        eval_each_epoch=args.eval_each_epoch)
     store = ArtifactStore(args.artifacts)
     model_id = validate_id("model", args.id or default_model_id(opts))
     if store.model_dir(model_id).exists() and not args.force:

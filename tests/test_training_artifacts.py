@@ -40,6 +40,18 @@ def test_training_is_deterministic_for_a_seed():
     assert not set(ma["members"]["indices"]) & set(ma["non_members"]["indices"])
 
 
+def test_eval_each_epoch_records_the_accuracy_curve():
+    ds = load_dataset("digits")
+    opts = TrainOptions(arch="lenet5", dataset="digits", epochs=3, seed=1, eval_each_epoch=True)
+    model, manifest = train(opts, progress=False, dataset=ds)
+    curve = manifest["epoch_test_accuracy"]
+    assert len(curve) == 3 and curve[-1] == manifest["test_accuracy"]
+    assert curve[-1] > curve[0]  # it learns
+    assert all(p.is_contiguous() for p in model.parameters())  # stored in the default layout
+    plain, m2 = train(TrainOptions(arch="lenet5", dataset="digits", epochs=1, limit=50), progress=False, dataset=ds)
+    assert m2["epoch_test_accuracy"] is None
+
+
 def test_deployment_head_matches_and_tail_completes_the_model(lenet_digits):
     store = lenet_digits
     model, _ = load_model(store, "lenet5-digits")

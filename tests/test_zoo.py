@@ -38,6 +38,27 @@ def test_he_cifar_cnn_shapes():
     assert isinstance(model.sigmoid1, torch.nn.Sigmoid)
 
 
+def test_he_cifar_cnn_keeps_activation_scale_through_the_convs():
+    """He initialisation (fan-out mode, as torchvision's VGG): the features at relu32 keep about
+    70x more energy than with PyTorch's default, which shrinks the signal at every conv and
+    stalled training."""
+    torch.manual_seed(0)
+    model = build_model("he-cifar-cnn").eval()
+    head, _ = split_model(model, "relu32")
+    with torch.no_grad():
+        feats = head(torch.rand(16, 3, 32, 32))
+    conv = model.conv22
+    assert conv.weight.std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.05)
+    assert torch.count_nonzero(conv.bias) == 0
+    default = build_model("he-cifar-cnn").eval()
+    for module in default.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.reset_parameters()  # PyTorch's default initialisation
+    with torch.no_grad():
+        default_feats = split_model(default, "relu32")[0](torch.rand(16, 3, 32, 32))
+    assert feats.pow(2).mean() > 20 * default_feats.pow(2).mean()
+
+
 def test_lenet_matches_he_et_al():
     model = build_model("lenet5")
     assert (model.conv1.in_channels, model.conv1.out_channels, model.conv1.kernel_size) == (1, 8, (5, 5))
