@@ -296,7 +296,7 @@ class Runner:
         self.ssim: list[float] = []
 
     def run_batch(self, caps: list[Capture]) -> dict:
-        from .metrics import image_metrics
+        from .metrics import PSNR_CAP, image_metrics
 
         feats, origs, owners = [], [], []
         for c in caps:
@@ -331,7 +331,7 @@ class Runner:
                  "png": str(png), "with_ground_truth": len(known)}
         line = f"batch {index}: {len(recon)} image(s) from capture(s) {_ids(caps)} in {seconds:.1f} s -> {png}"
         if known:
-            m = image_metrics(recon[known], np.stack([origs[i] for i in known]))
+            m = image_metrics(recon[known], np.stack([origs[i] for i in known]), psnr_cap=PSNR_CAP)
             self.psnr += m["psnr"]
             self.ssim += m["ssim"]
             entry.update(psnr_mean=m["psnr_mean"], psnr_std=m["psnr_std"], ssim_mean=m["ssim_mean"],

@@ -13,7 +13,8 @@ small range, which shrinks SSIM's stabilising constants and changes its score. A
 is what our images span, so our SSIM is comparable across attacks but not exactly with the
 paper's column; ``ssim_paper`` is also returned, computed their way, for the side-by-side tables.
 SSIM is computed per channel (``channel_axis``) for colour images with scikit-image's default 7x7 uniform window. PSNR of an
-exact reconstruction is ``inf``; the summaries keep it (use ``psnr_cap`` to clip for tables).
+exact reconstruction is ``inf`` (float32 round-off gives 130-160 dB); the summaries keep it unless
+``psnr_cap`` is given. Every table and printout of this project caps it at ``PSNR_CAP`` (100 dB).
 LPIPS is not computed (it needs pretrained network weights that this testbed does not ship).
 """
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+PSNR_CAP = 100.0  # dB: anything above is an exact reconstruction up to float round-off
 
 
 def _channels_last(images, channels_last: bool) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch
 
 from attacker.attacks import (BlackBoxAttack, BlackBoxKnowledge, QueryFreeAttack, QueryFreeKnowledge, WhiteBoxAttack,
                               WhiteBoxKnowledge, head_query, noise_images)
-from attacker.metrics import image_metrics
+from attacker.metrics import PSNR_CAP, image_metrics
 from models import ArtifactStore, load_dataset, split_model, to_tensor
 from models.loading import load_model
 from models.onnx_runtime import set_torch_threads
@@ -65,7 +65,6 @@ SETTINGS = {
     "blackbox": ["same-set", "same-distribution", "random-noise"],
     "queryfree": ["same-set/same-net", "diff-set/same-net", "same-set/diff-net", "diff-set/diff-net"],
 }
-PSNR_CAP = 100.0
 # Bumped when an attack's code changes its results, so that cached cells are recomputed
 # (blackbox 2: the inverse network gained its linear skip path).
 CELL_VERSIONS = {"blackbox": 2}

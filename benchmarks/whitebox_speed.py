@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from attacker.attacks import WhiteBoxParams, rmle_invert
-from attacker.metrics import image_metrics
+from attacker.metrics import PSNR_CAP, image_metrics
 from models import ArtifactStore, load_dataset, split_model, to_tensor
 from models.loading import load_model
 from models.onnx_runtime import set_torch_threads
@@ -41,7 +41,7 @@ def measure(head, x: torch.Tensor, split: str, iterations: int) -> dict:
     t0 = time.perf_counter()
     batched, _ = rmle_invert(head, feats, x.shape[1:], params)
     t_batched = time.perf_counter() - t0
-    ms, mb = image_metrics(single, x, psnr_cap=100), image_metrics(batched, x, psnr_cap=100)
+    ms, mb = image_metrics(single, x, psnr_cap=PSNR_CAP), image_metrics(batched, x, psnr_cap=PSNR_CAP)
     return {"n": len(x), "iterations": iterations, "single_s": t_single, "batched_s": t_batched,
             "single_ips": len(x) / t_single, "batched_ips": len(x) / t_batched, "speedup": t_single / t_batched,
             "max_diff": float((single - batched).abs().max()), "psnr_single": ms["psnr_mean"], "psnr_batched": mb["psnr_mean"]}

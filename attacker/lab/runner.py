@@ -39,6 +39,7 @@ import torch
 from models import ArtifactStore, SplitlabError, load_dataset, to_tensor
 
 from ..capture_store import CaptureStore
+from ..metrics import PSNR_CAP
 from .attacks import attack_params
 from .channel import EdgeChannel
 from .images import save_grid
@@ -46,7 +47,6 @@ from .models_setup import ensure_deployment, ensure_model
 from .spec import AttackSpec, Limits
 
 log = logging.getLogger("attacker.lab")
-PSNR_CAP = 100.0  # an exact reconstruction has infinite PSNR, which JSON cannot carry
 
 
 @dataclass
