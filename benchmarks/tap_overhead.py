@@ -1,6 +1,6 @@
 """Tap overhead: throughput and p50 latency through ``attacker tap`` vs straight to the cloud.
 
-    python -m benchmarks.tap_overhead [--seconds 2] [--rounds 3] [--quick] [--out benchmarks/results/tap_overhead.md]
+    python -m benchmarks.tap_overhead [--seconds 2] [--rounds 3] [--quick] [--placement shared|separate]
 
 Starts a real ``cloud_server`` and three taps as separate processes: the default passive tap
 (TCP relay + HTTP/2 decoding) recording into a temporary capture store, the same with
@@ -12,6 +12,13 @@ edge's gRPC client (``edge_client.client.CloudClient``) sending head features of
 alike); the table gives the median over rounds. Modes: ``unary`` (one call in flight: p50 is the
 edge's latency) and ``stream`` (an InferStream with 8 requests in flight: throughput).
 Goal: through the recording tap no more than 10% slower than direct.
+
+Placement: ``shared`` (default) lets every process run on every core, so the tap's CPU comes out
+of the cloud's and the client's. ``separate`` pins the victims (this client and the cloud) to the
+first half of the cores and the taps (relay and recorder) to the other half, as when the attacker
+taps the link from its own machine (the compose file's separate ``attacker`` service); then the
+figures show what the extra hop and the recording add to the victims' latency and throughput, not
+the CPU they would otherwise have had. Both are Linux-only (``sched_setaffinity``).
 """
 
 from __future__ import annotations
@@ -73,9 +80,23 @@ def make_deployments(root: Path, archs: set[str]) -> dict:
     return {d: store.deployment(d) for d in store.list_deployments()}
 
 
-def start(cmd: list[str], ready: str, env: dict) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+def start(cmd: list[str], ready: str, env: dict, cpus: set[int] | None = None) -> subprocess.Popen:
+    """Start ``cmd``; with ``cpus``, it and every process it starts run only on those cores."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+                            preexec_fn=pin)
     return proc
+
+
+def placement_cpus(placement: str) -> tuple[set[int] | None, set[int] | None]:
+    """(victim cores, tap cores) for ``placement``; (None, None) when everything shares every core."""
+    if placement == "shared":
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--placement separate needs at least 2 cores")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
 
 
 def proc_cpu(pid: int) -> float:
@@ -144,8 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per workload (default 3)")
     p.add_argument("--quick", action="store_true", help="four workloads only")
     p.add_argument("--only", type=int, action="append", help="run only workload number N (0-based; repeatable)")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tap_overhead.md"))
+    p.add_argument("--placement", choices=["shared", "separate"], default="shared",
+                   help="shared: all processes on all cores; separate: the taps on their own cores (see above)")
+    p.add_argument("--out", help="report path (default benchmarks/results/tap_overhead[-separate].md)")
     args = p.parse_args(argv)
+    if args.out is None:
+        name = "tap_overhead.md" if args.placement == "shared" else "tap_overhead-separate.md"
+        args.out = str(ROOT / "benchmarks" / "results" / name)
+    victim_cpus, tap_cpus = placement_cpus(args.placement)
+    if victim_cpus:
+        os.sched_setaffinity(0, victim_cpus)  # this process is the edge client
     os.environ.setdefault("SPLITLAB_THREADS", "1")
     from models.onnx_runtime import set_torch_threads
 
@@ -165,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         cloud_port = free_port()
         try:
             procs.append(start([sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(cloud_port),
-                                "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env))
+                                "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env,
+                               victim_cpus))
             upstream = f"127.0.0.1:{cloud_port}"
             targets = {"direct": upstream}
             pids_by_target = {}
@@ -174,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 procs.append(start([sys.executable, "-m", "attacker", "tap", "--listen", f"127.0.0.1:{port}",
                                     "--admin", f"127.0.0.1:{free_port()}", "--upstream", upstream,
                                     "--store", str(tmp / f"captures-{len(procs)}"), "--log-level", "warning", *extra],
-                                   "", env))
+                                   "", env, tap_cpus))
                 targets[name] = f"127.0.0.1:{port}"
                 pids_by_target[name] = procs[-1].pid
             for address in targets.values():
@@ -245,10 +275,14 @@ def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
         "# Tap overhead", "",
         "Command: `python -m benchmarks.tap_overhead"
         + (f" --seconds {args.seconds:g}" if args.seconds != 2.0 else "")
-        + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + (" --quick" if args.quick else "") + "`", "",
+        + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + (" --quick" if args.quick else "")
+        + (f" --placement {args.placement}" if args.placement != "shared" else "") + "`", "",
         f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
-        f"no GPU; the cloud server, three taps and the client are five processes sharing these cores "
-        f"(SPLITLAB_THREADS=1). Medians over {args.rounds} interleaved rounds of {args.seconds:g} s; "
+        f"no GPU; the cloud server, three taps and the client are five processes "
+        + ("sharing these cores" if args.placement == "shared" else
+           f"pinned: client and cloud to core(s) {sorted(placement_cpus('separate')[0])}, "
+           f"the taps and their recorders to core(s) {sorted(placement_cpus('separate')[1])}")
+        + f" (SPLITLAB_THREADS=1). Medians over {args.rounds} interleaved rounds of {args.seconds:g} s; "
         "features are real head outputs (random weights). Throughput in images/s; p50 is per call "
         "(unary: one call in flight, the edge's latency; stream: 8 requests in flight on one InferStream). "
         "CPU ms/call: CPU time of the client, the cloud and the tap (with its recorder process) per call, "
