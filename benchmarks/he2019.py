@@ -66,7 +66,8 @@ SETTINGS = {
     "queryfree": ["same-set/same-net", "diff-set/same-net", "same-set/diff-net", "diff-set/diff-net"],
 }
 # Bumped when an attack's code changes its results, so that cached cells are recomputed
-# (blackbox 2: the inverse network gained its linear skip path).
+# (blackbox 2: the inverse network gained its linear skip path). Black-box cells whose skip path
+# is solved in closed form (conv1, conv11) also carry "lstsq-skip" in their key.
 CELL_VERSIONS = {"blackbox": 2}
 
 
@@ -153,6 +154,14 @@ def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool)
                      whitebox=resolved.as_dict())
     m = image_metrics(rec, ctx["x_eval"], psnr_cap=PSNR_CAP)
     return {**stats, **m, "params": params}, rec
+
+
+def _closed_form_skip(params: dict, feats: torch.Tensor, shape) -> bool:
+    """Whether the black-box attack solves this split's skip path by least squares."""
+    from attacker.attacks.blackbox import fits_in_closed_form, inverse_network
+
+    return params.get("skip_fit", "lstsq") == "lstsq" and fits_in_closed_form(
+        inverse_network(tuple(feats.shape[1:]), shape, width=1).skip)
 
 
 def _key(*parts) -> str:
@@ -294,7 +303,8 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
                 for setting in settings:
                     params = _merge(dcfg.get(attack), dcfg.get("per_split", {}).get(split, {}).get(attack))
                     key = _key(spec, split, attack, setting, params, desc, dcfg.get("aux_count"), dcfg.get("seed", 0),
-                               *([CELL_VERSIONS[attack]] if attack in CELL_VERSIONS else []))
+                               *([CELL_VERSIONS[attack]] if attack in CELL_VERSIONS else []),
+                               *(["lstsq-skip"] if attack == "blackbox" and _closed_form_skip(params, feats, shape) else []))
                     stem = cache / f"{name}-{split}-{attack}-{setting.replace('/', '_')}"
                     cached = stem.with_suffix(".json")
                     hit = cached.exists() and json.loads(cached.read_text()).get("key") == key and not args.fresh
