@@ -52,7 +52,7 @@ def test_least_squares_recovers_a_linear_map(skip):
     fresh = type(skip)(6, 2, skip.kernel_size, padding=skip.padding)
     assert fits_in_closed_form(fresh)
     mse = fit_linear_skip(fresh, feats, images, ridge=1e-9)
-    assert mse < 1e-8
+    assert mse < 1e-6
     assert torch.allclose(fresh.weight, skip.weight, atol=1e-4) and torch.allclose(fresh.bias, skip.bias, atol=1e-4)
     assert not fits_in_closed_form(torch.nn.Conv2d(6, 2, 3, stride=2))
     with pytest.raises(ValueError, match="closed-form"):

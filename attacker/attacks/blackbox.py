@@ -34,7 +34,8 @@ For the paper's split points this gives (``width`` w, 64 by default):
 
 Closed-form skip (``skip_fit="lstsq"``, the default): where the skip path is a single stride-1
 convolution or transposed convolution (conv1, conv11 here), it is first fitted alone by ridge
-least squares on the queried pairs (:func:`fit_linear_skip`, on up to ``lstsq_samples`` pixels),
+least squares on the queried pairs (:func:`fit_linear_skip`, on up to ``lstsq_samples`` pixels; from
+the cached features, or at most 2000 images queried for it when they do not fit ``max_cache_mb``),
 then frozen, and the body (its last layer zeroed, so g starts as that linear inverse) learns the
 non-linear residual. Gradient descent only approaches the linear inverse slowly (CIFAR conv11:
 35 dB after 10 epochs); least squares solves it at once (see ``benchmarks/results/he2019.md``).
@@ -77,6 +78,9 @@ def _growth(c: int, size: tuple[int, int], target: tuple[int, int]) -> tuple[lis
         else:
             layers += [nn.Upsample(size=(H, W), mode="bilinear", align_corners=False)]
     return layers, (H, W)
+
+
+LSTSQ_MAX_IMAGES = 2000  # images queried for the least-squares fit when the features are not cached
 
 
 class InverseNet(nn.Module):
@@ -234,8 +238,14 @@ class BlackBoxAttack(InversionAttack):
         gen = torch.Generator().manual_seed(p.seed)
         net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
         self.skip_mse = None
-        if p.skip_fit == "lstsq" and cached is not None and fits_in_closed_form(net.skip):
-            self.skip_mse = fit_linear_skip(net.skip, cached, aux, p.lstsq_samples, seed=p.seed)
+        fit_feats = cached
+        if fit_feats is None and p.skip_fit == "lstsq" and fits_in_closed_form(net.skip):
+            # too many features to cache: fit the skip on as many images as the cache allows
+            m = min(len(aux), LSTSQ_MAX_IMAGES, int(p.max_cache_mb / per_image_mb))
+            if m >= 1:
+                fit_feats = torch.cat([self._query(aux[i:min(m, i + p.query_batch)]) for i in range(0, m, p.query_batch)])
+        if p.skip_fit == "lstsq" and fit_feats is not None and fits_in_closed_form(net.skip):
+            self.skip_mse = fit_linear_skip(net.skip, fit_feats, aux[:len(fit_feats)], p.lstsq_samples, seed=p.seed)
             net.skip.requires_grad_(False)
             last = net.body[-1]
             nn.init.zeros_(last.weight)  # g starts as the fitted linear inverse
@@ -264,7 +274,8 @@ class BlackBoxAttack(InversionAttack):
         net.eval()
         if self.skip_mse is not None:  # keep the body only if it beats the linear inverse on the aux data
             with torch.no_grad():
-                sample, feats = aux[:512], cached[:512]
+                k = min(512, len(fit_feats))
+                sample, feats = aux[:k], fit_feats[:k]
                 with_body = (net(feats) - sample).pow(2).mean().item()
                 skip_only = (net.skip(feats) - sample).pow(2).mean().item()
             if skip_only <= with_body:
