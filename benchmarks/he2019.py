@@ -136,7 +136,8 @@ def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool)
     elif attack == "blackbox":
         aux = ctx["aux"][setting][0]
         obj = BlackBoxAttack(params, progress=progress).fit(BlackBoxKnowledge(head_query(head), aux, shape, setting, split))
-        stats.update(queries=obj.queries, final_train_loss=obj.final_loss, aux_count=len(aux))
+        stats.update(queries=obj.queries, final_train_loss=obj.final_loss, aux_count=len(aux),
+                     linear_skip_mse=obj.skip_mse, body_kept=getattr(obj, "body_kept", None))
     else:
         data, net = setting.split("/")
         x, y = ctx["aux"]["same-set" if data == "same-set" else "same-distribution"]

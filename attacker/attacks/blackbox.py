@@ -37,7 +37,8 @@ convolution or transposed convolution (conv1, conv11 here), it is first fitted a
 least squares on the queried pairs (:func:`fit_linear_skip`, on up to ``lstsq_samples`` pixels; from
 the cached features, or at most 2000 images queried for it when they do not fit ``max_cache_mb``),
 then frozen, and the body (its last layer zeroed, so g starts as that linear inverse) learns the
-non-linear residual. Gradient descent only approaches the linear inverse slowly (CIFAR conv11:
+non-linear residual; it is kept only if it lowers the error on the auxiliary images, and not
+trained at all when the linear inverse is already within 60 dB (MSE 1e-6) of them. Gradient descent only approaches the linear inverse slowly (CIFAR conv11:
 35 dB after 10 epochs); least squares solves it at once (see ``benchmarks/results/he2019.md``).
 Other skips (with upsampling, or linear for flat features) are trained with the body.
 
@@ -81,6 +82,7 @@ def _growth(c: int, size: tuple[int, int], target: tuple[int, int]) -> tuple[lis
 
 
 LSTSQ_MAX_IMAGES = 2000  # images queried for the least-squares fit when the features are not cached
+LINEAR_ENOUGH = 1e-6     # MSE (PSNR 60 dB) below which the fitted linear inverse is used alone
 
 
 class InverseNet(nn.Module):
@@ -127,7 +129,7 @@ def fit_linear_skip(skip: nn.Module, feats: torch.Tensor, images: torch.Tensor, 
 
     Accumulates the normal equations over chunks of images (float64), on a random subset of at most
     ``max_samples`` output pixels, and solves them with a ridge of ``ridge`` times the mean
-    diagonal. Returns the mean squared error of the fitted map on the samples used.
+    diagonal. Returns the fitted map's mean squared error on (up to 512 of) the images.
     """
     if not fits_in_closed_form(skip):
         raise ValueError(f"no closed-form fit for {skip}")
@@ -136,7 +138,6 @@ def fit_linear_skip(skip: nn.Module, feats: torch.Tensor, images: torch.Tensor, 
     keep = min(1.0, max_samples / (n * per_image))
     gen = torch.Generator().manual_seed(seed)
     gram = rhs = None
-    sq_sum, count = torch.zeros((), dtype=torch.float64), 0
     for i in range(0, n, chunk):
         a = _patches(skip, feats[i:i + chunk])
         a = torch.cat([a, torch.ones(len(a), 1)], 1)
@@ -146,12 +147,9 @@ def fit_linear_skip(skip: nn.Module, feats: torch.Tensor, images: torch.Tensor, 
             a, y = a[pick], y[pick]
         gram = (a.T @ a).double() + (0 if gram is None else gram)
         rhs = (a.T @ y).double() + (0 if rhs is None else rhs)
-        sq_sum += y.double().pow(2).sum()
-        count += len(y)
     k = gram.shape[0]
     reg = ridge * gram.diagonal().mean() * torch.eye(k, dtype=torch.float64)
     solution = torch.linalg.solve(gram + reg, rhs)  # (K + 1, C)
-    mse = float((sq_sum - 2 * (solution * rhs).sum() + (solution * (gram @ solution)).sum()) / (count * c))
     weights, bias = solution[:-1].T.float(), solution[-1].float()  # (C, K), (C,)
     if isinstance(skip, nn.ConvTranspose2d):
         kh, kw = skip.kernel_size
@@ -160,7 +158,8 @@ def fit_linear_skip(skip: nn.Module, feats: torch.Tensor, images: torch.Tensor, 
     else:
         skip.weight.copy_(weights.reshape(skip.weight.shape))
     skip.bias.copy_(bias)
-    return max(mse, 0.0)
+    k = min(512, n)
+    return float((skip(feats[:k]) - images[:k]).pow(2).mean())
 
 
 def inverse_network(feature_shape, input_shape, width: int = 64) -> InverseNet:
@@ -237,7 +236,7 @@ class BlackBoxAttack(InversionAttack):
         torch.manual_seed(p.seed)
         gen = torch.Generator().manual_seed(p.seed)
         net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
-        self.skip_mse = None
+        self.skip_mse, self.body_kept = None, None
         fit_feats = cached
         if fit_feats is None and p.skip_fit == "lstsq" and fits_in_closed_form(net.skip):
             # too many features to cache: fit the skip on as many images as the cache allows
@@ -251,13 +250,15 @@ class BlackBoxAttack(InversionAttack):
             nn.init.zeros_(last.weight)  # g starts as the fitted linear inverse
             nn.init.zeros_(last.bias)
         opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=p.lr, weight_decay=p.weight_decay)
-        steps = p.epochs * math.ceil(len(aux) / p.batch_size)
+        # a linear inverse that is already exact to 60 dB leaves the body nothing to learn but noise
+        epochs = 0 if self.skip_mse is not None and self.skip_mse < LINEAR_ENOUGH else p.epochs
+        steps = max(1, epochs * math.ceil(len(aux) / p.batch_size))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         bar = tqdm(total=steps, desc=f"blackbox inverse net ({knowledge.setting})", unit="batch",
                    disable=not p.progress, leave=False, mininterval=0.5)
         net.train()
-        loss = torch.tensor(float("nan"))
-        for _ in range(p.epochs):
+        loss = torch.tensor(float("nan") if self.skip_mse is None else self.skip_mse)
+        for _ in range(epochs):
             order = torch.randperm(len(aux), generator=gen)
             for i in range(0, len(order), p.batch_size):
                 idx = order[i:i + p.batch_size]
@@ -281,7 +282,7 @@ class BlackBoxAttack(InversionAttack):
             if skip_only <= with_body:
                 nn.init.zeros_(net.body[-1].weight)
                 nn.init.zeros_(net.body[-1].bias)
-            self.body_kept = skip_only > with_body
+            self.body_kept = epochs > 0 and skip_only > with_body
         self.inverse_net = net
         self.final_loss = float(loss.item())
         self.fit_seconds = time.perf_counter() - started
