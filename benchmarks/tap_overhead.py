@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         name = "tap_overhead.md" if args.placement == "shared" else "tap_overhead-separate.md"
         args.out = str(ROOT / "benchmarks" / "results" / name)
-    victim_cpus, tap_cpus = placement_cpus(args.placement)
+    victim_cpus, tap_cpus = args.cpus = placement_cpus(args.placement)
     if victim_cpus:
         os.sched_setaffinity(0, victim_cpus)  # this process is the edge client
     os.environ.setdefault("SPLITLAB_THREADS", "1")
@@ -280,8 +280,8 @@ def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
         f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
         f"no GPU; the cloud server, three taps and the client are five processes "
         + ("sharing these cores" if args.placement == "shared" else
-           f"pinned: client and cloud to core(s) {sorted(placement_cpus('separate')[0])}, "
-           f"the taps and their recorders to core(s) {sorted(placement_cpus('separate')[1])}")
+           f"pinned: client and cloud to core(s) {sorted(args.cpus[0])}, "
+           f"the taps and their recorders to core(s) {sorted(args.cpus[1])}")
         + f" (SPLITLAB_THREADS=1). Medians over {args.rounds} interleaved rounds of {args.seconds:g} s; "
         "features are real head outputs (random weights). Throughput in images/s; p50 is per call "
         "(unary: one call in flight, the edge's latency; stream: 8 requests in flight on one InferStream). "
