@@ -54,6 +54,8 @@ def test_least_squares_recovers_a_linear_map(skip):
     mse = fit_linear_skip(fresh, feats, images, ridge=1e-9)
     assert mse < 1e-6
     assert torch.allclose(fresh.weight, skip.weight, atol=1e-4) and torch.allclose(fresh.bias, skip.bias, atol=1e-4)
+    chosen = type(skip)(6, 2, skip.kernel_size, padding=skip.padding)
+    assert fit_linear_skip(chosen, feats, images) < 1e-6  # ridge picked on held-out images
     assert not fits_in_closed_form(torch.nn.Conv2d(6, 2, 3, stride=2))
     with pytest.raises(ValueError, match="closed-form"):
         fit_linear_skip(torch.nn.Linear(6, 2), feats, images)
