@@ -221,20 +221,6 @@ class RecorderProcess:
 
 # --- the child ---------------------------------------------------------------------------------
 
-def _light_imports() -> None:
-    """Import ``models.errors`` without ``models/__init__`` (which loads torch: seconds, 300 MB)."""
-    if "models" in sys.modules:
-        return
-    import importlib.util
-    import types
-
-    spec = importlib.util.find_spec("models")
-    if spec is not None and spec.submodule_search_locations:
-        pkg = types.ModuleType("models")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["models"] = pkg
-
-
 class _Reader:
     """Records off the socket with few wake-ups and no copies.
 
@@ -305,7 +291,6 @@ class _Reader:
 
 
 def child_main(sock: socket.socket, control: socket.socket, config: dict) -> None:
-    _light_imports()
     logging.basicConfig(level=config.get("log_level", logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import hpack.hpack

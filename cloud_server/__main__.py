@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import textwrap
 import threading
 from pathlib import Path
 
+from models.env import env_default
+from models.errors import SplitlabError
+
 from .server import DEFAULT_MAX_MESSAGE_MB, CloudServer, ServerConfig
 
 
 def _env(name: str, default, kind=str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
+    """``models.env.env_default``, a malformed value ending the program with its message."""
     try:
-        return kind(value)
-    except ValueError:
-        raise SystemExit(f"cloud-server: environment variable {name}={value!r} is not a valid {kind.__name__}")
+        return env_default(name, default, kind)
+    except SplitlabError as exc:
+        raise SystemExit(f"cloud-server: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

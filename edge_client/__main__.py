@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
 
+from models.env import env_default
+from models.errors import SplitlabError
 from protos.wire import WIRE_DTYPES
 
 from .client import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT
 
 
 def _env(name: str, default, kind=str):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
+    """``models.env.env_default``, a malformed value ending the program with its message."""
     try:
-        return kind(value)
-    except ValueError:
-        raise SystemExit(f"edge-client: environment variable {name}={value!r} is not a valid {kind.__name__}")
+        return env_default(name, default, kind)
+    except SplitlabError as exc:
+        raise SystemExit(f"edge-client: {exc}") from None
 
 
 def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:

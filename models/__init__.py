@@ -5,15 +5,25 @@ This package never imports a service; the cloud server, edge client, attacker an
 build on it. Run ``python -m models --help`` for its command line (list, train, deploy).
 """
 
-from .architectures import SplitNet
-from .artifacts import ArtifactStore, deployment_id_for, validate_id
-from .datasets import DATASET_NAMES, ImageDataset, load_dataset, to_images, to_tensor
-from .errors import SplitlabError
-from .split import split_model
-from .zoo import architecture_names, build_model, feature_shapes, split_points
+from importlib import import_module
 
-__all__ = [
-    "ArtifactStore", "DATASET_NAMES", "ImageDataset", "SplitNet", "SplitlabError",
-    "architecture_names", "build_model", "deployment_id_for", "feature_shapes", "load_dataset",
-    "split_model", "split_points", "to_images", "to_tensor", "validate_id",
-]
+# Names re-exported from the submodules, imported on first use (PEP 562): ``import models.env`` or
+# ``models.errors`` stays light, and torch loads only when something that needs it is touched.
+_EXPORTS = {
+    "SplitNet": "architectures",
+    "ArtifactStore": "artifacts", "deployment_id_for": "artifacts", "validate_id": "artifacts",
+    "DATASET_NAMES": "datasets", "ImageDataset": "datasets", "load_dataset": "datasets",
+    "to_images": "datasets", "to_tensor": "datasets",
+    "SplitlabError": "errors",
+    "split_model": "split",
+    "architecture_names": "zoo", "build_model": "zoo", "feature_shapes": "zoo", "split_points": "zoo",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
