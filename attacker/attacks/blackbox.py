@@ -264,12 +264,13 @@ class BlackBoxAttack(InversionAttack):
         net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
         self.skip_mse, self.body_kept = None, None
         fit_feats = cached
-        if fit_feats is None and p.skip_fit == "lstsq" and fits_in_closed_form(net.skip):
+        closed_form = p.skip_fit == "lstsq" and fits_in_closed_form(net.skip)
+        if closed_form and fit_feats is None:
             # too many features to cache: fit the skip on as many images as the cache allows
             m = min(len(aux), LSTSQ_MAX_IMAGES, int(p.max_cache_mb / per_image_mb))
             if m >= 1:
                 fit_feats = torch.cat([self._query(aux[i:min(m, i + p.query_batch)]) for i in range(0, m, p.query_batch)])
-        if p.skip_fit == "lstsq" and fit_feats is not None and fits_in_closed_form(net.skip):
+        if closed_form and fit_feats is not None:
             self.skip_mse = fit_linear_skip(net.skip, fit_feats, aux[:len(fit_feats)], p.lstsq_samples, seed=p.seed)
             net.skip.requires_grad_(False)
             last = net.body[-1]
@@ -299,7 +300,9 @@ class BlackBoxAttack(InversionAttack):
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         bar.close()
         net.eval()
-        if self.skip_mse is not None:  # keep the body only if it beats the linear inverse on the aux data
+        if self.skip_mse is not None:
+            self.body_kept = False
+        if self.skip_mse is not None and epochs:  # keep the body only if it beats the linear inverse
             with torch.no_grad():
                 k = min(512, len(fit_feats))
                 sample, feats = aux[:k], fit_feats[:k]
@@ -308,7 +311,7 @@ class BlackBoxAttack(InversionAttack):
             if skip_only <= with_body:
                 nn.init.zeros_(net.body[-1].weight)
                 nn.init.zeros_(net.body[-1].bias)
-            self.body_kept = epochs > 0 and skip_only > with_body
+            self.body_kept = skip_only > with_body
         self.inverse_net = net
         self.final_loss = float(loss.item())
         self.fit_seconds = time.perf_counter() - started
