@@ -48,12 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     p.add_argument("--upstream", default=env_default("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
                    help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
-    p.add_argument("--mode", choices=["passive", "proxy"], default=env_default("SPLITLAB_TAP_MODE", "passive"),
+    p.add_argument("--mode", choices=["passive", "proxy", "sniff"], default=env_default("SPLITLAB_TAP_MODE", "passive"),
                    help="passive: relay TCP bytes unchanged and decode a copy (default); proxy: a gRPC proxy "
-                        "that re-issues each call (env SPLITLAB_TAP_MODE)")
+                        "that re-issues each call; sniff: nothing in the path, read copies of the packets to "
+                        "the --upstream port on --interface (needs CAP_NET_RAW; the edge connects to the cloud "
+                        "itself and --listen is unused) (env SPLITLAB_TAP_MODE)")
+    p.add_argument("--interface", default=env_default("SPLITLAB_TAP_INTERFACE", "lo"),
+                   help="sniff mode: the network interface that carries the edge-cloud traffic "
+                        "(env SPLITLAB_TAP_INTERFACE, default lo)")
     p.add_argument("--admin", default=env_default("SPLITLAB_TAP_ADMIN", None),
-                   help="passive mode: HOST:PORT of the tap's own health + reflection (env SPLITLAB_TAP_ADMIN, "
-                        "default the listen port + 1)")
+                   help="passive and sniff modes: HOST:PORT of the tap's own health + reflection "
+                        "(env SPLITLAB_TAP_ADMIN, default the listen port + 1)")
     p.add_argument("--max-message-mb", type=float, default=env_default("SPLITLAB_MAX_MESSAGE_MB", 64.0, float),
                    help="largest message, MiB (env SPLITLAB_MAX_MESSAGE_MB, default 64 as the cloud): proxy mode "
                         "accepts and sends at most this on both sides; passive mode records at most this (the "
@@ -161,7 +166,7 @@ def cmd_tap(args) -> int:
                        max_queue_bytes=int(args.queue_mb * 2**20), max_captures=args.max_captures,
                        max_store_bytes=None if args.max_store_mb is None else int(args.max_store_mb * 2**20),
                        stats_interval=args.stats_interval, grace=args.grace, record=not args.no_record,
-                       mode=args.mode, admin=args.admin)
+                       mode=args.mode, admin=args.admin, interface=args.interface)
     try:
         return serve(config)
     except OSError as exc:

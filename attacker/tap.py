@@ -45,6 +45,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .passive import Relay
+from .sniffer import SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
 from .recorder_process import RecorderProcess
@@ -69,7 +70,8 @@ class TapConfig:
     grace: float = 5.0
     record: bool = True  # False: forward only (the benchmark's control for the cost of recording)
     mode: str = "passive"  # "passive" (TCP relay + HTTP/2 decoding) or "proxy" (gRPC proxy)
-    admin: str | None = None  # passive mode: health + reflection address (default: listen port + 1)
+    admin: str | None = None  # passive/sniff: health + reflection address (default: listen port + 1)
+    interface: str = "lo"  # sniff mode: the interface to read packets on
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -103,8 +105,8 @@ class Tap:
 
     async def start(self) -> int:
         cfg = self.config
-        if cfg.mode not in ("passive", "proxy"):
-            raise ValueError(f"tap mode must be 'passive' or 'proxy', got {cfg.mode!r}")
+        if cfg.mode not in ("passive", "proxy", "sniff"):
+            raise ValueError(f"tap mode must be 'passive', 'proxy' or 'sniff', got {cfg.mode!r}")
         if cfg.record and cfg.mode == "proxy":
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
                                      cfg.max_store_bytes, stats_interval=cfg.stats_interval)
@@ -127,9 +129,16 @@ class Tap:
                     "stats_interval": cfg.stats_interval, "max_message_bytes": cfg.max_message_bytes,
                     "log_level": logging.getLogger().getEffectiveLevel()}, cfg.max_queue_bytes)
                 self._parser.start(asyncio.get_running_loop())
-            self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
+            if cfg.mode == "sniff":
+                self._relay = Sniffer(cfg.interface, int(cfg.upstream.rpartition(":")[2]), self._parser)
+            else:
+                self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
             try:
                 self.port = await self._relay.start()
+            except SniffError:
+                if self._parser is not None:
+                    self._parser.close(5)
+                raise
             except OSError as exc:
                 raise OSError(f"cannot listen on {cfg.listen}: {exc}") from exc
             self._health = health.aio.HealthServicer()
@@ -173,6 +182,10 @@ class Tap:
             return self.recorder.stats()
         out = self._parser.stats() if self._parser is not None else {}
         out.update(self._proxy_stats())
+        if isinstance(self._relay, Sniffer):  # what the sniffer itself skipped or lost
+            out["packets_seen"] = self._relay.counts["packets"]
+            for name in ("connections_unparsed", "connections_lost"):
+                out[name] = out.get(name, 0) + self._relay.counts[name]
         return out
 
     def _proxy_stats(self) -> dict:
@@ -184,6 +197,7 @@ class Tap:
         if self._relay is not None:
             out["open_connections"] = len(self._relay.clients)
             out["connections"] = self._relay.connections
+
         return out
 
     def _health_status(self) -> int:
@@ -249,8 +263,12 @@ def serve(config: TapConfig) -> int:
         await tap.start()
         host = config.listen.rpartition(":")[0]
         admin = f", health/reflection on {host}:{tap.admin_port}" if tap.admin_port else ""
-        print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store} "
-              f"({config.mode} mode{admin})", flush=True)
+        if config.mode == "sniff":
+            print(f"tap sniffing {config.interface} for port {tap.port} ({config.upstream}), store {config.store} "
+                  f"(sniff mode{admin})", flush=True)
+        else:
+            print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store} "
+                  f"({config.mode} mode{admin})", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -50,7 +50,32 @@ WORKLOADS = [
     ("he-cifar-cnn", "relu32", 64, "stream"),
 ]
 QUICK = [WORKLOADS[0], WORKLOADS[2], WORKLOADS[4], WORKLOADS[6]]
-TAPS = {"tap": [], "relay only": ["--no-record"], "proxy mode": ["--mode", "proxy"]}
+TAPS = {"tap": [], "relay only": ["--no-record"], "proxy mode": ["--mode", "proxy"],
+        "sniff": ["--mode", "sniff", "--interface", "lo"]}
+# The sniff tap is not in the path: its client talks to a cloud of its own (same code, same cores),
+# whose port only that tap watches, so the other targets' traffic is neither recorded nor filtered.
+SNIFF = "sniff"
+
+
+def can_sniff() -> bool:
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def wait_port(address: str, timeout: float = 60.0) -> None:
+    host, _, port = address.rpartition(":")
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
 
 
 def free_port() -> int:
@@ -193,20 +218,31 @@ def main(argv: list[str] | None = None) -> int:
         deps = make_deployments(tmp / "artifacts", {w[0] for w in workloads})
         cloud_port = free_port()
         try:
-            procs.append(start([sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(cloud_port),
-                                "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env,
-                               victim_cpus))
-            upstream = f"127.0.0.1:{cloud_port}"
-            targets = {"direct": upstream}
-            pids_by_target = {}
-            for name, extra in TAPS.items():
+            def cloud() -> tuple[str, int]:
                 port = free_port()
+                procs.append(start([sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(port),
+                                    "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env,
+                                   victim_cpus))
+                return f"127.0.0.1:{port}", procs[-1].pid
+
+            upstream, cloud_pid = cloud()
+            targets = {"direct": upstream}
+            cloud_pids = {"direct": cloud_pid}
+            pids_by_target = {}
+            taps = {k: v for k, v in TAPS.items() if k != SNIFF or can_sniff()}
+            if SNIFF not in taps:
+                print("sniff tap left out: it needs CAP_NET_RAW (run as root)", flush=True)
+            for name, extra in taps.items():
+                port, admin = free_port(), f"127.0.0.1:{free_port()}"
+                up, cloud_pids[name] = cloud() if name == SNIFF else (upstream, cloud_pid)
                 procs.append(start([sys.executable, "-m", "attacker", "tap", "--listen", f"127.0.0.1:{port}",
-                                    "--admin", f"127.0.0.1:{free_port()}", "--upstream", upstream,
+                                    "--admin", admin, "--upstream", up,
                                     "--store", str(tmp / f"captures-{len(procs)}"), "--log-level", "warning", *extra],
                                    "", env, tap_cpus))
-                targets[name] = f"127.0.0.1:{port}"
+                targets[name] = up if name == SNIFF else f"127.0.0.1:{port}"
                 pids_by_target[name] = procs[-1].pid
+                if name == SNIFF:  # it must see the edge's connection open
+                    wait_port(admin)
             for address in targets.values():
                 wait_ready(address)
             clients = {name: CloudClient(addr, timeout=120) for name, addr in targets.items()}
@@ -220,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     order = list(targets)[k:] + list(targets)[:k]
                     for name in order:
                         fn = run_unary if mode == "unary" else run_stream
-                        pids = [procs[0].pid] + ([pids_by_target[name]] if name in pids_by_target else [])
+                        pids = [cloud_pids[name]] + ([pids_by_target[name]] if name in pids_by_target else [])
                         before = time.process_time() + sum(proc_cpu(p) for p in pids)
                         results[name].append(fn(clients[name], dep_id, feats, args.seconds))
                         cpu[name] += time.process_time() + sum(proc_cpu(p) for p in pids) - before
@@ -237,13 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for proc in procs:
                 proc.terminate()
-            tap_out = ""
+            tap_out = []
             for proc in procs:
                 try:
                     out, _ = proc.communicate(timeout=30)
                     last = (out or "").strip().splitlines()[-1:] or [""]
-                    if last[0].startswith("tap stopped") and '"recorded":' in last[0] and '"passive"' in last[0]:
-                        tap_out = last[0]
+                    if last[0].startswith("tap stopped") and '"recorded":' in last[0] and \
+                            ('"mode": "passive"' in last[0] or '"mode": "sniff"' in last[0]):
+                        tap_out.append(last[0])
                 except subprocess.TimeoutExpired:
                     proc.kill()
     write_report(Path(args.out), rows, args, tap_out)
@@ -260,15 +297,20 @@ def _slower(row, name) -> tuple[float, float]:
 
 def _line(row) -> str:
     t_tp, t_lat = _slower(row, "tap")
+    sniff = ""
+    if SNIFF in row:
+        s_tp, s_lat = _slower(row, SNIFF)
+        sniff = (f" | sniff {row[SNIFF][0]:8.1f} img/s p50 {row[SNIFF][1]:7.2f} ms ({s_tp:+.1%} thr loss, "
+                 f"{s_lat:+.1%} p50) CPU {row[SNIFF][3]:.2f}")
     return (f"{row['workload']:<22} b{row['batch']:<3} {row['mode']:<6} direct {row['direct'][0]:8.1f} img/s "
             f"p50 {row['direct'][1]:7.2f} ms | tap {row['tap'][0]:8.1f} img/s p50 {row['tap'][1]:7.2f} ms "
             f"({t_tp:+.1%} thr loss, {t_lat:+.1%} p50) | relay only {row['relay only'][0]:8.1f} img/s "
             f"p50 {row['relay only'][1]:7.2f} ms | proxy mode {row['proxy mode'][0]:8.1f} img/s "
             f"p50 {row['proxy mode'][1]:7.2f} ms | CPU ms/call direct {row['direct'][3]:.2f} tap {row['tap'][3]:.2f} "
-            f"relay {row['relay only'][3]:.2f} proxy {row['proxy mode'][3]:.2f}")
+            f"relay {row['relay only'][3]:.2f} proxy {row['proxy mode'][3]:.2f}" + sniff)
 
 
-def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
+def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None:
     import platform
 
     lines = [
@@ -278,7 +320,7 @@ def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
         + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + (" --quick" if args.quick else "")
         + (f" --placement {args.placement}" if args.placement != "shared" else "") + "`", "",
         f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
-        f"no GPU; the cloud server, three taps and the client are five processes "
+        f"no GPU; two cloud servers, four taps and the client are seven processes "
         + ("sharing these cores" if args.placement == "shared" else
            f"pinned: client and cloud to core(s) {sorted(args.cpus[0])}, "
            f"the taps and their recorders to core(s) {sorted(args.cpus[1])}")
@@ -288,27 +330,40 @@ def write_report(path: Path, rows: list[dict], args, tap_out: str) -> None:
         "CPU ms/call: CPU time of the client, the cloud and the tap (with its recorder process) per call, "
         "from /proc: what the tap adds independently of other load on the machine.",
         "",
-        "Goal: through the recording tap (default passive mode) at most 10% slower than direct, in "
-        "throughput and in p50. Also shown: the passive relay without recording (the cost of the hop "
-        "alone) and the recording tap in `--mode proxy` (a gRPC proxy re-issuing each call).", "",
-        "| workload | batch | MiB/call | mode | direct img/s | direct p50 ms | tap img/s | tap p50 ms "
-        "| tap throughput loss | tap p50 increase | goal met | relay-only img/s | relay-only p50 ms "
-        "| proxy-mode img/s | proxy-mode p50 ms | proxy-mode thr loss / p50 incr. "
-        "| CPU ms/call: direct / tap / relay only / proxy mode |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Goal: through the recording tap at most 10% slower than direct, in throughput and in p50. "
+        "Two recording taps: the default passive relay (`tap`: the edge connects to it, it relays to the "
+        "cloud and decodes a copy) and `--mode sniff` (`sniff`: the edge connects to the cloud itself and "
+        "the tap reads copies of the packets on `lo`; its client talks to a second, identical cloud "
+        "process whose port only the sniffer watches). Also shown: the passive relay without recording "
+        "(the cost of the hop alone) and the recording tap in `--mode proxy` (a gRPC proxy re-issuing "
+        "each call).", "",
+        "| workload | batch | MiB/call | mode | direct img/s | direct p50 ms "
+        "| sniff img/s | sniff p50 ms | sniff thr loss / p50 incr. | sniff goal met "
+        "| tap img/s | tap p50 ms | tap thr loss / p50 incr. | tap goal met "
+        "| relay-only img/s | relay-only p50 ms | proxy-mode img/s | proxy-mode p50 ms "
+        "| proxy-mode thr loss / p50 incr. | CPU ms/call: direct / sniff / tap / relay only / proxy mode |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        loss, inc = _slower(row, "tap")
+
+    def cells(row, name) -> str:
+        if name not in row:
+            return "n/a | n/a | n/a | n/a"
+        loss, inc = _slower(row, name)
         met = "yes" if loss <= GOAL and inc <= GOAL else "no"
+        return f"{row[name][0]:.1f} | {row[name][1]:.2f} | {loss:+.1%} / {inc:+.1%} | {met}"
+
+    for row in rows:
         p_loss, p_inc = _slower(row, "proxy mode")
+        cpu = " / ".join(f"{row[n][3]:.2f}" if n in row else "n/a"
+                         for n in ("direct", SNIFF, "tap", "relay only", "proxy mode"))
         lines.append(
             f"| {row['workload']} | {row['batch']} | {row['mb']:.2f} | {row['mode']} | {row['direct'][0]:.1f} | "
-            f"{row['direct'][1]:.2f} | {row['tap'][0]:.1f} | {row['tap'][1]:.2f} | {loss:+.1%} | {inc:+.1%} | {met} | "
+            f"{row['direct'][1]:.2f} | {cells(row, SNIFF)} | {cells(row, 'tap')} | "
             f"{row['relay only'][0]:.1f} | {row['relay only'][1]:.2f} | {row['proxy mode'][0]:.1f} | "
-            f"{row['proxy mode'][1]:.2f} | {p_loss:+.1%} / {p_inc:+.1%} | {row['direct'][3]:.2f} / {row['tap'][3]:.2f} / "
-            f"{row['relay only'][3]:.2f} / {row['proxy mode'][3]:.2f} |")
+            f"{row['proxy mode'][1]:.2f} | {p_loss:+.1%} / {p_inc:+.1%} | {cpu} |")
     if tap_out:
-        lines += ["", f"Recording tap's final counters: `{tap_out}`"]
+        lines += ["", "Recording taps' final counters (passive relay, then sniff):", ""]
+        lines += [f"- `{line}`" for line in tap_out]
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text() if path.exists() else ""
     notes = existing.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in existing else ""

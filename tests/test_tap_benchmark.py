@@ -29,7 +29,9 @@ def test_separate_placement_run_writes_a_report(tmp_path):
     text = out.read_text()
     assert "--placement separate" in text and "pinned: client and cloud to core(s)" in text
     row = next(line for line in text.splitlines() if line.startswith("| lenet5 relu2 |"))
-    direct, tap = (float(v) for v in row.split("|")[5:8:2])  # direct img/s, tap img/s
-    assert direct > 0 and tap > 0
-    recorded = re.search(r'"recorded": (\d+)', text)
-    assert recorded and int(recorded.group(1)) > 0  # the recording tap recorded the calls it relayed
+    cells = row.split("|")
+    direct, sniff, tap = float(cells[5]), float(cells[7]), float(cells[11])  # img/s
+    assert direct > 0 and sniff > 0 and tap > 0
+    recorded = re.findall(r'"mode": "(passive|sniff)".*"recorded": (\d+)', text)
+    # both recording taps recorded the calls they saw: the relay its own, the sniffer those to its cloud
+    assert sorted(mode for mode, n in recorded if int(n) > 0) == ["passive", "sniff"]

@@ -1,0 +1,250 @@
+"""The sniff tap: an eavesdropper that reads copies of the packets between the edge and the cloud.
+
+Unlike the relay (:mod:`attacker.passive`), nothing passes through the attacker: the edge talks to
+the cloud directly and the kernel hands this process a copy of each TCP segment to or from the
+cloud's port on one network interface (a Linux ``AF_PACKET`` socket with a kernel-side filter, so
+other traffic is never copied). The segments of each connection are put back in order and handed
+to the same recorder process as the relay's chunks (``opened``/``chunk``/``closed``), which decodes
+HTTP/2 + gRPC and records. The victims pay only the kernel's clone of each packet, so the tap is
+invisible in their latency and throughput when it runs on a core or machine of its own.
+
+Needs ``CAP_NET_RAW`` (root, or ``cap_add: [NET_RAW]`` in compose) and must start before the edge
+connects: HTTP/2 header compression cannot be decoded from the middle of a connection, so
+connections already open are counted (``connections_unparsed``) and skipped. A gap in a
+connection (the kernel dropped packets because this process fell behind) stops the recording of
+that connection and is counted (``connections_lost``); traffic is never affected. IPv4 and IPv6
+(without extension headers) over Ethernet-framed interfaces (``lo``, ``eth0``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import socket
+import struct
+
+log = logging.getLogger("attacker.tap")
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+RECV_BUFFER = 64 << 20
+SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+
+
+class SniffError(OSError):
+    """The packet socket cannot be opened (no CAP_NET_RAW, no such interface)."""
+
+
+def port_filter(port: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF: accept received (not PACKET_OUTGOING) IPv4/IPv6 TCP segments to or from ``port``.
+
+    On ``lo`` every packet shows up twice, once as sent and once as received; keeping only the
+    received copy sees each segment once. Written with labels; :func:`_assemble` turns them into
+    the relative jumps the kernel wants.
+    """
+    pkttype = 0xFFFFF004  # SKF_AD_OFF + SKF_AD_PKTTYPE
+    return _assemble([
+        ("ldb", pkttype), ("jeq", PACKET_OUTGOING, "reject", None),
+        ("ldh", 12), ("jeq", 0x86DD, None, "ipv4"),
+        ("ldb", 20), ("jeq", 6, None, "reject"),                 # IPv6: next header TCP
+        ("ldh", 54), ("jeq", port, "accept", None),              # source port
+        ("ldh", 56), ("jeq", port, "accept", "reject"),          # destination port
+        "ipv4", ("jeq", 0x0800, None, "reject"),
+        ("ldb", 23), ("jeq", 6, None, "reject"),                 # IPv4: protocol TCP
+        ("ldh", 20), ("jset", 0x1FFF, "reject", None),           # not a later fragment
+        ("ldxmsh", 14),                                          # X = IP header length
+        ("ldhx", 14), ("jeq", port, "accept", None),             # source port
+        ("ldhx", 16), ("jeq", port, "accept", "reject"),         # destination port
+        "accept", ("ret", 0x40000),
+        "reject", ("ret", 0),
+    ])
+
+
+_OPS = {"ldb": 0x30, "ldh": 0x28, "ldhx": 0x48, "ldxmsh": 0xB1, "ret": 0x06, "jeq": 0x15, "jset": 0x45}
+
+
+def _assemble(lines: list) -> list[tuple[int, int, int, int]]:
+    """(code, jt, jf, k) from ``(op, k)`` / ``(jump, k, true_label, false_label)`` and label strings;
+    a ``None`` label means the next instruction."""
+    labels, n = {}, 0
+    for line in lines:
+        if isinstance(line, str):
+            labels[line] = n
+        else:
+            n += 1
+    out = []
+    for line in lines:
+        if isinstance(line, str):
+            continue
+        here = len(out)
+        if len(line) == 4:
+            op, k, t, f = line
+            rel = [0 if lab is None else labels[lab] - here - 1 for lab in (t, f)]
+            out.append((_OPS[op], rel[0], rel[1], k))
+        else:
+            out.append((_OPS[line[0]], 0, 0, line[1]))
+    return out
+
+
+def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
+    insns = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(insns)
+    fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def open_packet_socket(interface: str, port: int) -> socket.socket:
+    """A non-blocking packet socket on ``interface`` that receives the TCP segments of ``port``."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError as exc:
+        raise SniffError(f"sniffing needs CAP_NET_RAW (run as root, or add NET_RAW to the container): {exc}") from exc
+    try:
+        _attach(sock, port_filter(port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((interface, 0))
+    except OSError as exc:
+        sock.close()
+        raise SniffError(f"cannot sniff on interface {interface!r}: {exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+class _Conn:
+    __slots__ = ("id", "next_seq", "fins", "lost")
+
+    def __init__(self, conn_id: int, client_seq: int):
+        self.id = conn_id
+        self.next_seq = [client_seq, None]  # next expected sequence number: [from client, from server]
+        self.fins = 0
+        self.lost = False
+
+
+class Sniffer:
+    """Reassemble the TCP streams of ``port`` seen on ``interface`` into ``parser`` (on the event loop)."""
+
+    def __init__(self, interface: str, port: int, parser=None):
+        self.interface, self.port, self.parser = interface, port, parser
+        self.ids = itertools.count(1)
+        self.conns: dict[tuple, _Conn] = {}
+        self.clients = self.conns  # open connections, for the tap's stats
+        self.connections = 0
+        self.counts = {"packets": 0, "connections_unparsed": 0, "connections_lost": 0}
+        self.sock: socket.socket | None = None
+        self.loop = None
+        self._buf = bytearray(1 << 18)
+
+    async def start(self) -> int:
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.sock = open_packet_socket(self.interface, self.port)
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        if self.sock is None:
+            return
+        self._readable()  # what the kernel already holds
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock = None
+        for conn in list(self.conns.values()):
+            self._close(conn)
+        self.conns.clear()
+
+    def _readable(self) -> None:
+        buf, recv = self._buf, self.sock.recv_into
+        while True:
+            try:
+                n = recv(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("packet socket error: %s", exc)
+                return
+            self.counts["packets"] += 1
+            self._segment(memoryview(buf)[:n])
+
+    def _segment(self, pkt: memoryview) -> None:
+        ethertype = (pkt[12] << 8) | pkt[13]
+        if ethertype == 0x0800:
+            ihl = (pkt[14] & 0x0F) * 4
+            total = (pkt[16] << 8) | pkt[17]
+            src, dst = bytes(pkt[26:30]), bytes(pkt[30:34])
+            tcp, end = 14 + ihl, 14 + total
+        elif ethertype == 0x86DD:
+            src, dst = bytes(pkt[22:38]), bytes(pkt[38:54])
+            tcp, end = 54, 54 + ((pkt[18] << 8) | pkt[19])
+        else:
+            return
+        sport, dport, seq = struct.unpack_from("!HHI", pkt, tcp)
+        offset, flags = (pkt[tcp + 12] >> 4) * 4, pkt[tcp + 13]
+        from_client = dport == self.port
+        if not from_client and sport != self.port:
+            return
+        key = (src, sport) if from_client else (dst, dport)
+        conn = self.conns.get(key)
+        if conn is None:
+            if from_client and flags & SYN and not flags & ACK:  # a new connection from the edge
+                conn = self.conns[key] = _Conn(next(self.ids), (seq + 1) & 0xFFFFFFFF)
+                self.connections += 1
+                if self.parser is not None:
+                    self.parser.opened(conn.id, _peer(src, sport))
+            elif not flags & (RST | FIN) and end - (tcp + offset) > 0:
+                self.counts["connections_unparsed"] += 1  # opened before the tap started: skip it
+                self.conns[key] = conn = _Conn(0, 0)
+                conn.lost = True
+            return
+        side = 0 if from_client else 1
+        if flags & SYN:
+            if not from_client:
+                conn.next_seq[1] = (seq + 1) & 0xFFFFFFFF
+            return
+        data = pkt[tcp + offset:end]
+        if data and not conn.lost:
+            expected = conn.next_seq[side]
+            ahead = (seq - expected) & 0xFFFFFFFF if expected is not None else 1
+            if ahead == 0:
+                conn.next_seq[side] = (seq + len(data)) & 0xFFFFFFFF
+                if self.parser is not None:
+                    self.parser.chunk(conn.id, from_client, bytes(data))
+            elif ahead >= 0x80000000 and (0x100000000 - ahead) >= len(data):
+                pass  # a retransmission of what was already seen
+            elif ahead >= 0x80000000:  # overlaps: keep the new part
+                skip = 0x100000000 - ahead
+                conn.next_seq[side] = (seq + len(data)) & 0xFFFFFFFF
+                if self.parser is not None:
+                    self.parser.chunk(conn.id, from_client, bytes(data[skip:]))
+            else:  # a gap: the kernel dropped segments we never saw
+                conn.lost = True
+                self.counts["connections_lost"] += 1
+                log.warning("connection %d: %d bytes were not seen (the sniffer fell behind); its recording stops",
+                            conn.id, ahead)
+                if self.parser is not None:
+                    self.parser.closed(conn.id)
+        if flags & RST:
+            self._close(conn)
+            self.conns.pop(key, None)
+        elif flags & FIN:
+            conn.fins += 1
+            if conn.fins >= 2:
+                self._close(conn)
+                self.conns.pop(key, None)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.id and not conn.lost and self.parser is not None:
+            self.parser.closed(conn.id)
+        conn.lost = True
+
+
+def _peer(addr: bytes, port: int) -> str:
+    if len(addr) == 4:
+        return f"ipv4:{socket.inet_ntop(socket.AF_INET, addr)}:{port}"
+    return f"ipv6:[{socket.inet_ntop(socket.AF_INET6, addr)}]:{port}"

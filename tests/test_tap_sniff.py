@@ -1,0 +1,102 @@
+"""The sniff tap: records traffic it only sees copies of (AF_PACKET on lo), the edge talks to the cloud.
+
+Needs CAP_NET_RAW (root), as the mode itself does; CI runs as root.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import grpc
+import numpy as np
+import pytest
+
+from attacker.capture_store import CaptureStore
+from attacker.sniffer import SniffError, open_packet_socket, port_filter
+from attacker.tap import TapConfig, TapThread
+from protos import split_inference_pb2 as pb
+from protos import wire
+from tap_upstream import FakeCloud, logits_for, start_fake_cloud
+from test_tap import HEAD, HEAD_FIELDS, request, stream, unary
+
+
+def _can_sniff() -> bool:
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
+        return True
+    except (PermissionError, AttributeError, OSError):
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _can_sniff(), reason="sniffing needs CAP_NET_RAW (run the tests as root)")
+
+
+@pytest.fixture()
+def cloud():
+    fake = FakeCloud(heads={"dep-a": (HEAD, HEAD_FIELDS)})
+    server, port = start_fake_cloud(fake)
+    yield port
+    server.stop(0)
+
+
+def _sniff(tmp_path, port) -> TapThread:
+    return TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(tmp_path / "s"),
+                               mode="sniff", interface="lo", admin="127.0.0.1:0"))
+
+
+def test_sniffing_records_direct_traffic_without_being_in_its_path(tmp_path, cloud):
+    opts = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
+    with _sniff(tmp_path, cloud) as tap:
+        sent = {f"u-{i}": request(rid=f"u-{i}", seed=i, shape=(3, 8, 4, 4)) for i in range(3)}
+        sent["big"] = request(rid="big", seed=5, shape=(2, 64, 64, 64))  # 2 MiB: many segments
+        streamed = [request(rid=f"s-{i}", seed=10 + i) for i in range(3)]
+        opts.append(("grpc.use_local_subchannel_pool", 1))  # a connection opened after the tap started
+        with grpc.insecure_channel(f"127.0.0.1:{cloud}", options=opts) as ch:  # straight to the cloud
+            for rid, req in sent.items():
+                assert unary(ch, "Infer", req.SerializeToString())[0] == grpc.StatusCode.OK
+            assert stream(ch, [r.SerializeToString() for r in streamed])[0] == grpc.StatusCode.OK
+            assert unary(ch, "Infer", request(dep="missing", rid="gone").SerializeToString())[0] == \
+                grpc.StatusCode.NOT_FOUND
+            unary(ch, "GetHead", pb.GetHeadRequest(deployment_id="dep-a").SerializeToString())
+        assert tap.flush(10)
+        store = CaptureStore(tmp_path / "s")
+        for rid, req in list(sent.items()) + [(r.request_id, r) for r in streamed]:
+            (cap,) = store.captures(request_id=rid, with_logits=True)
+            expected = wire.decode(req.features)
+            assert np.array_equal(store.features(cap), expected)
+            assert np.allclose(cap.logits, logits_for(expected)) and cap.status == 0
+            assert cap.peer.startswith("ipv4:127.0.0.1:")
+        (gone,) = store.captures(request_id="gone")
+        assert gone.status == grpc.StatusCode.NOT_FOUND.value[0]
+        assert store.head_bytes(store.heads("dep-a")[0].sha256) == HEAD
+        stats = tap.stats()
+    assert stats["mode"] == "sniff" and stats["connections"] == 1 and stats["packets_seen"] > 10
+    assert stats["connections_lost"] == 0 and stats["record_failures"] == 0
+
+
+def test_a_connection_opened_before_the_tap_is_skipped_and_counted(tmp_path, cloud):
+    with grpc.insecure_channel(f"127.0.0.1:{cloud}") as ch:
+        assert unary(ch, "Infer", request(rid="before").SerializeToString())[0] == grpc.StatusCode.OK
+        with _sniff(tmp_path, cloud) as tap:
+            assert unary(ch, "Infer", request(rid="during").SerializeToString())[0] == grpc.StatusCode.OK
+            with grpc.insecure_channel(f"127.0.0.1:{cloud}",  # its own TCP connection, not the shared one
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as fresh:
+                assert unary(fresh, "Infer", request(rid="fresh").SerializeToString())[0] == grpc.StatusCode.OK
+            assert tap.flush(10)
+            stats = tap.stats()
+    assert stats["connections_unparsed"] == 1
+    assert [c.request_id for c in CaptureStore(tmp_path / "s").captures()] == ["fresh"]
+
+
+def test_a_bad_interface_is_a_clear_error():
+    with pytest.raises(SniffError, match="no-such-if0"):
+        open_packet_socket("no-such-if0", 50051)
+
+
+def test_the_filter_jumps_land_on_accept_or_reject():
+    prog = port_filter(50051)
+    rets = {i for i, (code, *_rest) in enumerate(prog) if code == 0x06}
+    assert rets == {len(prog) - 2, len(prog) - 1} and prog[-2][3] > 0 and prog[-1][3] == 0
+    for i, (code, jt, jf, _k) in enumerate(prog):
+        if code & 0x07 == 0x05:  # a jump: both targets inside the program, forward only
+            assert 0 <= jt and 0 <= jf and i + 1 + max(jt, jf) < len(prog)
