@@ -290,20 +290,77 @@ class _Reader:
         return out
 
 
+class ChunkDecoder:
+    """Connections' byte streams in, captures out: one :class:`~attacker.h2parse.GrpcConnection` per
+    connection, feeding ``recorder``. Used by the recorder process (the relay's chunks) and, in the
+    tap's own process, by the sniffer (which is not in the traffic's path, so it needs no process of
+    its own)."""
+
+    def __init__(self, recorder, max_message_bytes: int):
+        import hpack.hpack
+
+        from .h2parse import GrpcConnection, ParseError
+
+        hpack.hpack.log.disabled = True  # its per-header debug logging costs more than the decoding
+        self._GrpcConnection, self._ParseError = GrpcConnection, ParseError
+        self.recorder, self.max_message_bytes = recorder, max_message_bytes
+        self.counts: collections.Counter = collections.Counter()
+        self.methods: dict[str, int] = {}
+        self.conns: dict = {}
+
+    def _emit(self, kind: str, *payload) -> None:
+        size = sum(len(p) for p in payload if isinstance(p, (bytes, bytearray, memoryview)))
+        self.recorder.submit(kind, *payload, size=size)
+
+    def opened(self, conn: int, peer: str) -> None:
+        self.counts["connections"] += 1
+        self.conns[conn] = self._GrpcConnection(str(conn), peer, self._emit, self.max_message_bytes, self.methods)
+
+    def chunk(self, conn: int, from_client: bool, data, when: float | None = None) -> None:
+        self.counts["bytes"] += len(data)
+        state = self.conns.get(conn)
+        if state is None or state.broken:
+            return
+        when = time.time() if when is None else when
+        try:
+            state.feed(from_client, data, when)
+        except self._ParseError as exc:
+            self.counts["connections_unparsed"] += 1
+            self.recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
+            state.close(when)
+        except Exception:
+            log.exception("tap parser error")
+            self.conns.pop(conn, None)
+
+    def closed(self, conn: int, when: float | None = None) -> None:
+        state = self.conns.pop(conn, None)
+        if state is not None:
+            state.close(time.time() if when is None else when)
+
+    def lost(self, conn: int, when: float | None = None) -> None:
+        self.closed(conn, when)
+        self.counts["connections_lost"] += 1
+        self.recorder.fail(1, f"connection {conn}: the recorder fell behind, recording of this connection "
+                              "stopped (HTTP/2 cannot resume after a gap)")
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            self.closed(conn)
+
+    def stats(self) -> dict:
+        return {"forwarded": dict(self.methods), "connections": self.counts["connections"],
+                "connections_lost": self.counts["connections_lost"],
+                "connections_unparsed": self.counts["connections_unparsed"], "bytes_relayed": self.counts["bytes"]}
+
+
 def child_main(sock: socket.socket, control: socket.socket, config: dict) -> None:
     logging.basicConfig(level=config.get("log_level", logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import hpack.hpack
-
-    hpack.hpack.log.disabled = True
-    from .h2parse import GrpcConnection, ParseError
     from .recorder import Recorder
 
     recorder = Recorder(config["store"], config["max_queue"], config["max_queue_bytes"], config["max_captures"],
                         config["max_store_bytes"], stats_interval=config["stats_interval"])
-    counts: collections.Counter = collections.Counter()
-    methods: dict[str, int] = {}
-    conns: dict[int, GrpcConnection] = {}
+    decoder = ChunkDecoder(recorder, config["max_message_bytes"])
     send_lock = threading.Lock()
     control_file = control.makefile("rwb")
 
@@ -317,13 +374,11 @@ def child_main(sock: socket.socket, control: socket.socket, config: dict) -> Non
 
     def stats() -> dict:
         out = recorder.stats()
-        out.update(forwarded=dict(methods), connections=counts["connections"],
-                   connections_lost=counts["connections_lost"], connections_unparsed=counts["connections_unparsed"],
-                   bytes_relayed=counts["bytes"], mode="passive")
+        out.update(decoder.stats(), mode="passive")
         return out
 
-    recorder.extra_stats = lambda: {"forwarded": dict(methods), "connections": counts["connections"],
-                                    "connections_unparsed": counts["connections_unparsed"], "mode": "passive"}
+    recorder.extra_stats = lambda: {"forwarded": dict(decoder.methods), "connections": decoder.counts["connections"],
+                                    "connections_unparsed": decoder.counts["connections_unparsed"], "mode": "passive"}
 
     def serve_control() -> None:
         for line in control_file:
@@ -339,10 +394,6 @@ def child_main(sock: socket.socket, control: socket.socket, config: dict) -> Non
     reply("ready", stats())
     threading.Thread(target=serve_control, name="tap-recorder-control", daemon=True).start()
 
-    def emit(kind: str, *payload) -> None:
-        size = sum(len(p) for p in payload if isinstance(p, (bytes, bytearray, memoryview)))
-        recorder.submit(kind, *payload, size=size)
-
     reader = _Reader(sock, config.get("linger", 0.005))
     while True:
         header = reader.take(HEADER.size)
@@ -353,36 +404,18 @@ def child_main(sock: socket.socket, control: socket.socket, config: dict) -> Non
         if data is None:
             break
         if kind in (CLIENT, SERVER):
-            counts["bytes"] += length
-            state = conns.get(conn)
-            if state is None or state.broken:
-                continue
-            try:
-                state.feed(kind == CLIENT, data, when)
-            except ParseError as exc:
-                counts["connections_unparsed"] += 1
-                recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
-                state.close(when)
-            except Exception:
-                log.exception("tap parser error")
-                conns.pop(conn, None)
+            decoder.chunk(conn, kind == CLIENT, data, when)
         elif kind == OPEN:
-            counts["connections"] += 1
-            conns[conn] = GrpcConnection(str(conn), bytes(data).decode(), emit, config["max_message_bytes"], methods)
-        elif kind in (CLOSE, LOST):
-            state = conns.pop(conn, None)
-            if state is not None:
-                state.close(when)
-            if kind == LOST:
-                counts["connections_lost"] += 1
-                recorder.fail(1, f"connection {conn}: the recorder fell behind, recording of this connection "
-                                 "stopped (HTTP/2 cannot resume after a gap)")
+            decoder.opened(conn, bytes(data).decode())
+        elif kind == CLOSE:
+            decoder.closed(conn, when)
+        elif kind == LOST:
+            decoder.lost(conn, when)
         elif kind == FLUSH:
             (token,) = struct.unpack("<Q", bytes(data))
             recorder.flush(30)
             reply("flush", token, True)
-    for conn, state in list(conns.items()):
-        state.close(time.time())
+    decoder.close_all()
     recorder.close()
     reply("final", stats())
     os._exit(0)

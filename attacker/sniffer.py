@@ -4,8 +4,10 @@ Unlike the relay (:mod:`attacker.passive`), nothing passes through the attacker:
 the cloud directly and the kernel hands this process a copy of each TCP segment to or from the
 cloud's port on one network interface (a Linux ``AF_PACKET`` socket with a kernel-side filter, so
 other traffic is never copied). The segments of each connection are put back in order and handed
-to the same recorder process as the relay's chunks (``opened``/``chunk``/``closed``), which decodes
-HTTP/2 + gRPC and records. The victims pay only the kernel's clone of each packet, so the tap is
+to the same decoder as the relay's chunks (``opened``/``chunk``/``closed``,
+:class:`~attacker.recorder_process.ChunkDecoder`), which decodes HTTP/2 + gRPC and records. Being out
+of the traffic's path, the sniffer decodes in its own process (no hand-off to a recorder process,
+three copies of each payload fewer than the relay). The victims pay only the kernel's clone of each packet, so the tap is
 invisible in their latency and throughput when it runs on a core or machine of its own.
 
 Needs ``CAP_NET_RAW`` (root, or ``cap_add: [NET_RAW]`` in compose) and must start before the edge
@@ -147,6 +149,11 @@ class Sniffer:
         self.sock = open_packet_socket(self.interface, self.port)
         self.loop.add_reader(self.sock.fileno(), self._readable)
         return self.port
+
+    def drain(self) -> None:
+        """Take what the kernel holds now (on the loop's thread)."""
+        if self.sock is not None:
+            self._readable()
 
     async def stop(self, grace: float) -> None:
         if self.sock is None:

@@ -48,7 +48,7 @@ from .passive import Relay
 from .sniffer import SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
-from .recorder_process import RecorderProcess
+from .recorder_process import ChunkDecoder, RecorderProcess
 
 log = logging.getLogger("attacker.tap")
 
@@ -93,6 +93,7 @@ class Tap:
         self._log_task: asyncio.Task | None = None
         self._relay: Relay | None = None
         self._parser: RecorderProcess | None = None
+        self._decoder: ChunkDecoder | None = None  # sniff mode: decodes in this process
         self._health = None
         self.admin_port: int | None = None
 
@@ -101,13 +102,18 @@ class Tap:
         deadline = time.monotonic() + timeout
         if self._parser is not None and not self._parser.flush(timeout):
             return False
+        if isinstance(self._relay, Sniffer):  # take what the kernel holds for us first (on the tap's loop)
+            done = threading.Event()
+            self._relay.loop.call_soon_threadsafe(lambda: (self._relay.drain(), done.set()))
+            if not done.wait(timeout):
+                return False
         return self.recorder is None or self.recorder.flush(max(0.0, deadline - time.monotonic()))
 
     async def start(self) -> int:
         cfg = self.config
         if cfg.mode not in ("passive", "proxy", "sniff"):
             raise ValueError(f"tap mode must be 'passive', 'proxy' or 'sniff', got {cfg.mode!r}")
-        if cfg.record and cfg.mode == "proxy":
+        if cfg.record and cfg.mode in ("proxy", "sniff"):  # recorded in this process: neither is in a relay's path
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
                                      cfg.max_store_bytes, stats_interval=cfg.stats_interval)
             self.recorder.extra_stats = self._proxy_stats
@@ -122,7 +128,9 @@ class Tap:
             if not self.port:
                 raise OSError(f"cannot listen on {cfg.listen}")
         else:
-            if cfg.record:
+            if cfg.record and cfg.mode == "sniff":
+                self._decoder = ChunkDecoder(self.recorder, cfg.max_message_bytes)
+            elif cfg.record:
                 self._parser = RecorderProcess({
                     "store": cfg.store, "max_queue": cfg.max_queue, "max_queue_bytes": cfg.max_queue_bytes,
                     "max_captures": cfg.max_captures, "max_store_bytes": cfg.max_store_bytes,
@@ -130,14 +138,14 @@ class Tap:
                     "log_level": logging.getLogger().getEffectiveLevel()}, cfg.max_queue_bytes)
                 self._parser.start(asyncio.get_running_loop())
             if cfg.mode == "sniff":
-                self._relay = Sniffer(cfg.interface, int(cfg.upstream.rpartition(":")[2]), self._parser)
+                self._relay = Sniffer(cfg.interface, int(cfg.upstream.rpartition(":")[2]), self._decoder)
             else:
                 self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
             try:
                 self.port = await self._relay.start()
             except SniffError:
-                if self._parser is not None:
-                    self._parser.close(5)
+                if self.recorder is not None:
+                    self.recorder.close(5)
                 raise
             except OSError as exc:
                 raise OSError(f"cannot listen on {cfg.listen}: {exc}") from exc
@@ -182,10 +190,6 @@ class Tap:
             return self.recorder.stats()
         out = self._parser.stats() if self._parser is not None else {}
         out.update(self._proxy_stats())
-        if isinstance(self._relay, Sniffer):  # what the sniffer itself skipped or lost
-            out["packets_seen"] = self._relay.counts["packets"]
-            for name in ("connections_unparsed", "connections_lost"):
-                out[name] = out.get(name, 0) + self._relay.counts[name]
         return out
 
     def _proxy_stats(self) -> dict:
@@ -197,6 +201,12 @@ class Tap:
         if self._relay is not None:
             out["open_connections"] = len(self._relay.clients)
             out["connections"] = self._relay.connections
+        if self._decoder is not None:
+            out.update(self._decoder.stats())
+        if isinstance(self._relay, Sniffer):  # what the sniffer itself skipped or lost
+            out["packets_seen"] = self._relay.counts["packets"]
+            for name in ("connections_unparsed", "connections_lost"):
+                out[name] = out.get(name, 0) + self._relay.counts[name]
 
         return out
 
