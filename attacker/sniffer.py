@@ -33,6 +33,7 @@ PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 RECV_BUFFER = 64 << 20
+MAX_AHEAD = 32 << 20  # early segments held while waiting for a missing one; past it, the gap is a loss
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 
 
@@ -119,11 +120,13 @@ def open_packet_socket(interface: str, port: int) -> socket.socket:
 
 
 class _Conn:
-    __slots__ = ("id", "next_seq", "fins", "lost")
+    __slots__ = ("id", "next_seq", "ahead", "ahead_bytes", "fins", "lost")
 
     def __init__(self, conn_id: int, client_seq: int):
         self.id = conn_id
         self.next_seq = [client_seq, None]  # next expected sequence number: [from client, from server]
+        self.ahead: tuple[dict, dict] = ({}, {})  # segments that arrived early: seq -> bytes, per side
+        self.ahead_bytes = 0
         self.fins = 0
         self.lost = False
 
@@ -216,26 +219,7 @@ class Sniffer:
             return
         data = pkt[tcp + offset:end]
         if data and not conn.lost:
-            expected = conn.next_seq[side]
-            ahead = (seq - expected) & 0xFFFFFFFF if expected is not None else 1
-            if ahead == 0:
-                conn.next_seq[side] = (seq + len(data)) & 0xFFFFFFFF
-                if self.parser is not None:
-                    self.parser.chunk(conn.id, from_client, bytes(data))
-            elif ahead >= 0x80000000 and (0x100000000 - ahead) >= len(data):
-                pass  # a retransmission of what was already seen
-            elif ahead >= 0x80000000:  # overlaps: keep the new part
-                skip = 0x100000000 - ahead
-                conn.next_seq[side] = (seq + len(data)) & 0xFFFFFFFF
-                if self.parser is not None:
-                    self.parser.chunk(conn.id, from_client, bytes(data[skip:]))
-            else:  # a gap: the kernel dropped segments we never saw
-                conn.lost = True
-                self.counts["connections_lost"] += 1
-                log.warning("connection %d: %d bytes were not seen (the sniffer fell behind); its recording stops",
-                            conn.id, ahead)
-                if self.parser is not None:
-                    self.parser.closed(conn.id)
+            self._data(conn, side, from_client, seq, bytes(data))
         if flags & RST:
             self._close(conn)
             self.conns.pop(key, None)
@@ -244,6 +228,55 @@ class Sniffer:
             if conn.fins >= 2:
                 self._close(conn)
                 self.conns.pop(key, None)
+
+    def _data(self, conn: _Conn, side: int, from_client: bool, seq: int, data: bytes) -> None:
+        """Deliver in order. Segments can reach the packet socket out of order (a sender that moved
+        between cores leaves its packets in two cores' queues), so early ones wait for the gap to
+        fill; only when too much waits is the gap taken as packets the kernel dropped."""
+        expected = conn.next_seq[side]
+        if expected is None:
+            return
+        ahead = (seq - expected) & 0xFFFFFFFF
+        if ahead >= 0x80000000:  # starts before what was delivered: a retransmission, maybe overlapping
+            behind = 0x100000000 - ahead
+            if behind >= len(data):
+                return
+            data, ahead = data[behind:], 0
+        if ahead:
+            early = conn.ahead[side]
+            if seq not in early or len(early[seq]) < len(data):
+                conn.ahead_bytes += len(data) - len(early.get(seq, b""))
+                early[seq] = data
+            if conn.ahead_bytes > MAX_AHEAD:
+                self._lose(conn, f"{ahead} bytes were never seen (the sniffer fell behind)")
+            return
+        while True:
+            conn.next_seq[side] = (conn.next_seq[side] + len(data)) & 0xFFFFFFFF
+            if self.parser is not None:
+                self.parser.chunk(conn.id, from_client, data)
+            early = conn.ahead[side]
+            if not early:
+                return
+            nxt = conn.next_seq[side]
+            for start in list(early):  # anything now due (or overlapping what was just delivered)
+                lead = (nxt - start) & 0xFFFFFFFF
+                if lead < 0x80000000:
+                    piece = early.pop(start)
+                    conn.ahead_bytes -= len(piece)
+                    if lead < len(piece):
+                        data = piece[lead:]
+                        break
+            else:
+                return
+
+    def _lose(self, conn: _Conn, why: str) -> None:
+        conn.lost = True
+        conn.ahead = ({}, {})
+        conn.ahead_bytes = 0
+        self.counts["connections_lost"] += 1
+        log.warning("connection %d: %s; its recording stops", conn.id, why)
+        if self.parser is not None:
+            self.parser.closed(conn.id)
 
     def _close(self, conn: _Conn) -> None:
         if conn.id and not conn.lost and self.parser is not None:

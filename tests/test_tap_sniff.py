@@ -6,6 +6,7 @@ Needs CAP_NET_RAW (root), as the mode itself does; CI runs as root.
 from __future__ import annotations
 
 import socket
+import struct
 
 import grpc
 import numpy as np
@@ -100,3 +101,63 @@ def test_the_filter_jumps_land_on_accept_or_reject():
     for i, (code, jt, jf, _k) in enumerate(prog):
         if code & 0x07 == 0x05:  # a jump: both targets inside the program, forward only
             assert 0 <= jt and 0 <= jf and i + 1 + max(jt, jf) < len(prog)
+
+
+def _packet(sport: int, dport: int, seq: int, flags: int, data: bytes = b"") -> memoryview:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 0, 0, 64, 6, 0,
+                     socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+    return memoryview(b"\0" * 12 + b"\x08\x00" + ip + tcp + data)
+
+
+class _Collect:
+    def __init__(self):
+        self.events = []
+
+    def opened(self, conn, peer):
+        self.events.append(("open", conn, peer))
+
+    def chunk(self, conn, from_client, data):
+        self.events.append(("data", from_client, bytes(data)))
+
+    def closed(self, conn):
+        self.events.append(("close", conn))
+
+
+def _stream(events, from_client: bool) -> bytes:
+    return b"".join(e[2] for e in events if e[0] == "data" and e[1] == from_client)
+
+
+def test_segments_out_of_order_or_repeated_are_put_back_in_order():
+    from attacker.sniffer import ACK, FIN, SYN, Sniffer
+
+    out = _Collect()
+    sniffer = Sniffer("lo", 50051, out)  # fed by hand: no socket needed
+    sniffer._segment(_packet(40000, 50051, 999, SYN))
+    sniffer._segment(_packet(50051, 40000, 4999, SYN | ACK))
+    sniffer._segment(_packet(40000, 50051, 1000, ACK, b"abc"))
+    sniffer._segment(_packet(40000, 50051, 1009, ACK, b"jkl"))      # early: waits for 1003
+    sniffer._segment(_packet(40000, 50051, 1006, ACK, b"ghi"))      # early too
+    sniffer._segment(_packet(50051, 40000, 5000, ACK, b"reply"))
+    sniffer._segment(_packet(40000, 50051, 1001, ACK, b"bcdef"))    # overlaps what was delivered, fills the gap
+    sniffer._segment(_packet(40000, 50051, 1000, ACK, b"abc"))      # a retransmission
+    sniffer._segment(_packet(40000, 50051, 1012, FIN | ACK))
+    sniffer._segment(_packet(50051, 40000, 5005, FIN | ACK))
+    assert _stream(out.events, True) == b"abcdefghijkl" and _stream(out.events, False) == b"reply"
+    assert out.events[0][:2] == ("open", 1) and out.events[-1] == ("close", 1)
+    assert sniffer.counts["connections_lost"] == 0 and not sniffer.conns
+
+
+def test_a_gap_that_never_fills_ends_the_recording_of_that_connection(monkeypatch):
+    from attacker import sniffer as mod
+
+    monkeypatch.setattr(mod, "MAX_AHEAD", 10)
+    out = _Collect()
+    sniffer = mod.Sniffer("lo", 50051, out)
+    sniffer._segment(_packet(40001, 50051, 0, mod.SYN))
+    sniffer._segment(_packet(40001, 50051, 100, mod.ACK, b"x" * 8))   # 99 bytes missing before it
+    assert sniffer.counts["connections_lost"] == 0                     # could still be reordering
+    sniffer._segment(_packet(40001, 50051, 108, mod.ACK, b"y" * 8))   # too much waiting: a loss
+    sniffer._segment(_packet(40001, 50051, 1, mod.ACK, b"late"))      # nothing more is delivered
+    assert sniffer.counts["connections_lost"] == 1
+    assert _stream(out.events, True) == b"" and out.events[-1] == ("close", 1)
