@@ -65,7 +65,7 @@ def can_sniff() -> bool:
         return False
 
 
-def settled_count(store: Path, quiet: float = 1.0, timeout: float = 60.0) -> int:
+def settled_count(store: Path, quiet: float = 3.0, timeout: float = 120.0) -> int:
     """Captures in ``store`` once the tap has stopped adding to it (its recorder may lag the traffic)."""
     from attacker.capture_store import CaptureStore
 
