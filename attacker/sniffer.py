@@ -7,8 +7,9 @@ other traffic is never copied). The segments of each connection are put back in 
 to the same decoder as the relay's chunks (``opened``/``chunk``/``closed``,
 :class:`~attacker.recorder_process.ChunkDecoder`), which decodes HTTP/2 + gRPC and records. Being out
 of the traffic's path, the sniffer decodes in its own process (no hand-off to a recorder process,
-three copies of each payload fewer than the relay). The victims pay only the kernel's clone of each packet, so the tap is
-invisible in their latency and throughput when it runs on a core or machine of its own.
+three copies of each payload fewer than the relay). The victims do not wait for it; they pay the
+kernel's clone of each packet and the slower path cloned segments take through TCP, which
+``benchmarks/results/tap_overhead*.md`` measure.
 
 Needs ``CAP_NET_RAW`` (root, or ``cap_add: [NET_RAW]`` in compose) and must start before the edge
 connects: HTTP/2 header compression cannot be decoded from the middle of a connection, so
@@ -188,7 +189,7 @@ class Sniffer:
             ihl = (pkt[14] & 0x0F) * 4
             total = (pkt[16] << 8) | pkt[17]
             src, dst = bytes(pkt[26:30]), bytes(pkt[30:34])
-            tcp, end = 14 + ihl, 14 + total
+            tcp, end = 14 + ihl, (14 + total if total else len(pkt))  # 0: a segmentation-offload packet
         elif ethertype == 0x86DD:
             src, dst = bytes(pkt[22:38]), bytes(pkt[38:54])
             tcp, end = 54, 54 + ((pkt[18] << 8) | pkt[19])
