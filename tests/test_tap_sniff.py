@@ -161,3 +161,11 @@ def test_a_gap_that_never_fills_ends_the_recording_of_that_connection(monkeypatc
     sniffer._segment(_packet(40001, 50051, 1, mod.ACK, b"late"))      # nothing more is delivered
     assert sniffer.counts["connections_lost"] == 1
     assert _stream(out.events, True) == b"" and out.events[-1] == ("close", 1)
+
+
+def test_the_cli_names_a_bad_interface_and_exits_2(tmp_path, capsys):
+    from attacker.__main__ import main
+
+    code = main(["tap", "--mode", "sniff", "--interface", "no-such-if0", "--upstream", "127.0.0.1:1",
+                 "--admin", "127.0.0.1:0", "--store", str(tmp_path / "s")])
+    assert code == 2 and "cannot sniff on interface 'no-such-if0'" in capsys.readouterr().err
