@@ -372,13 +372,8 @@ def child_main(sock: socket.socket, control: socket.socket, config: dict) -> Non
             except OSError:
                 pass
 
-    def stats() -> dict:
-        out = recorder.stats()
-        out.update(decoder.stats(), mode="passive")
-        return out
-
-    recorder.extra_stats = lambda: {"forwarded": dict(decoder.methods), "connections": decoder.counts["connections"],
-                                    "connections_unparsed": decoder.counts["connections_unparsed"], "mode": "passive"}
+    recorder.extra_stats = lambda: dict(decoder.stats(), mode="passive")  # merged into recorder.stats()
+    stats = recorder.stats
 
     def serve_control() -> None:
         for line in control_file:

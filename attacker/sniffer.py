@@ -38,6 +38,15 @@ MAX_AHEAD = 32 << 20  # early segments held while waiting for a missing one; pas
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 
 
+def can_sniff() -> bool:
+    """Whether this process may open a packet socket (CAP_NET_RAW on Linux)."""
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)).close()
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 class SniffError(OSError):
     """The packet socket cannot be opened (no CAP_NET_RAW, no such interface)."""
 

@@ -57,14 +57,6 @@ TAPS = {"tap": [], "relay only": ["--no-record"], "proxy mode": ["--mode", "prox
 SNIFF = "sniff"
 
 
-def can_sniff() -> bool:
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
-        return True
-    except (OSError, AttributeError):
-        return False
-
-
 def settled_count(store: Path, quiet: float = 3.0, timeout: float = 120.0) -> int:
     """Captures in ``store`` once the tap has stopped adding to it (its recorder may lag the traffic)."""
     from attacker.capture_store import CaptureStore
@@ -248,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             cloud_pids = {"direct": cloud_pid}
             pids_by_target = {}
             stores = {}  # target -> its capture store, for the targets that record
+            from attacker.sniffer import can_sniff
+
             taps = {k: v for k, v in TAPS.items() if k != SNIFF or can_sniff()}
             if SNIFF not in taps:
                 print("sniff tap left out: it needs CAP_NET_RAW (run as root)", flush=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from attacker.capture_store import CaptureStore
-from attacker.sniffer import SniffError, open_packet_socket, port_filter
+from attacker.sniffer import SniffError, can_sniff, open_packet_socket, port_filter
 from attacker.tap import TapConfig, TapThread
 from protos import split_inference_pb2 as pb
 from protos import wire
@@ -21,15 +21,7 @@ from tap_upstream import FakeCloud, logits_for, start_fake_cloud
 from test_tap import HEAD, HEAD_FIELDS, request, stream, unary
 
 
-def _can_sniff() -> bool:
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)).close()
-        return True
-    except (PermissionError, AttributeError, OSError):
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _can_sniff(), reason="sniffing needs CAP_NET_RAW (run the tests as root)")
+pytestmark = pytest.mark.skipif(not can_sniff(), reason="sniffing needs CAP_NET_RAW (run the tests as root)")
 
 
 @pytest.fixture()
