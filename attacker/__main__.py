@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interface", default=env_default("SPLITLAB_TAP_INTERFACE", "lo"),
                    help="sniff mode: the network interface that carries the edge-cloud traffic "
                         "(env SPLITLAB_TAP_INTERFACE, default lo)")
+    p.add_argument("--poll-ms", type=float, default=env_default("SPLITLAB_TAP_POLL_MS", 1.0, float),
+                   help="sniff mode: read the captured packets every this many ms (env SPLITLAB_TAP_POLL_MS, "
+                        "default 1). 0 reads each packet as it arrives, which makes the victims' cores wake this "
+                        "process for every packet and slows them (see benchmarks/results/tap_overhead*.md)")
     p.add_argument("--admin", default=env_default("SPLITLAB_TAP_ADMIN", None),
                    help="passive and sniff modes: HOST:PORT of the tap's own health + reflection "
                         "(env SPLITLAB_TAP_ADMIN, default the listen port + 1)")
@@ -151,6 +155,8 @@ def cmd_tap(args) -> int:
             raise SplitlabError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.queue < 1:
         raise SplitlabError(f"--queue must be at least 1, got {args.queue}")
+    if not 0 <= args.poll_ms <= 1000:
+        raise SplitlabError(f"--poll-ms must be 0 to 1000, got {args.poll_ms}")
     if args.max_captures is not None and args.max_captures < 1:
         raise SplitlabError(f"--max-captures must be at least 1, got {args.max_captures}")
     if args.max_store_mb is not None and not args.max_store_mb > 0:
@@ -166,7 +172,8 @@ def cmd_tap(args) -> int:
                        max_queue_bytes=int(args.queue_mb * 2**20), max_captures=args.max_captures,
                        max_store_bytes=None if args.max_store_mb is None else int(args.max_store_mb * 2**20),
                        stats_interval=args.stats_interval, grace=args.grace, record=not args.no_record,
-                       mode=args.mode, admin=args.admin, interface=args.interface)
+                       mode=args.mode, admin=args.admin, interface=args.interface,
+                       poll_interval=args.poll_ms / 1000)
     try:
         return serve(config)
     except OSError as exc:

@@ -7,9 +7,15 @@ other traffic is never copied). The segments of each connection are put back in 
 to the same decoder as the relay's chunks (``opened``/``chunk``/``closed``,
 :class:`~attacker.recorder_process.ChunkDecoder`), which decodes HTTP/2 + gRPC and records. Being out
 of the traffic's path, the sniffer decodes in its own process (no hand-off to a recorder process,
-three copies of each payload fewer than the relay). The victims do not wait for it; they pay the
-kernel's clone of each packet and the slower path cloned segments take through TCP, which
-``benchmarks/results/tap_overhead*.md`` measure.
+three copies of each payload fewer than the relay). The victims do not wait for it, but the kernel
+does work for it in their context, so it asks for as little as it can:
+
+- the kernel filter drops pure acknowledgements (nothing to record in them), so only segments with
+  data, SYN, FIN or RST are cloned for this socket;
+- the socket is read on a clock (every ``poll_interval``, 1 ms by default), not when a packet
+  arrives: a sleeping reader woken by each packet makes the sender's core interrupt this process's
+  core every time, which slowed small calls by 10-20% even with the sniffer on its own core
+  (``benchmarks/results/tap_overhead*.md``). The kernel queues the packets in between (64 MiB).
 
 Needs ``CAP_NET_RAW`` (root, or ``cap_add: [NET_RAW]`` in compose) and must start before the edge
 connects: HTTP/2 header compression cannot be decoded from the middle of a connection, so
@@ -34,6 +40,7 @@ PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 RECV_BUFFER = 64 << 20
+POLL_INTERVAL = 0.001  # seconds between reads of the packet socket (0: read whenever a packet arrives)
 MAX_AHEAD = 32 << 20  # early segments held while waiting for a missing one; past it, the gap is a loss
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 
@@ -52,36 +59,48 @@ class SniffError(OSError):
 
 
 def port_filter(port: int) -> list[tuple[int, int, int, int]]:
-    """Classic BPF: accept received (not PACKET_OUTGOING) IPv4/IPv6 TCP segments to or from ``port``.
+    """Classic BPF: accept received (not PACKET_OUTGOING) IPv4/IPv6 TCP segments to or from ``port``
+    that carry data or open or close a connection (SYN, FIN, RST).
 
     On ``lo`` every packet shows up twice, once as sent and once as received; keeping only the
-    received copy sees each segment once. Written with labels; :func:`_assemble` turns them into
-    the relative jumps the kernel wants.
+    received copy sees each segment once. Pure acknowledgements carry nothing to record: rejecting
+    them in the kernel spares the victims a packet clone and this process a wake-up for each.
+    Written with labels; :func:`_assemble` turns them into the relative jumps the kernel wants.
     """
     pkttype = 0xFFFFF004  # SKF_AD_OFF + SKF_AD_PKTTYPE
     return _assemble([
         ("ldb", pkttype), ("jeq", PACKET_OUTGOING, "reject", None),
         ("ldh", 12), ("jeq", 0x86DD, None, "ipv4"),
         ("ldb", 20), ("jeq", 6, None, "reject"),                 # IPv6: next header TCP
-        ("ldh", 54), ("jeq", port, "accept", None),              # source port
-        ("ldh", 56), ("jeq", port, "accept", "reject"),          # destination port
+        ("ldh", 54), ("jeq", port, "v6port", None),              # source port
+        ("ldh", 56), ("jeq", port, None, "reject"),              # destination port
+        "v6port", ("ldb", 67), ("jset", SYN | FIN | RST, "accept", None),
+        ("ldb", 66), ("and", 0xF0), ("rsh", 2), ("tax",),        # X = TCP header length
+        ("ldh", 18), ("jgtx", 0, "accept", "reject"),            # payload length > TCP header
         "ipv4", ("jeq", 0x0800, None, "reject"),
         ("ldb", 23), ("jeq", 6, None, "reject"),                 # IPv4: protocol TCP
         ("ldh", 20), ("jset", 0x1FFF, "reject", None),           # not a later fragment
         ("ldxmsh", 14),                                          # X = IP header length
-        ("ldhx", 14), ("jeq", port, "accept", None),             # source port
-        ("ldhx", 16), ("jeq", port, "accept", "reject"),         # destination port
+        ("ldhx", 14), ("jeq", port, "v4port", None),             # source port
+        ("ldhx", 16), ("jeq", port, None, "reject"),             # destination port
+        "v4port", ("ldbx", 27), ("jset", SYN | FIN | RST, "accept", None),
+        ("ldbx", 26), ("and", 0xF0), ("rsh", 2),                # A = TCP header length
+        ("addx",), ("tax",),                                     # X = IP + TCP header lengths
+        ("ldh", 16), ("jeq", 0, "accept", None),                 # total length 0: an offload packet
+        ("jgtx", 0, "accept", "reject"),                         # total length > headers: data
         "accept", ("ret", 0x40000),
         "reject", ("ret", 0),
     ])
 
 
-_OPS = {"ldb": 0x30, "ldh": 0x28, "ldhx": 0x48, "ldxmsh": 0xB1, "ret": 0x06, "jeq": 0x15, "jset": 0x45}
+# classic BPF opcodes (linux/filter.h): loads, ALU, jumps (jgtx compares with X), return
+_OPS = {"ldb": 0x30, "ldh": 0x28, "ldbx": 0x50, "ldhx": 0x48, "ldxmsh": 0xB1, "ret": 0x06,
+        "jeq": 0x15, "jset": 0x45, "jgtx": 0x2D, "and": 0x54, "rsh": 0x74, "addx": 0x0C, "tax": 0x07}
 
 
 def _assemble(lines: list) -> list[tuple[int, int, int, int]]:
-    """(code, jt, jf, k) from ``(op, k)`` / ``(jump, k, true_label, false_label)`` and label strings;
-    a ``None`` label means the next instruction."""
+    """(code, jt, jf, k) from ``(op, k)`` / ``(op,)`` / ``(jump, k, true_label, false_label)`` and
+    label strings; a ``None`` label means the next instruction."""
     labels, n = {}, 0
     for line in lines:
         if isinstance(line, str):
@@ -98,7 +117,7 @@ def _assemble(lines: list) -> list[tuple[int, int, int, int]]:
             rel = [0 if lab is None else labels[lab] - here - 1 for lab in (t, f)]
             out.append((_OPS[op], rel[0], rel[1], k))
         else:
-            out.append((_OPS[line[0]], 0, 0, line[1]))
+            out.append((_OPS[line[0]], 0, 0, line[1] if len(line) > 1 else 0))
     return out
 
 
@@ -144,8 +163,10 @@ class _Conn:
 class Sniffer:
     """Reassemble the TCP streams of ``port`` seen on ``interface`` into ``parser`` (on the event loop)."""
 
-    def __init__(self, interface: str, port: int, parser=None):
+    def __init__(self, interface: str, port: int, parser=None, poll_interval: float = POLL_INTERVAL):
         self.interface, self.port, self.parser = interface, port, parser
+        self.poll_interval = poll_interval
+        self._tick = None
         self.ids = itertools.count(1)
         self.conns: dict[tuple, _Conn] = {}
         self.clients = self.conns  # open connections, for the tap's stats
@@ -160,8 +181,18 @@ class Sniffer:
 
         self.loop = asyncio.get_running_loop()
         self.sock = open_packet_socket(self.interface, self.port)
-        self.loop.add_reader(self.sock.fileno(), self._readable)
+        if self.poll_interval > 0:
+            self._tick = self.loop.call_later(self.poll_interval, self._poll)
+        else:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
         return self.port
+
+    def _poll(self) -> None:
+        """Read what arrived since the last tick, then sleep until the next one. The kernel queues
+        packets meanwhile; no packet wakes this process, so the victims' cores send no wake-up."""
+        self._readable()
+        if self.sock is not None:
+            self._tick = self.loop.call_later(self.poll_interval, self._poll)
 
     def drain(self) -> None:
         """Take what the kernel holds now (on the loop's thread)."""
@@ -172,7 +203,10 @@ class Sniffer:
         if self.sock is None:
             return
         self._readable()  # what the kernel already holds
-        self.loop.remove_reader(self.sock.fileno())
+        if self._tick is not None:
+            self._tick.cancel()
+        else:
+            self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self.sock = None
         for conn in list(self.conns.values()):

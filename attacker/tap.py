@@ -45,7 +45,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .passive import Relay
-from .sniffer import SniffError, Sniffer
+from .sniffer import POLL_INTERVAL, SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
 from .recorder_process import ChunkDecoder, RecorderProcess
@@ -72,6 +72,7 @@ class TapConfig:
     mode: str = "passive"  # "passive" (TCP relay + HTTP/2 decoding) or "proxy" (gRPC proxy)
     admin: str | None = None  # passive/sniff: health + reflection address (default: listen port + 1)
     interface: str = "lo"  # sniff mode: the interface to read packets on
+    poll_interval: float = POLL_INTERVAL  # sniff mode: seconds between reads of the packet socket (0: on arrival)
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -113,6 +114,8 @@ class Tap:
         cfg = self.config
         if cfg.mode not in ("passive", "proxy", "sniff"):
             raise ValueError(f"tap mode must be 'passive', 'proxy' or 'sniff', got {cfg.mode!r}")
+        if not 0 <= cfg.poll_interval <= 1:
+            raise ValueError(f"the sniff poll interval must be 0 to 1000 ms, got {cfg.poll_interval * 1000:g} ms")
         if cfg.record and cfg.mode in ("proxy", "sniff"):  # recorded in this process: neither is in a relay's path
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
                                      cfg.max_store_bytes, stats_interval=cfg.stats_interval)
@@ -138,7 +141,8 @@ class Tap:
                     "log_level": logging.getLogger().getEffectiveLevel()}, cfg.max_queue_bytes)
                 self._parser.start(asyncio.get_running_loop())
             if cfg.mode == "sniff":
-                self._relay = Sniffer(cfg.interface, int(cfg.upstream.rpartition(":")[2]), self._decoder)
+                self._relay = Sniffer(cfg.interface, int(cfg.upstream.rpartition(":")[2]), self._decoder,
+                                      cfg.poll_interval)
             else:
                 self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
             try:

@@ -32,14 +32,15 @@ def cloud():
     server.stop(0)
 
 
-def _sniff(tmp_path, port) -> TapThread:
+def _sniff(tmp_path, port, poll_interval: float = 0.001) -> TapThread:
     return TapThread(TapConfig(listen="127.0.0.1:0", upstream=f"127.0.0.1:{port}", store=str(tmp_path / "s"),
-                               mode="sniff", interface="lo", admin="127.0.0.1:0"))
+                               mode="sniff", interface="lo", admin="127.0.0.1:0", poll_interval=poll_interval))
 
 
-def test_sniffing_records_direct_traffic_without_being_in_its_path(tmp_path, cloud):
+@pytest.mark.parametrize("poll_interval", [0.001, 0.0], ids=["read-every-ms", "read-on-arrival"])
+def test_sniffing_records_direct_traffic_without_being_in_its_path(tmp_path, cloud, poll_interval):
     opts = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
-    with _sniff(tmp_path, cloud) as tap:
+    with _sniff(tmp_path, cloud, poll_interval) as tap:
         sent = {f"u-{i}": request(rid=f"u-{i}", seed=i, shape=(3, 8, 4, 4)) for i in range(3)}
         sent["big"] = request(rid="big", seed=5, shape=(2, 64, 64, 64))  # 2 MiB: many segments
         streamed = [request(rid=f"s-{i}", seed=10 + i) for i in range(3)]
@@ -93,6 +94,51 @@ def test_the_filter_jumps_land_on_accept_or_reject():
     for i, (code, jt, jf, _k) in enumerate(prog):
         if code & 0x07 == 0x05:  # a jump: both targets inside the program, forward only
             assert 0 <= jt and 0 <= jf and i + 1 + max(jt, jf) < len(prog)
+
+
+def _packet6(sport: int, dport: int, seq: int, flags: int, data: bytes = b"") -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp) + len(data), 6, 64,
+                     socket.inet_pton(socket.AF_INET6, "::1"), socket.inet_pton(socket.AF_INET6, "::1"))
+    return b"\0" * 12 + b"\x86\xdd" + ip + tcp + data
+
+
+def test_the_kernel_filter_keeps_data_and_syn_fin_rst_and_drops_pure_acks():
+    """Crafted segments injected on lo reach the filtered socket only if they carry data or
+    open or close a connection (the kernel runs the filter; seq numbers tell the packets apart)."""
+    from attacker.sniffer import ACK, FIN, RST, SYN
+
+    port = 50999
+    sock = open_packet_socket("lo", port)
+    out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    out.bind(("lo", 0))
+    cases = {  # seq: (flags, data, kept)
+        101: (SYN, b"", True), 102: (ACK, b"", False), 103: (ACK, b"payload", True),
+        104: (FIN | ACK, b"", True), 105: (RST, b"", True), 106: (ACK | 0x08, b"", False),
+    }
+    sent = []
+    for seq, (flags, data, _kept) in cases.items():
+        for make, base in ((_packet, 0), (_packet6, 1000)):
+            for sport, dport in ((40000, port), (port, 40000)):
+                out.send(bytes(make(sport, dport, seq + base, flags, data)))
+                sent.append(seq + base)
+        out.send(bytes(_packet(40000, port + 1, seq + 5000, flags, b"x")))  # another port: never kept
+    out.close()
+    seen = []
+    sock.settimeout(0.5)  # the kernel delivers looped-back packets a little later
+    try:
+        while True:
+            pkt = sock.recv(1 << 16)
+            tcp = 54 if pkt[12:14] == b"\x86\xdd" else 14 + (pkt[14] & 0x0F) * 4
+            seq = struct.unpack_from("!I", pkt, tcp + 4)[0]
+            if seq in sent:  # not the kernel's own replies (RSTs from the closed port)
+                seen.append(seq)
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    want = sorted(s for seq, (_f, _d, kept) in cases.items() if kept for s in (seq, seq, seq + 1000, seq + 1000))
+    assert sorted(seen) == want
 
 
 def _packet(sport: int, dport: int, seq: int, flags: int, data: bytes = b"") -> memoryview:
@@ -161,3 +207,11 @@ def test_the_cli_names_a_bad_interface_and_exits_2(tmp_path, capsys):
     code = main(["tap", "--mode", "sniff", "--interface", "no-such-if0", "--upstream", "127.0.0.1:1",
                  "--admin", "127.0.0.1:0", "--store", str(tmp_path / "s")])
     assert code == 2 and "cannot sniff on interface 'no-such-if0'" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_a_poll_interval_out_of_range(tmp_path, capsys):
+    from attacker.__main__ import main
+
+    code = main(["tap", "--mode", "sniff", "--poll-ms", "-1", "--upstream", "127.0.0.1:1",
+                 "--store", str(tmp_path / "s")])
+    assert code == 2 and "--poll-ms must be 0 to 1000, got -1" in capsys.readouterr().err
