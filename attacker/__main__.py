@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["passive", "proxy", "sniff"], default=env_default("SPLITLAB_TAP_MODE", "passive"),
                    help="passive: relay TCP bytes unchanged and decode a copy (default); proxy: a gRPC proxy "
                         "that re-issues each call; sniff: nothing in the path, read copies of the packets to "
-                        "the --upstream port on --interface (needs CAP_NET_RAW; the edge connects to the cloud "
-                        "itself and --listen is unused) (env SPLITLAB_TAP_MODE)")
+                        "the --upstream port (and host, if an IP address) on --interface (needs CAP_NET_RAW; "
+                        "the edge connects to the cloud itself and --listen is unused) (env SPLITLAB_TAP_MODE)")
     p.add_argument("--interface", default=env_default("SPLITLAB_TAP_INTERFACE", "lo"),
                    help="sniff mode: the network interface that carries the edge-cloud traffic "
                         "(env SPLITLAB_TAP_INTERFACE, default lo)")
@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-store-mb", type=float, default=env_default("SPLITLAB_STORE_MAX_MB", None, float),
                    help="retention: keep at most this many MiB of feature files, dropping the oldest "
                         "(env SPLITLAB_STORE_MAX_MB, default unlimited)")
-    p.add_argument("--queue", type=int, default=4096,
-                   help="recording queue length in calls; past it captures are dropped and counted (default 4096)")
+    p.add_argument("--queue", type=int, default=65536,
+                   help="recording queue length in events (an Infer call is one, a streamed call two); past it, "
+                        "or past --queue-mb, captures are dropped and counted (default 65536: bursts of a few "
+                        "seconds of small calls; --queue-mb bounds the memory)")
     p.add_argument("--queue-mb", type=float, default=512.0,
                    help="recording queue size in MiB of pending messages (default 512)")
     p.add_argument("--grace", type=float, default=env_default("SPLITLAB_GRACE_SECONDS", 5.0, float),

@@ -35,7 +35,7 @@ STATS_FILE = "tap-stats.json"
 class Recorder:
     """Queue events for the writer thread; see the module docstring."""
 
-    def __init__(self, store_dir: str | os.PathLike, max_queue: int = 4096,
+    def __init__(self, store_dir: str | os.PathLike, max_queue: int = 65536,
                  max_queue_bytes: int = 512 << 20, max_captures: int | None = None,
                  max_bytes: int | None = None, busy_timeout: float = 0.2, stats_interval: float = 2.0,
                  stats_file: str | os.PathLike | None = None, batch: int = 64, linger: float = 0.02):

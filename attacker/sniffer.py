@@ -10,8 +10,10 @@ of the traffic's path, the sniffer decodes in its own process (no hand-off to a 
 three copies of each payload fewer than the relay). The victims do not wait for it, but the kernel
 does work for it in their context, so it asks for as little as it can:
 
-- the kernel filter drops pure acknowledgements (nothing to record in them), so only segments with
-  data, SYN, FIN or RST are cloned for this socket;
+- the socket asks not to see outgoing packets (``PACKET_IGNORE_OUTGOING``: on ``lo`` each segment
+  would otherwise be cloned twice, as sent and as received), and its kernel filter drops pure
+  acknowledgements (nothing to record in them), so only received segments with data, SYN, FIN or
+  RST are cloned for it;
 - the socket is read on a clock (every ``poll_interval``, 1 ms by default), not when a packet
   arrives: a sleeping reader woken by each packet makes the sender's core interrupt this process's
   core every time, which slowed small calls by 10-20% even with the sniffer on its own core
@@ -37,6 +39,7 @@ log = logging.getLogger("attacker.tap")
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
+SOL_PACKET, PACKET_IGNORE_OUTGOING = 263, 23
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 RECV_BUFFER = 64 << 20
@@ -58,9 +61,10 @@ class SniffError(OSError):
     """The packet socket cannot be opened (no CAP_NET_RAW, no such interface)."""
 
 
-def port_filter(port: int) -> list[tuple[int, int, int, int]]:
+def port_filter(port: int, host: bytes | None = None) -> list[tuple[int, int, int, int]]:
     """Classic BPF: accept received (not PACKET_OUTGOING) IPv4/IPv6 TCP segments to or from ``port``
-    that carry data or open or close a connection (SYN, FIN, RST).
+    (and, given ``host``, a 4- or 16-byte address, to or from that address only) that carry data or
+    open or close a connection (SYN, FIN, RST).
 
     On ``lo`` every packet shows up twice, once as sent and once as received; keeping only the
     received copy sees each segment once. Pure acknowledgements carry nothing to record: rejecting
@@ -68,12 +72,31 @@ def port_filter(port: int) -> list[tuple[int, int, int, int]]:
     Written with labels; :func:`_assemble` turns them into the relative jumps the kernel wants.
     """
     pkttype = 0xFFFFF004  # SKF_AD_OFF + SKF_AD_PKTTYPE
+    v4 = v6 = None  # the host's address as 32-bit words, for the family it belongs to
+    if host is not None:
+        words = [int.from_bytes(host[i:i + 4], "big") for i in range(0, len(host), 4)]
+        v4, v6 = (words, "reject") if len(host) == 4 else ("reject", words)
+
+    def address(at: int, words, match: str, miss: str) -> list:
+        """Compare the address at byte ``at`` with ``words``: on to ``match`` or ``miss``."""
+        if words is None:
+            return [("ja", match)]
+        if words == "reject":
+            return [("ja", "reject")]
+        out = []
+        for k, word in enumerate(words):
+            last = k == len(words) - 1
+            out += [("ld", at + 4 * k), ("jeq", word, match if last else None, miss)]
+        return out
+
     return _assemble([
         ("ldb", pkttype), ("jeq", PACKET_OUTGOING, "reject", None),
         ("ldh", 12), ("jeq", 0x86DD, None, "ipv4"),
         ("ldb", 20), ("jeq", 6, None, "reject"),                 # IPv6: next header TCP
-        ("ldh", 54), ("jeq", port, "v6port", None),              # source port
-        ("ldh", 56), ("jeq", port, None, "reject"),              # destination port
+        ("ldh", 54), ("jeq", port, None, "v6dst"),               # from the port ...
+        *address(22, v6, "v6port", "v6dst"),                     # ... of the host
+        "v6dst", ("ldh", 56), ("jeq", port, None, "reject"),     # to the port ...
+        *address(38, v6, "v6port", "reject"),                    # ... of the host
         "v6port", ("ldb", 67), ("jset", SYN | FIN | RST, "accept", None),
         ("ldb", 66), ("and", 0xF0), ("rsh", 2), ("tax",),        # X = TCP header length
         ("ldh", 18), ("jgtx", 0, "accept", "reject"),            # payload length > TCP header
@@ -81,8 +104,10 @@ def port_filter(port: int) -> list[tuple[int, int, int, int]]:
         ("ldb", 23), ("jeq", 6, None, "reject"),                 # IPv4: protocol TCP
         ("ldh", 20), ("jset", 0x1FFF, "reject", None),           # not a later fragment
         ("ldxmsh", 14),                                          # X = IP header length
-        ("ldhx", 14), ("jeq", port, "v4port", None),             # source port
-        ("ldhx", 16), ("jeq", port, None, "reject"),             # destination port
+        ("ldhx", 14), ("jeq", port, None, "v4dst"),              # from the port ...
+        *address(26, v4, "v4port", "v4dst"),                     # ... of the host
+        "v4dst", ("ldhx", 16), ("jeq", port, None, "reject"),    # to the port ...
+        *address(30, v4, "v4port", "reject"),                    # ... of the host
         "v4port", ("ldbx", 27), ("jset", SYN | FIN | RST, "accept", None),
         ("ldbx", 26), ("and", 0xF0), ("rsh", 2),                # A = TCP header length
         ("addx",), ("tax",),                                     # X = IP + TCP header lengths
@@ -94,13 +119,13 @@ def port_filter(port: int) -> list[tuple[int, int, int, int]]:
 
 
 # classic BPF opcodes (linux/filter.h): loads, ALU, jumps (jgtx compares with X), return
-_OPS = {"ldb": 0x30, "ldh": 0x28, "ldbx": 0x50, "ldhx": 0x48, "ldxmsh": 0xB1, "ret": 0x06,
+_OPS = {"ld": 0x20, "ldb": 0x30, "ldh": 0x28, "ja": 0x05, "ldbx": 0x50, "ldhx": 0x48, "ldxmsh": 0xB1, "ret": 0x06,
         "jeq": 0x15, "jset": 0x45, "jgtx": 0x2D, "and": 0x54, "rsh": 0x74, "addx": 0x0C, "tax": 0x07}
 
 
 def _assemble(lines: list) -> list[tuple[int, int, int, int]]:
-    """(code, jt, jf, k) from ``(op, k)`` / ``(op,)`` / ``(jump, k, true_label, false_label)`` and
-    label strings; a ``None`` label means the next instruction."""
+    """(code, jt, jf, k) from ``(op, k)`` / ``(op,)`` / ``(jump, k, true_label, false_label)`` /
+    ``("ja", label)`` and label strings; a ``None`` label means the next instruction."""
     labels, n = {}, 0
     for line in lines:
         if isinstance(line, str):
@@ -116,6 +141,8 @@ def _assemble(lines: list) -> list[tuple[int, int, int, int]]:
             op, k, t, f = line
             rel = [0 if lab is None else labels[lab] - here - 1 for lab in (t, f)]
             out.append((_OPS[op], rel[0], rel[1], k))
+        elif line[0] == "ja":  # unconditional: the offset is in k
+            out.append((_OPS["ja"], 0, 0, labels[line[1]] - here - 1))
         else:
             out.append((_OPS[line[0]], 0, 0, line[1] if len(line) > 1 else 0))
     return out
@@ -128,14 +155,19 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def open_packet_socket(interface: str, port: int) -> socket.socket:
-    """A non-blocking packet socket on ``interface`` that receives the TCP segments of ``port``."""
+def open_packet_socket(interface: str, port: int, host: bytes | None = None) -> socket.socket:
+    """A non-blocking packet socket on ``interface`` that receives the TCP segments of ``port`` (of
+    the address ``host`` only, if given)."""
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     except PermissionError as exc:
         raise SniffError(f"sniffing needs CAP_NET_RAW (run as root, or add NET_RAW to the container): {exc}") from exc
     try:
-        _attach(sock, port_filter(port))
+        try:  # the kernel then clones no outgoing packet for this socket at all (Linux 4.20+)
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError:
+            pass  # the filter rejects them instead, after the clone
+        _attach(sock, port_filter(port, host))
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
         except OSError:
@@ -146,6 +178,21 @@ def open_packet_socket(interface: str, port: int) -> socket.socket:
         raise SniffError(f"cannot sniff on interface {interface!r}: {exc}") from exc
     sock.setblocking(False)
     return sock
+
+
+def upstream_address(host: str | None) -> bytes | None:
+    """The packed address to filter on for an ``--upstream`` host: an IP literal is matched exactly;
+    a name (``localhost``, a compose service) or an unspecified address matches any address."""
+    if not host:
+        return None
+    host = host.strip("[]")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return None if not any(packed) else packed
+    return None
 
 
 class _Conn:
@@ -163,8 +210,10 @@ class _Conn:
 class Sniffer:
     """Reassemble the TCP streams of ``port`` seen on ``interface`` into ``parser`` (on the event loop)."""
 
-    def __init__(self, interface: str, port: int, parser=None, poll_interval: float = POLL_INTERVAL):
+    def __init__(self, interface: str, port: int, parser=None, poll_interval: float = POLL_INTERVAL,
+                 host: str | None = None):
         self.interface, self.port, self.parser = interface, port, parser
+        self.host = upstream_address(host)  # packed address, or None: any address with that port
         self.poll_interval = poll_interval
         self._tick = None
         self.ids = itertools.count(1)
@@ -180,7 +229,7 @@ class Sniffer:
         import asyncio
 
         self.loop = asyncio.get_running_loop()
-        self.sock = open_packet_socket(self.interface, self.port)
+        self.sock = open_packet_socket(self.interface, self.port, self.host)
         if self.poll_interval > 0:
             self._tick = self.loop.call_later(self.poll_interval, self._poll)
         else:
@@ -240,8 +289,9 @@ class Sniffer:
             return
         sport, dport, seq = struct.unpack_from("!HHI", pkt, tcp)
         offset, flags = (pkt[tcp + 12] >> 4) * 4, pkt[tcp + 13]
-        from_client = dport == self.port
-        if not from_client and sport != self.port:
+        host = self.host
+        from_client = dport == self.port and (host is None or dst == host)
+        if not from_client and (sport != self.port or (host is not None and src != host)):
             return
         key = (src, sport) if from_client else (dst, dport)
         conn = self.conns.get(key)

@@ -45,7 +45,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .passive import Relay
-from .sniffer import POLL_INTERVAL, SniffError, Sniffer
+from .sniffer import POLL_INTERVAL, SniffError, Sniffer, upstream_address
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
 from .recorder_process import ChunkDecoder, RecorderProcess
@@ -61,7 +61,7 @@ class TapConfig:
     upstream: str
     store: str
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
-    max_queue: int = 4096
+    max_queue: int = 65536
     max_queue_bytes: int = 512 << 20
     max_captures: int | None = None
     max_store_bytes: int | None = None
@@ -141,8 +141,8 @@ class Tap:
                     "log_level": logging.getLogger().getEffectiveLevel()}, cfg.max_queue_bytes)
                 self._parser.start(asyncio.get_running_loop())
             if cfg.mode == "sniff":
-                self._relay = Sniffer(cfg.interface, int(cfg.upstream.rpartition(":")[2]), self._decoder,
-                                      cfg.poll_interval)
+                host, _, port = cfg.upstream.rpartition(":")
+                self._relay = Sniffer(cfg.interface, int(port), self._decoder, cfg.poll_interval, host)
             else:
                 self._relay = Relay(cfg.listen, cfg.upstream, self._parser)
             try:
@@ -278,8 +278,9 @@ def serve(config: TapConfig) -> int:
         host = config.listen.rpartition(":")[0]
         admin = f", health/reflection on {host}:{tap.admin_port}" if tap.admin_port else ""
         if config.mode == "sniff":
-            print(f"tap sniffing {config.interface} for port {tap.port} ({config.upstream}), store {config.store} "
-                  f"(sniff mode{admin})", flush=True)
+            exact = upstream_address(config.upstream.rpartition(":")[0])
+            what = config.upstream if exact else f"port {tap.port} of any address ({config.upstream})"
+            print(f"tap sniffing {config.interface} for {what}, store {config.store} (sniff mode{admin})", flush=True)
         else:
             print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store} "
                   f"({config.mode} mode{admin})", flush=True)

@@ -2,15 +2,17 @@
 
     python -m benchmarks.tap_overhead [--seconds 2] [--rounds 3] [--quick] [--placement shared|separate]
 
-Starts a real ``cloud_server`` and three taps as separate processes: the default passive tap
+Starts a real ``cloud_server`` and four taps as separate processes: the default passive tap
 (TCP relay + HTTP/2 decoding) recording into a temporary capture store, the same with
-``--no-record`` (relay only: what the extra hop costs), and ``--mode proxy`` (the gRPC proxy)
-recording too, and drives them from this process with the
-edge's gRPC client (``edge_client.client.CloudClient``) sending head features of real deployments
-(random weights: speed does not depend on them) for lenet5 and he-cifar-cnn. Each workload runs
-``--rounds`` times, the three targets interleaved in every round (so drift and other load hit all
-alike); the table gives the median over rounds. Modes: ``unary`` (one call in flight: p50 is the
-edge's latency) and ``stream`` (an InferStream with 8 requests in flight: throughput).
+``--no-record`` (relay only: what the extra hop costs), ``--mode proxy`` (the gRPC proxy)
+recording too, and ``--mode sniff`` (out of the path: its client connects to the same cloud process
+at a second loopback address, 127.0.0.2, the only one the sniffer watches; needs CAP_NET_RAW, left
+out without it). It drives them from this process with the edge's gRPC client
+(``edge_client.client.CloudClient``) sending head features of real deployments (random weights:
+speed does not depend on them) for lenet5 and he-cifar-cnn. Each workload runs ``--rounds`` times,
+the targets interleaved in every round (so drift and other load hit all alike); the table gives
+the median over rounds. Modes: ``unary`` (one call in flight: p50 is the edge's latency) and
+``stream`` (an InferStream with 8 requests in flight: throughput).
 Goal: through the recording tap no more than 10% slower than direct.
 
 Placement: ``shared`` (default) lets every process run on every core, so the tap's CPU comes out
@@ -52,9 +54,11 @@ WORKLOADS = [
 QUICK = [WORKLOADS[0], WORKLOADS[2], WORKLOADS[4], WORKLOADS[6]]
 TAPS = {"tap": [], "relay only": ["--no-record"], "proxy mode": ["--mode", "proxy"],
         "sniff": ["--mode", "sniff", "--interface", "lo"]}
-# The sniff tap is not in the path: its client talks to a cloud of its own (same code, same cores),
-# whose port only that tap watches, so the other targets' traffic is neither recorded nor filtered.
+# The sniff tap is not in the path: its client connects to the same cloud process at a second
+# loopback address (same port), and only that address is sniffed, so the other targets' traffic is
+# neither recorded nor filtered and every target is measured against the same server.
 SNIFF = "sniff"
+SNIFF_HOST = "127.0.0.2"
 
 
 def settled_count(store: Path, quiet: float = 3.0, timeout: float = 120.0) -> int:
@@ -75,7 +79,8 @@ def settled_count(store: Path, quiet: float = 3.0, timeout: float = 120.0) -> in
         time.sleep(0.2)
 
 
-def wait_port(address: str, timeout: float = 60.0) -> None:
+def wait_port(address: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until ``proc`` listens on ``address``; a clear error (with its output) if it exits first."""
     host, _, port = address.rpartition(":")
     end = time.monotonic() + timeout
     while True:
@@ -83,9 +88,24 @@ def wait_port(address: str, timeout: float = 60.0) -> None:
             socket.create_connection((host, int(port)), 1).close()
             return
         except OSError:
+            check_alive([proc])
             if time.monotonic() > end:
-                raise
+                raise RuntimeError(f"{' '.join(proc.args[1:4])} did not listen on {address} in {timeout:g} s; "
+                                   f"its output ends:\n{log_tail(proc)}") from None
             time.sleep(0.1)
+
+
+def log_tail(proc: subprocess.Popen, lines: int = 15) -> str:
+    text = Path(proc.log).read_text(errors="replace").strip().splitlines()
+    return "\n".join(text[-lines:])
+
+
+def check_alive(procs: list[subprocess.Popen]) -> None:
+    """Raise, naming the command and showing its output, if one of ``procs`` has exited."""
+    for proc in procs:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(proc.args[1:4])} exited with status {proc.returncode}; "
+                               f"its output ends:\n{log_tail(proc)}")
 
 
 def free_port() -> int:
@@ -115,11 +135,13 @@ def make_deployments(root: Path, archs: set[str]) -> dict:
     return {d: store.deployment(d) for d in store.list_deployments()}
 
 
-def start(cmd: list[str], ready: str, env: dict, cpus: set[int] | None = None) -> subprocess.Popen:
-    """Start ``cmd``; with ``cpus``, it and every process it starts run only on those cores."""
+def start(cmd: list[str], log: Path, env: dict, cpus: set[int] | None = None) -> subprocess.Popen:
+    """Start ``cmd`` with its output in the file ``log``; with ``cpus``, it and every process it starts
+    run only on those cores."""
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
-                            preexec_fn=pin)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, preexec_fn=pin)
+    proc.log = log
     return proc
 
 
@@ -219,25 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     workloads = QUICK if args.quick else WORKLOADS
     if args.only:
         workloads = [WORKLOADS[i] for i in args.only]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SPLITLAB_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(part for part in (str(ROOT), os.environ.get("PYTHONPATH")) if part),
+               SPLITLAB_THREADS="1")
     procs: list[subprocess.Popen] = []
     rows = []
     with tempfile.TemporaryDirectory(prefix="tap-bench-") as tmp:
         tmp = Path(tmp)
         print("deploying random-weight models ...", flush=True)
         deps = make_deployments(tmp / "artifacts", {w[0] for w in workloads})
-        cloud_port = free_port()
         try:
-            def cloud() -> tuple[str, int]:
-                port = free_port()
-                procs.append(start([sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", str(port),
-                                    "--artifacts", str(tmp / "artifacts"), "--log-level", "warning"], "", env,
-                                   victim_cpus))
-                return f"127.0.0.1:{port}", procs[-1].pid
-
-            upstream, cloud_pid = cloud()
+            cloud_port = free_port()
+            procs.append(start([sys.executable, "-m", "cloud_server", "--host", f"127.0.0.1,{SNIFF_HOST}",
+                                "--port", str(cloud_port), "--artifacts", str(tmp / "artifacts"),
+                                "--log-level", "warning"], tmp / "cloud.log", env, victim_cpus))
+            upstream, cloud_pid = f"127.0.0.1:{cloud_port}", procs[-1].pid
             targets = {"direct": upstream}
-            cloud_pids = {"direct": cloud_pid}
             pids_by_target = {}
             stores = {}  # target -> its capture store, for the targets that record
             from attacker.sniffer import can_sniff
@@ -247,20 +265,24 @@ def main(argv: list[str] | None = None) -> int:
                 print("sniff tap left out: it needs CAP_NET_RAW (run as root)", flush=True)
             for name, extra in taps.items():
                 port, admin = free_port(), f"127.0.0.1:{free_port()}"
-                up, cloud_pids[name] = cloud() if name == SNIFF else (upstream, cloud_pid)
+                up = f"{SNIFF_HOST}:{cloud_port}" if name == SNIFF else upstream
                 store = tmp / f"captures-{len(procs)}"
                 if "--no-record" not in extra:
                     stores[name] = store
                 procs.append(start([sys.executable, "-m", "attacker", "tap", "--listen", f"127.0.0.1:{port}",
                                     "--admin", admin, "--upstream", up,
                                     "--store", str(store), "--log-level", "warning", *extra],
-                                   "", env, tap_cpus))
+                                   tmp / f"proc-{len(procs)}.log", env, tap_cpus))
                 targets[name] = up if name == SNIFF else f"127.0.0.1:{port}"
                 pids_by_target[name] = procs[-1].pid
                 if name == SNIFF:  # it must see the edge's connection open
-                    wait_port(admin)
+                    wait_port(admin, procs[-1])
             for address in targets.values():
-                wait_ready(address)
+                try:
+                    wait_ready(address)
+                except Exception:
+                    check_alive(procs)  # a process that died says why
+                    raise
             clients = {name: CloudClient(addr, timeout=120) for name, addr in targets.items()}
             recorded_before: dict[str, int] = {}
             for arch, split, batch, mode in workloads:
@@ -273,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     order = list(targets)[k:] + list(targets)[:k]
                     for name in order:
                         fn = run_unary if mode == "unary" else run_stream
-                        pids = [cloud_pids[name]] + ([pids_by_target[name]] if name in pids_by_target else [])
+                        pids = [cloud_pid] + ([pids_by_target[name]] if name in pids_by_target else [])
                         before = time.process_time() + sum(proc_cpu(p) for p in pids)
                         results[name].append(fn(clients[name], dep_id, feats, args.seconds))
                         cpu[name] += time.process_time() + sum(proc_cpu(p) for p in pids) - before
@@ -301,13 +323,14 @@ def main(argv: list[str] | None = None) -> int:
             tap_out = []
             for proc in procs:
                 try:
-                    out, _ = proc.communicate(timeout=30)
-                    last = (out or "").strip().splitlines()[-1:] or [""]
-                    if last[0].startswith("tap stopped") and '"recorded":' in last[0] and \
-                            ('"mode": "passive"' in last[0] or '"mode": "sniff"' in last[0]):
-                        tap_out.append(last[0])
+                    proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+                    continue
+                lines = [ln for ln in log_tail(proc, 50).splitlines() if ln.startswith("tap stopped")]
+                if lines and '"recorded":' in lines[-1] and \
+                        ('"mode": "passive"' in lines[-1] or '"mode": "sniff"' in lines[-1]):
+                    tap_out.append(lines[-1])
     write_report(Path(args.out), rows, args, tap_out)
     print(f"wrote {args.out}")
     return 0
@@ -345,7 +368,7 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + (" --quick" if args.quick else "")
         + (f" --placement {args.placement}" if args.placement != "shared" else "") + "`", "",
         f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
-        f"no GPU; two cloud servers, four taps and the client are seven processes "
+        f"everything on the CPU (no GPU used); the cloud server, four taps and the client are six processes "
         + ("sharing these cores" if args.placement == "shared" else
            f"pinned: client and cloud to core(s) {sorted(args.cpus[0])}, "
            f"the taps and their recorders to core(s) {sorted(args.cpus[1])}")
@@ -359,8 +382,8 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         "every call recorded (`recorded`: captures in the tap's store / calls sent, this workload). "
         "Two recording taps: the default passive relay (`tap`: the edge connects to it, it relays to the "
         "cloud and decodes a copy) and `--mode sniff` (`sniff`: the edge connects to the cloud itself and "
-        "the tap reads copies of the packets on `lo`; its client talks to a second, identical cloud "
-        "process whose port only the sniffer watches). Also shown: the passive relay without recording "
+        "the tap reads copies of the packets on `lo`; its client connects to the same cloud process at a "
+        f"second address, {SNIFF_HOST}, the only one the sniffer watches). Also shown: the passive relay without recording "
         "(the cost of the hop alone) and the recording tap in `--mode proxy` (a gRPC proxy re-issuing "
         "each call).", "",
         "| workload | batch | MiB/call | mode | direct img/s | direct p50 ms "

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Logs are JSON lines on stderr; the 'serving' line gives the bound address.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default=_env("SPLITLAB_CLOUD_HOST", "0.0.0.0"),
-                   help="interface to listen on [SPLITLAB_CLOUD_HOST, default 0.0.0.0]")
+                   help="address to listen on; several, comma-separated, share the port (e.g. "
+                        "127.0.0.1,[::1]) [SPLITLAB_CLOUD_HOST, default 0.0.0.0]")
     p.add_argument("--port", type=int, default=_env("SPLITLAB_CLOUD_PORT", 50051, int),
                    help="port to listen on; 0 picks a free one (logged) [SPLITLAB_CLOUD_PORT, default 50051]")
     p.add_argument("--artifacts", default=_env("SPLITLAB_ARTIFACTS", "artifacts"),

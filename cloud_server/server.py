@@ -28,7 +28,7 @@ DEFAULT_MAX_MESSAGE_MB = 64
 @dataclass
 class ServerConfig:
     artifacts: str = "artifacts"
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # several addresses, comma-separated, share one port
     port: int = 50051
     max_message_mb: float = DEFAULT_MAX_MESSAGE_MB
     workers: int = 16
@@ -99,20 +99,32 @@ class CloudServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server)
-        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.host}:{config.port} (address in use?)")
+        self.hosts = [h.strip() for h in config.host.split(",") if h.strip()]
+        if not self.hosts:
+            raise OSError(f"no address to listen on (host {config.host!r})")
+        self.port = self._listen(self.hosts[0], config.port)
+        for host in self.hosts[1:]:  # the same port on the other addresses
+            self._listen(host, self.port)
+
+    def _listen(self, host: str, port: int) -> int:
+        try:
+            bound = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:  # grpcio raises for an address it cannot resolve or bind
+            raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port} (address in use?)")
+        return bound
 
     @property
     def address(self) -> str:
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "[::]", "::") else self.config.host
+        host = "127.0.0.1" if self.hosts[0] in ("0.0.0.0", "[::]", "::") else self.hosts[0]
         return f"{host}:{self.port}"
 
     def start(self) -> "CloudServer":
         self._server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log(logger, logging.INFO, "serving", address=f"{self.config.host}:{self.port}",
+        log(logger, logging.INFO, "serving", address=",".join(f"{h}:{self.port}" for h in self.hosts),
             artifacts=str(self.registry.store.root), deployments=len(self.registry.store.list_deployments()),
             max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads,
             runtime=self.config.runtime)

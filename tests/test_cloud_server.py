@@ -76,6 +76,23 @@ def test_health_reflection_and_list_deployments(digits_server, lenet_digits):
     channel.close()
 
 
+def test_several_listen_addresses_share_one_port_and_a_bad_one_is_named(lenet_digits):
+    from cloud_server.server import CloudServer, ServerConfig
+
+    server = CloudServer(ServerConfig(artifacts=str(lenet_digits.root), host="127.0.0.1, 127.0.0.2", port=0,
+                                      grace_seconds=0.5)).start()
+    try:
+        assert server.address == f"127.0.0.1:{server.port}"
+        for host in ("127.0.0.1", "127.0.0.2"):
+            with CloudClient(f"{host}:{server.port}") as client:
+                assert client.health() == "SERVING"
+                assert client.infer(DEP, features()).logits.shape == (2, 10)
+    finally:
+        server.stop(grace=0.5)
+    with pytest.raises(OSError, match="cannot listen on 127.0.0.300"):
+        CloudServer(ServerConfig(artifacts=str(lenet_digits.root), host="127.0.0.1,127.0.0.300", port=0))
+
+
 def test_get_head_and_not_modified(digits_server, lenet_digits):
     on_disk = (lenet_digits.deployment_dir(DEP) / "head.onnx").read_bytes()
     with CloudClient(digits_server.address) as client:

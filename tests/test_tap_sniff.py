@@ -103,13 +103,33 @@ def _packet6(sport: int, dport: int, seq: int, flags: int, data: bytes = b"") ->
     return b"\0" * 12 + b"\x86\xdd" + ip + tcp + data
 
 
-def test_the_kernel_filter_keeps_data_and_syn_fin_rst_and_drops_pure_acks():
-    """Crafted segments injected on lo reach the filtered socket only if they carry data or
-    open or close a connection (the kernel runs the filter; seq numbers tell the packets apart)."""
-    from attacker.sniffer import ACK, FIN, RST, SYN
+def _read_seqs(sock, sent) -> list[int]:
+    """The seq numbers of the crafted segments that reached ``sock`` (not the kernel's own replies)."""
+    seen = []
+    sock.settimeout(0.5)  # the kernel delivers looped-back packets a little later
+    try:
+        while True:
+            pkt = sock.recv(1 << 16)
+            tcp = 54 if pkt[12:14] == b"\x86\xdd" else 14 + (pkt[14] & 0x0F) * 4
+            seq = struct.unpack_from("!I", pkt, tcp + 4)[0]
+            if seq in sent:  # not the RSTs the kernel sends back from the closed port
+                seen.append(seq)
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    return sorted(seen)
+
+
+def test_the_kernel_filter_keeps_data_and_syn_fin_rst_of_the_upstream_and_drops_pure_acks():
+    """Crafted segments injected on lo reach a filtered socket only if they carry data or open or
+    close a connection, and (given a host) belong to that address (the kernel runs the filter; seq
+    numbers tell the packets apart)."""
+    from attacker.sniffer import ACK, FIN, RST, SYN, upstream_address
 
     port = 50999
-    sock = open_packet_socket("lo", port)
+    socks = {host: open_packet_socket("lo", port, upstream_address(host))
+             for host in ("localhost", "127.0.0.1", "127.0.0.2", "::1")}
     out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     out.bind(("lo", 0))
     cases = {  # seq: (flags, data, kept)
@@ -123,28 +143,23 @@ def test_the_kernel_filter_keeps_data_and_syn_fin_rst_and_drops_pure_acks():
                 out.send(bytes(make(sport, dport, seq + base, flags, data)))
                 sent.append(seq + base)
         out.send(bytes(_packet(40000, port + 1, seq + 5000, flags, b"x")))  # another port: never kept
+    for seq, (sport, dport) in ((7001, (40000, port)), (7002, (port, 40000))):  # another address
+        out.send(bytes(_packet(sport, dport, seq, ACK, b"data", addr="127.0.0.2")))
+        sent.append(seq)
     out.close()
-    seen = []
-    sock.settimeout(0.5)  # the kernel delivers looped-back packets a little later
-    try:
-        while True:
-            pkt = sock.recv(1 << 16)
-            tcp = 54 if pkt[12:14] == b"\x86\xdd" else 14 + (pkt[14] & 0x0F) * 4
-            seq = struct.unpack_from("!I", pkt, tcp + 4)[0]
-            if seq in sent:  # not the kernel's own replies (RSTs from the closed port)
-                seen.append(seq)
-    except TimeoutError:
-        pass
-    finally:
-        sock.close()
-    want = sorted(s for seq, (_f, _d, kept) in cases.items() if kept for s in (seq, seq, seq + 1000, seq + 1000))
-    assert sorted(seen) == want
+    seen = {host: _read_seqs(sock, sent) for host, sock in socks.items()}
+    v4 = [s for seq, (_f, _d, kept) in cases.items() if kept for s in (seq, seq)]
+    v6 = [s + 1000 for s in v4]
+    assert seen["localhost"] == sorted(v4 + v6 + [7001, 7002])  # a name: any address with that port
+    assert seen["127.0.0.1"] == sorted(v4)
+    assert seen["127.0.0.2"] == [7001, 7002]
+    assert seen["::1"] == sorted(v6)
 
 
-def _packet(sport: int, dport: int, seq: int, flags: int, data: bytes = b"") -> memoryview:
+def _packet(sport: int, dport: int, seq: int, flags: int, data: bytes = b"", addr: str = "127.0.0.1") -> memoryview:
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(data), 0, 0, 64, 6, 0,
-                     socket.inet_aton("127.0.0.1"), socket.inet_aton("127.0.0.1"))
+                     socket.inet_aton(addr), socket.inet_aton(addr))
     return memoryview(b"\0" * 12 + b"\x08\x00" + ip + tcp + data)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from models.env import env_default as _env
 from models.errors import SplitlabError
 
-from .spec import Limits
+from .limits import Limits
 
 log = logging.getLogger("attacker.lab")
 LOOPBACK = "127.0.0.1"
