@@ -417,8 +417,11 @@ def child_main(sock: socket.socket, control: socket.socket, config: dict) -> Non
 
 
 def main(argv: list[str]) -> None:
+    from .heap import keep_freed_memory
+
     data_fd, control_fd, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
     signal_ignore()
+    keep_freed_memory()
     child_main(socket.socket(fileno=data_fd), socket.socket(fileno=control_fd), config)
 
 

@@ -44,6 +44,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .heap import keep_freed_memory
 from .passive import Relay
 from .sniffer import POLL_INTERVAL, SniffError, Sniffer, upstream_address
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
@@ -271,6 +272,8 @@ class TapThread:
 
 def serve(config: TapConfig) -> int:
     """Run the tap until SIGTERM or SIGINT; returns the process exit code."""
+
+    keep_freed_memory()  # see attacker/heap.py: fresh pages for every message slow the victims too
 
     async def main() -> None:
         tap = Tap(config)
