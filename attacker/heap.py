@@ -4,10 +4,11 @@ A tap decodes and writes messages of up to tens of MiB, many times a second. gli
 such blocks with ``mmap`` and returns them with ``munmap`` (or trims the heap's top), so every
 message costs fresh pages: page faults and zeroing in this process, and on a virtual machine with
 free page reporting (virtio-balloon) the host takes the returned pages away and whoever allocates
-next, the victims included, faults them back in. Measured in ``benchmarks/results/tap_overhead*``:
-with the sniff tap on its own core, lenet5 conv1 b64 calls went from 25% slower to 4% once the
-tap kept its freed memory. The cost is that the process holds on to what it freed, bounded by the
-recorder's queue (``--queue-mb``) plus the largest messages in flight.
+next, the victims included, faults them back in. Measured (``benchmarks/results/
+tap_overhead-separate.md``, sniff tap on its own core, lenet5 conv1 b64, 1.1 MiB calls, two runs
+each): glibc's defaults cost the victims 22-28% of throughput, these thresholds 7-14%, and
+unmapping every block over 128 KiB 35-38%. The cost is that the process holds on to what it freed,
+bounded by the recorder's queue (``--queue-mb``) plus the largest messages in flight.
 """
 
 from __future__ import annotations
