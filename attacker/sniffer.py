@@ -10,10 +10,11 @@ of the traffic's path, the sniffer decodes in its own process (no hand-off to a 
 three copies of each payload fewer than the relay). The victims do not wait for it, but the kernel
 does work for it in their context, so it asks for as little as it can:
 
-- the socket asks not to see outgoing packets (``PACKET_IGNORE_OUTGOING``: on ``lo`` each segment
-  would otherwise be cloned twice, as sent and as received), and its kernel filter drops pure
-  acknowledgements (nothing to record in them), so only received segments with data, SYN, FIN or
-  RST are cloned for it;
+- on a loopback interface every segment shows up twice, as sent and as received: the socket asks
+  not to see outgoing packets at all (``PACKET_IGNORE_OUTGOING``) and keeps the received copy. On
+  any other interface it keeps both directions (inside the cloud's namespace, the requests come
+  in and the replies go out). Its kernel filter drops pure acknowledgements (nothing to record in
+  them), so only segments with data, SYN, FIN or RST are cloned for it;
 - the socket is read on a clock (every ``poll_interval``, 1 ms by default), not when a packet
   arrives: a sleeping reader woken by each packet makes the sender's core interrupt this process's
   core every time, which slowed small calls by 10-20% even with the sniffer on its own core
@@ -61,15 +62,17 @@ class SniffError(OSError):
     """The packet socket cannot be opened (no CAP_NET_RAW, no such interface)."""
 
 
-def port_filter(port: int, host: bytes | None = None) -> list[tuple[int, int, int, int]]:
-    """Classic BPF: accept received (not PACKET_OUTGOING) IPv4/IPv6 TCP segments to or from ``port``
-    (and, given ``host``, a 4- or 16-byte address, to or from that address only) that carry data or
-    open or close a connection (SYN, FIN, RST).
+def port_filter(port: int, host: bytes | None = None, outgoing: bool = False) -> list[tuple[int, int, int, int]]:
+    """Classic BPF: accept IPv4/IPv6 TCP segments to or from ``port`` (and, given ``host``, a 4- or
+    16-byte address, to or from that address only) that carry data or open or close a connection
+    (SYN, FIN, RST); sent ones (PACKET_OUTGOING) only if ``outgoing``.
 
-    On ``lo`` every packet shows up twice, once as sent and once as received; keeping only the
-    received copy sees each segment once. Pure acknowledgements carry nothing to record: rejecting
-    them in the kernel spares the victims a packet clone and this process a wake-up for each.
-    Written with labels; :func:`_assemble` turns them into the relative jumps the kernel wants.
+    On a loopback interface every packet shows up twice, once as sent and once as received:
+    keeping only the received copy sees each segment once. On other interfaces the host's own
+    packets are only ever seen as sent, so ``outgoing`` must be set there. Pure acknowledgements
+    carry nothing to record: rejecting them in the kernel spares the victims a packet clone and
+    this process a wake-up for each. Written with labels; :func:`_assemble` turns them into the
+    relative jumps the kernel wants.
     """
     pkttype = 0xFFFFF004  # SKF_AD_OFF + SKF_AD_PKTTYPE
     v4 = v6 = None  # the host's address as 32-bit words, for the family it belongs to
@@ -90,7 +93,7 @@ def port_filter(port: int, host: bytes | None = None) -> list[tuple[int, int, in
         return out
 
     return _assemble([
-        ("ldb", pkttype), ("jeq", PACKET_OUTGOING, "reject", None),
+        *([] if outgoing else [("ldb", pkttype), ("jeq", PACKET_OUTGOING, "reject", None)]),
         ("ldh", 12), ("jeq", 0x86DD, None, "ipv4"),
         ("ldb", 20), ("jeq", 6, None, "reject"),                 # IPv6: next header TCP
         ("ldh", 54), ("jeq", port, None, "v6dst"),               # from the port ...
@@ -155,19 +158,29 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
+def is_loopback(interface: str) -> bool:
+    """Whether ``interface`` is a loopback device (IFF_LOOPBACK in its flags; ``lo`` if unknown)."""
+    try:
+        return bool(int(open(f"/sys/class/net/{interface}/flags").read(), 16) & 0x8)
+    except (OSError, ValueError):
+        return interface == "lo"
+
+
 def open_packet_socket(interface: str, port: int, host: bytes | None = None) -> socket.socket:
     """A non-blocking packet socket on ``interface`` that receives the TCP segments of ``port`` (of
-    the address ``host`` only, if given)."""
+    the address ``host`` only, if given), each segment once, in both directions."""
+    loopback = is_loopback(interface)
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     except PermissionError as exc:
         raise SniffError(f"sniffing needs CAP_NET_RAW (run as root, or add NET_RAW to the container): {exc}") from exc
     try:
-        try:  # the kernel then clones no outgoing packet for this socket at all (Linux 4.20+)
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-        except OSError:
-            pass  # the filter rejects them instead, after the clone
-        _attach(sock, port_filter(port, host))
+        if loopback:  # the kernel then clones no outgoing packet for this socket at all (Linux 4.20+)
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            except OSError:
+                pass  # the filter rejects them instead, after the clone
+        _attach(sock, port_filter(port, host, outgoing=not loopback))
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECV_BUFFER)
         except OSError:

@@ -9,6 +9,9 @@ Behaviour chosen so that every pass-through property can be observed:
 - ``InferStream``: one StreamReply per request (per-request NOT_FOUND for ``missing``); a request
   for deployment ``abort`` ends the stream with RESOURCE_EXHAUSTED.
 - ``GetHead``: the bytes given in ``heads`` (deployment -> (onnx bytes, fields)).
+
+Run as a script (``python tap_upstream.py HOST``) it serves on HOST, for tests that put the
+cloud in another network namespace.
 """
 
 from __future__ import annotations
@@ -104,7 +107,8 @@ class FakeCloud(pbg.SplitInferenceServicer):
         return reply
 
 
-def start_fake_cloud(servicer: FakeCloud, max_message: int = 64 << 20) -> tuple[grpc.Server, int]:
+def start_fake_cloud(servicer: FakeCloud, max_message: int = 64 << 20,
+                     host: str = "127.0.0.1") -> tuple[grpc.Server, int]:
     server = grpc.server(futures.ThreadPoolExecutor(8),
                          options=[("grpc.max_receive_message_length", max_message),
                                   ("grpc.max_send_message_length", max_message)])
@@ -113,6 +117,15 @@ def start_fake_cloud(servicer: FakeCloud, max_message: int = 64 << 20) -> tuple[
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("splitlab.v1.SplitInference", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"{host}:0")
     server.start()
     return server, port
+
+
+if __name__ == "__main__":  # python tap_upstream.py HOST: serve on HOST, print the port, stop at EOF
+    import sys
+
+    _server, _port = start_fake_cloud(FakeCloud(), host=sys.argv[1])
+    print(_port, flush=True)
+    sys.stdin.read()
+    _server.stop(0)

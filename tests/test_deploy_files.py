@@ -31,6 +31,7 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DIRECT_FILE = DEPLOY / "docker-compose.direct.yml"
 GPU_FILE = DEPLOY / "docker-compose.gpu.yml"
+SNIFF_FILE = DEPLOY / "docker-compose.sniff.yml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 HADOLINT_CONFIG = DEPLOY / ".hadolint.yaml"
@@ -106,6 +107,8 @@ VARIANTS = {
     "direct": (COMPOSE_FILE, DIRECT_FILE),
     "gpu": (COMPOSE_FILE, GPU_FILE),
     "direct+gpu": (COMPOSE_FILE, DIRECT_FILE, GPU_FILE),
+    "sniff": (COMPOSE_FILE, SNIFF_FILE),
+    "sniff+gpu": (COMPOSE_FILE, SNIFF_FILE, GPU_FILE),
 }
 
 
@@ -297,6 +300,33 @@ def test_direct_override_bypasses_the_tap(clean_env):
     assert services["attacker"]["environment"]["SPLITLAB_TAP_UPSTREAM"] == "cloud:50051"
 
 
+def test_sniff_override_eavesdrops_from_the_clouds_namespace(clean_env):
+    services = resolved(clean_env, files=(COMPOSE_FILE, SNIFF_FILE))["services"]
+    sniffer, edge = services["sniffer"], services["edge"]
+    assert edge["environment"]["SPLITLAB_CLOUD"] == "cloud:50051"  # the edge talks to the cloud itself
+    assert set(edge["depends_on"]) == {"sniffer"} and edge["depends_on"]["sniffer"]["condition"] == "service_healthy"
+    assert sniffer["network_mode"] == "service:cloud" and sniffer["cap_add"] == ["NET_RAW"]
+    assert sniffer["cap_drop"] == ["ALL"] and sniffer["user"] == "root"
+    env = sniffer["environment"]
+    assert env["SPLITLAB_TAP_MODE"] == "sniff" and env["SPLITLAB_TAP_INTERFACE"] == "eth0"
+    assert env["SPLITLAB_TAP_UPSTREAM"].endswith(":50051") and env["SPLITLAB_STORE"] == "/captures"
+    admin = env["SPLITLAB_TAP_ADMIN"]
+    assert admin.rpartition(":")[2] not in ("50051",) and f"grpc://{admin}/splitlab.attacker.Tap" in \
+        sniffer["healthcheck"]["test"]
+    assert any(v["target"] == "/captures" for v in sniffer["volumes"])  # the same store as the relay tap
+
+
+def test_sniffer_reads_the_compose_environment(clean_env, monkeypatch):
+    from attacker.sniffer import upstream_address
+
+    services = resolved(clean_env, files=(COMPOSE_FILE, SNIFF_FILE))["services"]
+    parser, _ = _parse_with_compose_env(monkeypatch, services["sniffer"], "attacker.__main__")
+    args = parser.parse_args(["tap"])
+    assert (args.mode, args.interface, args.store) == ("sniff", "eth0", "/captures")
+    assert args.upstream == "0.0.0.0:50051" and upstream_address("0.0.0.0") is None  # any address, that port
+    assert args.admin == "127.0.0.1:50054" and args.poll_ms == 1.0
+
+
 def test_threads_per_service(model):
     raw = COMPOSE_FILE.read_text()
     for name, service in model["services"].items():
@@ -358,7 +388,7 @@ def _env_example() -> tuple[dict[str, str], set[str]]:
 
 def test_env_example_documents_every_variable():
     used: dict[str, set[str]] = {}
-    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE):
+    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE, SNIFF_FILE):
         for name, default in VARIABLE.findall(path.read_text()):
             used.setdefault(name, set()).add(default)
     active, commented = _env_example()
@@ -372,7 +402,7 @@ def test_env_example_documents_every_variable():
 
 def test_no_secret_values_in_files():
     secretish = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL)", re.I)
-    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE):
+    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE, SNIFF_FILE):
         for line in path.read_text().splitlines():
             key, sep, value = line.strip().partition(":")
             if sep and secretish.search(key) and not key.startswith("#"):

@@ -5,8 +5,12 @@ Needs CAP_NET_RAW (root), as the mode itself does; CI runs as root.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -66,6 +70,64 @@ def test_sniffing_records_direct_traffic_without_being_in_its_path(tmp_path, clo
         stats = tap.stats()
     assert stats["mode"] == "sniff" and stats["connections"] == 1 and stats["packets_seen"] > 10
     assert stats["connections_lost"] == 0 and stats["record_failures"] == 0
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture()
+def netns_cloud():
+    """A cloud in its own network namespace, reached over a veth pair: the traffic crosses a real
+    Ethernet-like interface (not lo), where this host's requests are outgoing and replies incoming."""
+    tag = os.getpid() % 100000
+    ns, near, far, net = f"splab-{tag}", f"sva{tag}", f"svb{tag}", f"10.213.{tag % 250}"
+    try:
+        _ip("netns", "add", ns)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"network namespaces unavailable: {getattr(exc, 'stderr', exc)}")
+    proc = None
+    try:
+        _ip("link", "add", near, "type", "veth", "peer", "name", far)
+        _ip("link", "set", far, "netns", ns)
+        _ip("addr", "add", f"{net}.1/30", "dev", near)
+        _ip("link", "set", near, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{net}.2/30", "dev", far)
+        _ip("netns", "exec", ns, "ip", "link", "set", far, "up")
+        tests = Path(__file__).resolve().parent
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(tests / "tap_upstream.py"),
+                                 f"{net}.2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        port = int(proc.stdout.readline())
+        yield near, f"{net}.2:{port}"
+    finally:
+        if proc is not None:
+            proc.stdin.close()
+            proc.wait(10)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", near], capture_output=True)
+
+
+def test_sniffing_a_real_interface_sees_both_directions_once(tmp_path, netns_cloud):
+    interface, address = netns_cloud
+    opts = [("grpc.max_send_message_length", 16 << 20), ("grpc.max_receive_message_length", 16 << 20)]
+    tap = TapThread(TapConfig(listen="127.0.0.1:0", upstream=address, store=str(tmp_path / "s"), mode="sniff",
+                              interface=interface, admin="127.0.0.1:0"))
+    with tap:
+        sent = {f"v-{i}": request(rid=f"v-{i}", seed=20 + i) for i in range(4)}
+        sent["v-big"] = request(rid="v-big", seed=30, shape=(2, 64, 64, 64))  # 2 MiB, offloaded segments
+        with grpc.insecure_channel(address, options=opts) as ch:
+            for req in sent.values():
+                assert unary(ch, "Infer", req.SerializeToString())[0] == grpc.StatusCode.OK
+        assert tap.flush(10)
+        store = CaptureStore(tmp_path / "s")
+        for rid, req in sent.items():
+            (cap,) = store.captures(request_id=rid, with_logits=True)  # once, not once per direction
+            expected = wire.decode(req.features)
+            assert np.array_equal(store.features(cap), expected)
+            assert np.allclose(cap.logits, logits_for(expected)) and cap.status == 0  # the replies too
+        stats = tap.stats()
+    assert stats["connections"] == 1 and stats["connections_lost"] == 0 and stats["record_failures"] == 0
 
 
 def test_a_connection_opened_before_the_tap_is_skipped_and_counted(tmp_path, cloud):
