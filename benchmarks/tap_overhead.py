@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                         results[name].append(fn(clients[name], dep_id, feats, args.seconds))
                         cpu[name] += time.process_time() + sum(proc_cpu(p) for p in pids) - before
                 row = {"workload": f"{arch} {split}", "batch": batch, "mode": mode,
-                       "mb": feats.nbytes / 2**20, "recorded": {}}
+                       "mb": feats.nbytes / 2**20, "recorded": {},
+                       "rounds": {n: [x[0] for x in res] for n, res in results.items()}}  # img/s per round
                 for name, store in stores.items():  # what each recording tap kept of this workload's calls
                     total = settled_count(store)
                     calls = sum(x[2] for x in results[name]) + 3 * len(results[name])
@@ -376,7 +377,9 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         "features are real head outputs (random weights). Throughput in images/s; p50 is per call "
         "(unary: one call in flight, the edge's latency; stream: 8 requests in flight on one InferStream). "
         "CPU ms/call: CPU time of the client, the cloud and the tap (with its recorder process) per call, "
-        "from /proc: what the tap adds independently of other load on the machine.",
+        "from /proc: what the tap adds independently of other load on the machine. In brackets after a "
+        "tap's losses: the lowest and highest throughput loss of single rounds (direct and that tap "
+        "measured back to back), a measure of the noise.",
         "",
         "Goal: through the recording tap at most 10% slower than direct, in throughput and in p50, with "
         "every call recorded (`recorded`: captures in the tap's store / calls sent, this workload). "
@@ -400,7 +403,12 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         loss, inc = _slower(row, name)
         kept = row["recorded"].get(name, 0.0)
         met = "yes" if loss <= GOAL and inc <= GOAL and kept >= 0.999 else "no"
-        return f"{row[name][0]:.1f} | {row[name][1]:.2f} | {loss:+.1%} / {inc:+.1%} | {kept:.1%} | {met}"
+        spread = ""
+        if len(row["rounds"][name]) > 1:  # each round measures direct and this target back to back
+            losses = [1 - t / d for t, d in zip(row["rounds"][name], row["rounds"]["direct"])]
+            spread = f" (rounds {min(losses):+.0%} to {max(losses):+.0%})"
+        return (f"{row[name][0]:.1f} | {row[name][1]:.2f} | {loss:+.1%} / {inc:+.1%}{spread} | {kept:.1%} "
+                f"| {met}")
 
     for row in rows:
         p_loss, p_inc = _slower(row, "proxy mode")
