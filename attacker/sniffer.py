@@ -35,6 +35,7 @@ import itertools
 import logging
 import socket
 import struct
+from pathlib import Path
 
 log = logging.getLogger("attacker.tap")
 
@@ -161,7 +162,7 @@ def _attach(sock: socket.socket, prog: list[tuple[int, int, int, int]]) -> None:
 def is_loopback(interface: str) -> bool:
     """Whether ``interface`` is a loopback device (IFF_LOOPBACK in its flags; ``lo`` if unknown)."""
     try:
-        return bool(int(open(f"/sys/class/net/{interface}/flags").read(), 16) & 0x8)
+        return bool(int(Path(f"/sys/class/net/{interface}/flags").read_text(), 16) & 0x8)
     except (OSError, ValueError):
         return interface == "lo"
 

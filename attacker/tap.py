@@ -39,14 +39,13 @@ import threading
 import time
 from dataclasses import dataclass
 
-import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .heap import keep_freed_memory
 from .passive import Relay
-from .sniffer import POLL_INTERVAL, SniffError, Sniffer, upstream_address
+from .sniffer import POLL_INTERVAL, SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
 from .recorder_process import ChunkDecoder, RecorderProcess
@@ -93,7 +92,7 @@ class Tap:
         self._channel: aio.Channel | None = None
         self._handler: ProxyHandler | None = None
         self._log_task: asyncio.Task | None = None
-        self._relay: Relay | None = None
+        self._relay: Relay | Sniffer | None = None
         self._parser: RecorderProcess | None = None
         self._decoder: ChunkDecoder | None = None  # sniff mode: decodes in this process
         self._health = None
@@ -166,8 +165,10 @@ class Tap:
         await self._server.start()
         self._serving = True
         self._log_task = asyncio.get_running_loop().create_task(self._log_stats())
-        log.info("tap (%s mode) listening on %s (port %d), forwarding to %s, recording into %s%s", cfg.mode,
-                 cfg.listen, self.port, cfg.upstream, cfg.store if cfg.record else "(nothing: --no-record)",
+        where = (f"sniffing {cfg.interface} for {cfg.upstream}" if cfg.mode == "sniff"
+                 else f"listening on {cfg.listen} (port {self.port}), forwarding to {cfg.upstream}")
+        log.info("tap (%s mode) %s, recording into %s%s", cfg.mode, where,
+                 cfg.store if cfg.record else "(nothing: --no-record)",
                  f"; health/reflection on port {self.admin_port}" if self.admin_port else "")
         return self.port
 
@@ -281,8 +282,7 @@ def serve(config: TapConfig) -> int:
         host = config.listen.rpartition(":")[0]
         admin = f", health/reflection on {host}:{tap.admin_port}" if tap.admin_port else ""
         if config.mode == "sniff":
-            exact = upstream_address(config.upstream.rpartition(":")[0])
-            what = config.upstream if exact else f"port {tap.port} of any address ({config.upstream})"
+            what = config.upstream if tap._relay.host else f"port {tap.port} of any address ({config.upstream})"
             print(f"tap sniffing {config.interface} for {what}, store {config.store} (sniff mode{admin})", flush=True)
         else:
             print(f"tap listening on {host}:{tap.port} -> {config.upstream}, store {config.store} "

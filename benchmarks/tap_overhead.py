@@ -59,6 +59,12 @@ TAPS = {"tap": [], "relay only": ["--no-record"], "proxy mode": ["--mode", "prox
 # neither recorded nor filtered and every target is measured against the same server.
 SNIFF = "sniff"
 SNIFF_HOST = "127.0.0.2"
+WARMUP = 3  # calls before each measurement
+
+
+def calls_sent(measurements: list[tuple[float, float, int]]) -> int:
+    """Calls a target got over its rounds: the measured ones and each round's warm-up."""
+    return sum(m[2] for m in measurements) + WARMUP * len(measurements)
 
 
 def settled_count(store: Path, quiet: float = 3.0, timeout: float = 120.0) -> int:
@@ -184,7 +190,7 @@ def features_for(dep: dict, deployment_dir: Path, batch: int) -> np.ndarray:
 
 def run_unary(client, dep_id: str, feats: np.ndarray, seconds: float) -> tuple[float, float, int]:
     lat = []
-    for _ in range(3):
+    for _ in range(WARMUP):
         client.infer(dep_id, feats)
     end = time.perf_counter() + seconds
     t0 = time.perf_counter()
@@ -199,7 +205,7 @@ def run_unary(client, dep_id: str, feats: np.ndarray, seconds: float) -> tuple[f
 def run_stream(client, dep_id: str, feats: np.ndarray, seconds: float, window: int = 8) -> tuple[float, float, int]:
     lat, pending = [], []
     with client.stream() as s:
-        for f in [s.submit(dep_id, feats) for _ in range(3)]:
+        for f in [s.submit(dep_id, feats) for _ in range(WARMUP)]:
             f.result()
         end = time.perf_counter() + seconds
         t0 = time.perf_counter()
@@ -304,14 +310,13 @@ def main(argv: list[str] | None = None) -> int:
                        "rounds": {n: [x[0] for x in res] for n, res in results.items()}}  # img/s per round
                 for name, store in stores.items():  # what each recording tap kept of this workload's calls
                     total = settled_count(store)
-                    calls = sum(x[2] for x in results[name]) + 3 * len(results[name])
-                    row["recorded"][name] = (total - recorded_before.get(name, 0)) / calls
+                    row["recorded"][name] = (total - recorded_before.get(name, 0)) / calls_sent(results[name])
                     recorded_before[name] = total
                 if SNIFF in clients:  # a fresh connection for the next workload: one lost here stays lost
                     clients[SNIFF].close()
                     clients[SNIFF] = CloudClient(targets[SNIFF], timeout=120)
                 for name, res in results.items():
-                    calls = sum(x[2] for x in res) + 3 * len(res)  # (3 warm-up calls per measurement)
+                    calls = calls_sent(res)
                     row[name] = (statistics.median(x[0] for x in res), statistics.median(x[1] for x in res),
                                  sum(x[2] for x in res), cpu[name] / calls * 1e3)
                 rows.append(row)
