@@ -4,7 +4,8 @@ Layout of ``DIR`` (``--store``, env ``SPLITLAB_STORE``, default ``./captures``):
 
     index.sqlite              WAL-mode index (tables below); safe to read while the tap writes
     arrays/<hour>/<name>.npys segment files: each capture's feature batch is one complete .npy record
-                              (header + data) appended at an offset kept in the index, in the wire
+                              (header + data) appended, with direct I/O (:mod:`attacker.segment_file`),
+                              at an offset kept in the index, in the wire
                               representation (float32, float16, bfloat16 as uint16 bits, int8 with
                               its scale in the index, uint8); ``features()`` returns float32
     heads/<sha256>.onnx       every distinct head seen in a GetHead reply, stored once per digest
@@ -25,7 +26,9 @@ restarts: open the same folder again and every query sees what was written befor
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -37,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import SplitlabError
+
+from .segment_file import SegmentFile
 
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "captures"
@@ -98,6 +103,18 @@ CREATE TABLE IF NOT EXISTS ground_truth (
     attached REAL NOT NULL
 );
 """
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header_for(descr: str, shape: tuple) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+    return out.getvalue()
+
+
+def _npy_header(array: np.ndarray) -> bytes:
+    """The .npy header of a C-contiguous ``array`` (what ``np.save`` writes before the data)."""
+    return _npy_header_for(np.lib.format.dtype_to_descr(array.dtype), array.shape)
 
 
 @dataclass
@@ -244,15 +261,14 @@ class CaptureStore:
         if self._segment is None:
             rel = f"arrays/{hour}/{self._new_name(when)}.npys"
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            self._segment = (rel, open(self.root / rel, "ab"))
-        rel, fh = self._segment
+            self._segment = (rel, SegmentFile(self.root / rel))
+        rel, segment = self._segment
         out = []
         try:
             for array in arrays:
-                start = fh.tell()
-                np.save(fh, array, allow_pickle=False)
-                out.append((rel, start, fh.tell() - start))
-            fh.flush()
+                offset, size = segment.append([_npy_header(array), array])
+                out.append((rel, offset, size))
+            segment.flush()
         except BaseException:
             self._close_segment()  # a partial record is harmless (nothing points at it); start afresh
             raise
