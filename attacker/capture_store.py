@@ -212,11 +212,15 @@ class CaptureStore:
         except sqlite3.DatabaseError as exc:
             raise SplitlabError(f"cannot open capture store {index}: {exc}") from exc
         self._seq = 0
-        self._segment: tuple[str, object] | None = None  # (relative path, open file) being appended
+        self._segment: tuple[str, SegmentFile] | None = None  # (relative path, open file) being appended
+        self._stage = None  # the staging buffer every segment borrows in turn (see attacker/segment_file.py)
 
     def close(self) -> None:
         with self._lock:
             self._close_segment()
+            if self._stage is not None:
+                self._stage.close()
+                self._stage = None
             self._db.close()
 
     def _close_segment(self) -> None:
@@ -225,6 +229,7 @@ class CaptureStore:
                 self._segment[1].close()
             except OSError:
                 pass
+            self._stage = self._segment[1].stage
             self._segment = None
 
     def __enter__(self):
@@ -261,7 +266,7 @@ class CaptureStore:
         if self._segment is None:
             rel = f"arrays/{hour}/{self._new_name(when)}.npys"
             (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            self._segment = (rel, SegmentFile(self.root / rel))
+            self._segment = (rel, SegmentFile(self.root / rel, stage=self._stage))
         rel, segment = self._segment
         out = []
         try:

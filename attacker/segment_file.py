@@ -35,9 +35,13 @@ def _round_up(n: int) -> int:
 
 class SegmentFile:
     """Append records to ``path`` (created, or appended to if it exists); ``direct=False`` writes
-    through the page cache."""
+    through the page cache. ``stage`` lends a staging buffer (an ``mmap`` of whole blocks) to use
+    instead of mapping a new one: the capture store passes the same one from segment to segment, so
+    no fresh memory is touched however many segments are written. After :meth:`close`, ``stage`` is
+    the buffer to lend the next segment (it may have grown)."""
 
-    def __init__(self, path: str | os.PathLike, stage_bytes: int = STAGE_BYTES, direct: bool = True):
+    def __init__(self, path: str | os.PathLike, stage_bytes: int = STAGE_BYTES, direct: bool = True,
+                 stage: mmap.mmap | None = None):
         self.path = os.fspath(path)
         self.direct = direct and hasattr(os, "O_DIRECT")
         flags = os.O_WRONLY | os.O_CREAT
@@ -52,13 +56,13 @@ class SegmentFile:
         # Staged bytes start at self._start (block-aligned); an existing file's last partial block is
         # read back into the stage so that appending rewrites it whole.
         self._start = size // BLOCK * BLOCK
-        self._stage = mmap.mmap(-1, max(_round_up(stage_bytes), BLOCK))
+        self.stage = stage if stage is not None else mmap.mmap(-1, max(_round_up(stage_bytes), BLOCK))
         self._fill = 0
         if size > self._start:
             with open(self.path, "rb") as fh:
                 fh.seek(self._start)
                 tail = fh.read(size - self._start)
-            self._stage[:len(tail)] = tail
+            self.stage[:len(tail)] = tail
             self._fill = len(tail)
 
     def tell(self) -> int:
@@ -73,11 +77,11 @@ class SegmentFile:
         for part in parts:
             view = memoryview(part).cast("B")
             n = len(view)
-            if self._fill + n > len(self._stage):
+            if self._fill + n > len(self.stage):
                 self._write_full_blocks()
-                if self._fill + n > len(self._stage):
+                if self._fill + n > len(self.stage):
                     self._grow(self._fill + n)
-            self._stage[self._fill:self._fill + n] = view
+            self.stage[self._fill:self._fill + n] = view
             self._fill += n
             size += n
         return offset, size
@@ -87,7 +91,7 @@ class SegmentFile:
         if not self._fill:
             return
         end = _round_up(self._fill) if self.direct else self._fill
-        self._stage[self._fill:end] = bytes(end - self._fill)
+        self.stage[self._fill:end] = bytes(end - self._fill)
         self._pwrite(end)
         whole = self._fill // BLOCK * BLOCK if self.direct else self._fill
         self._keep_from(whole)
@@ -101,11 +105,10 @@ class SegmentFile:
         finally:
             os.close(self._fd)
             self._fd = -1
-            self._stage.close()
 
     # --- internals -----------------------------------------------------------------------------
     def _pwrite(self, end: int) -> None:
-        view = memoryview(self._stage)
+        view = memoryview(self.stage)
         done = 0
         try:
             while done < end:
@@ -133,12 +136,12 @@ class SegmentFile:
         """Forget the first ``written`` staged bytes (now on disk); move what follows to the front."""
         rest = self._fill - written
         if rest:
-            self._stage.move(0, written, rest)
+            self.stage.move(0, written, rest)
         self._start += written
         self._fill = rest
 
     def _grow(self, need: int) -> None:
-        bigger = mmap.mmap(-1, _round_up(max(need, 2 * len(self._stage))))
-        bigger[:self._fill] = self._stage[:self._fill]
-        self._stage.close()
-        self._stage = bigger
+        bigger = mmap.mmap(-1, _round_up(max(need, 2 * len(self.stage))))
+        bigger[:self._fill] = self.stage[:self._fill]
+        self.stage.close()
+        self.stage = bigger

@@ -60,6 +60,23 @@ def test_retention_by_count_and_bytes_drops_oldest_and_their_segments(tmp_path, 
         CaptureStore(tmp_path / "t", max_captures=0)
 
 
+def test_every_segment_is_written_through_one_staging_buffer(tmp_path, monkeypatch):
+    """A fresh buffer per segment would touch new memory for each (slow on VMs: attacker/segment_file.py)."""
+    from attacker import segment_file
+
+    monkeypatch.setattr(capture_store, "SEGMENT_BYTES", 1)  # a new segment file for every write
+    mapped = []
+    real_mmap = segment_file.mmap.mmap
+    monkeypatch.setattr(segment_file.mmap, "mmap", lambda *a, **kw: mapped.append(a) or real_mmap(*a, **kw))
+    store = CaptureStore(tmp_path / "s")
+    for i in range(4):
+        store.add_captures([_row(i)])
+    assert len(list((tmp_path / "s" / "arrays").rglob("*.npys"))) == 4
+    assert len(mapped) == 1
+    assert [float(store.features(c).mean()) for c in store.captures()] == [0.0, 1.0, 2.0, 3.0]
+    store.close()
+
+
 def test_survives_restart(tmp_path):
     store = CaptureStore(tmp_path / "s")
     store.add_captures([_row(i) for i in range(3)])
