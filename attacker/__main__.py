@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sniff mode: read the captured packets every this many ms (env SPLITLAB_TAP_POLL_MS, "
                         "default 1). 0 reads each packet as it arrives, which makes the victims' cores wake this "
                         "process for every packet and slows them (see benchmarks/results/tap_overhead*.md)")
+    p.add_argument("--priority", choices=["normal", "idle"], default=env_default("SPLITLAB_TAP_PRIORITY", "normal"),
+                   help="CPU priority of the recording (env SPLITLAB_TAP_PRIORITY, default normal). idle: decode "
+                        "and write only on cores nothing else wants (Linux SCHED_IDLE), so a tap sharing cores "
+                        "with the edge or cloud never takes CPU from them; what it has not read waits in the kernel "
+                        "(sniff) or in the recorder's buffer (passive: --queue-mb), and if the cores stay busy "
+                        "longer than that lasts, connections are lost and counted instead of the victims slowed")
     p.add_argument("--admin", default=env_default("SPLITLAB_TAP_ADMIN", None),
                    help="passive and sniff modes: HOST:PORT of the tap's own health + reflection "
                         "(env SPLITLAB_TAP_ADMIN, default the listen port + 1)")
@@ -175,7 +181,7 @@ def cmd_tap(args) -> int:
                        max_store_bytes=None if args.max_store_mb is None else int(args.max_store_mb * 2**20),
                        stats_interval=args.stats_interval, grace=args.grace, record=not args.no_record,
                        mode=args.mode, admin=args.admin, interface=args.interface,
-                       poll_interval=args.poll_ms / 1000)
+                       poll_interval=args.poll_ms / 1000, priority=args.priority)
     try:
         return serve(config)
     except OSError as exc:

@@ -26,6 +26,7 @@ from protos import split_inference_pb2 as pb
 from protos import wire
 
 from .capture_store import CaptureStore
+from .priority import run_at_idle_priority
 
 log = logging.getLogger("attacker.tap")
 
@@ -38,7 +39,8 @@ class Recorder:
     def __init__(self, store_dir: str | os.PathLike, max_queue: int = 65536,
                  max_queue_bytes: int = 512 << 20, max_captures: int | None = None,
                  max_bytes: int | None = None, busy_timeout: float = 0.2, stats_interval: float = 2.0,
-                 stats_file: str | os.PathLike | None = None, batch: int = 64, linger: float = 0.02):
+                 stats_file: str | os.PathLike | None = None, batch: int = 64, linger: float = 0.02,
+                 idle_priority: bool = False):
         self.store_dir = Path(store_dir)
         self.max_queue, self.max_queue_bytes = max_queue, max_queue_bytes
         self.retention = (max_captures, max_bytes)
@@ -47,6 +49,7 @@ class Recorder:
         self.stats_file = Path(stats_file) if stats_file else self.store_dir / STATS_FILE
         self.batch = batch
         self.linger = linger  # after the first event, wait this long for more (fewer transactions)
+        self.idle_priority = idle_priority  # the writer thread runs under SCHED_IDLE (attacker/priority.py)
         self._queue: collections.deque = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()
@@ -126,6 +129,8 @@ class Recorder:
     # --- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
         last_stats = 0.0
+        if self.idle_priority:
+            run_at_idle_priority()
         self._open()  # early, so that a bad --store is reported at start-up
         self.ready.set()
         while True:

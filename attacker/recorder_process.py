@@ -422,6 +422,10 @@ def main(argv: list[str]) -> None:
     data_fd, control_fd, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
     signal_ignore()
     keep_freed_memory()
+    if config.get("idle_priority"):
+        from .priority import run_at_idle_priority
+
+        run_at_idle_priority(whole_process=True)
     child_main(socket.socket(fileno=data_fd), socket.socket(fileno=control_fd), config)
 
 

@@ -19,6 +19,10 @@ does work for it in their context, so it asks for as little as it can:
   arrives: a sleeping reader woken by each packet makes the sender's core interrupt this process's
   core every time, which slowed small calls by 10-20% even with the sniffer on its own core
   (``benchmarks/results/tap_overhead*.md``). The kernel queues the packets in between (64 MiB).
+  After ``QUIET_AFTER`` (100 ms) without a packet the clock stops, so an idle sniffer uses no
+  CPU, and the next packet wakes it and starts the clock again;
+- with ``--priority idle`` (:mod:`attacker.priority`) it reads and decodes only on cores that
+  nothing else wants, leaving the packets in the kernel's queue until then.
 
 Needs ``CAP_NET_RAW`` (root, or ``cap_add: [NET_RAW]`` in compose) and must start before the edge
 connects: HTTP/2 header compression cannot be decoded from the middle of a connection, so
@@ -35,6 +39,7 @@ import itertools
 import logging
 import socket
 import struct
+import time
 from pathlib import Path
 
 log = logging.getLogger("attacker.tap")
@@ -46,6 +51,7 @@ SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 RECV_BUFFER = 64 << 20
 POLL_INTERVAL = 0.001  # seconds between reads of the packet socket (0: read whenever a packet arrives)
+QUIET_AFTER = 0.1  # seconds without a packet after which the clock stops and the next packet wakes the sniffer
 MAX_AHEAD = 32 << 20  # early segments held while waiting for a missing one; past it, the gap is a loss
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 
@@ -244,6 +250,7 @@ class Sniffer:
 
         self.loop = asyncio.get_running_loop()
         self.sock = open_packet_socket(self.interface, self.port, self.host)
+        self._last_packet = time.monotonic()
         if self.poll_interval > 0:
             self._tick = self.loop.call_later(self.poll_interval, self._poll)
         else:
@@ -252,10 +259,24 @@ class Sniffer:
 
     def _poll(self) -> None:
         """Read what arrived since the last tick, then sleep until the next one. The kernel queues
-        packets meanwhile; no packet wakes this process, so the victims' cores send no wake-up."""
-        self._readable()
-        if self.sock is not None:
+        packets meanwhile; no packet wakes this process, so the victims' cores send no wake-up.
+        After ``QUIET_AFTER`` without a packet the clock stops (an idle tap uses no CPU) and the next
+        packet wakes the sniffer, which starts the clock again."""
+        now = time.monotonic()
+        if self._readable():
+            self._last_packet = now
+        if self.sock is None:
+            return
+        if now - self._last_packet >= QUIET_AFTER:
+            self._tick = None
+            self.loop.add_reader(self.sock.fileno(), self._woken)
+        else:
             self._tick = self.loop.call_later(self.poll_interval, self._poll)
+
+    def _woken(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self._last_packet = time.monotonic()
+        self._poll()
 
     def drain(self) -> None:
         """Take what the kernel holds now (on the loop's thread)."""
@@ -268,26 +289,29 @@ class Sniffer:
         self._readable()  # what the kernel already holds
         if self._tick is not None:
             self._tick.cancel()
-        else:
-            self.loop.remove_reader(self.sock.fileno())
+        self.loop.remove_reader(self.sock.fileno())  # (when waiting for a packet)
         self.sock.close()
         self.sock = None
         for conn in list(self.conns.values()):
             self._close(conn)
         self.conns.clear()
 
-    def _readable(self) -> None:
+    def _readable(self) -> int:
+        """Handle every packet the kernel holds; returns how many there were."""
         buf, recv = self._buf, self.sock.recv_into
+        got = 0
         while True:
             try:
                 n = recv(buf)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 log.warning("packet socket error: %s", exc)
-                return
-            self.counts["packets"] += 1
+                break
+            got += 1
             self._segment(memoryview(buf)[:n])
+        self.counts["packets"] += got
+        return got
 
     def _segment(self, pkt: memoryview) -> None:
         ethertype = (pkt[12] << 8) | pkt[13]

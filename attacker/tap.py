@@ -44,6 +44,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .heap import keep_freed_memory
+from .priority import run_at_idle_priority
 from .passive import Relay
 from .sniffer import POLL_INTERVAL, SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
@@ -73,6 +74,7 @@ class TapConfig:
     admin: str | None = None  # passive/sniff: health + reflection address (default: listen port + 1)
     interface: str = "lo"  # sniff mode: the interface to read packets on
     poll_interval: float = POLL_INTERVAL  # sniff mode: seconds between reads of the packet socket (0: on arrival)
+    priority: str = "normal"  # "idle": the recording threads run only on cores nothing else wants (attacker/priority.py)
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -114,11 +116,14 @@ class Tap:
         cfg = self.config
         if cfg.mode not in ("passive", "proxy", "sniff"):
             raise ValueError(f"tap mode must be 'passive', 'proxy' or 'sniff', got {cfg.mode!r}")
+        if cfg.priority not in ("normal", "idle"):
+            raise ValueError(f"tap priority must be 'normal' or 'idle', got {cfg.priority!r}")
         if not 0 <= cfg.poll_interval <= 1:
             raise ValueError(f"the sniff poll interval must be 0 to 1000 ms, got {cfg.poll_interval * 1000:g} ms")
         if cfg.record and cfg.mode in ("proxy", "sniff"):  # recorded in this process: neither is in a relay's path
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
-                                     cfg.max_store_bytes, stats_interval=cfg.stats_interval)
+                                     cfg.max_store_bytes, stats_interval=cfg.stats_interval,
+                                     idle_priority=cfg.priority == "idle")
             self.recorder.extra_stats = self._proxy_stats
         options = grpc_options(cfg.max_message_bytes)
         self._server = aio.server(options=options)
@@ -138,9 +143,12 @@ class Tap:
                     "store": cfg.store, "max_queue": cfg.max_queue, "max_queue_bytes": cfg.max_queue_bytes,
                     "max_captures": cfg.max_captures, "max_store_bytes": cfg.max_store_bytes,
                     "stats_interval": cfg.stats_interval, "max_message_bytes": cfg.max_message_bytes,
-                    "log_level": logging.getLogger().getEffectiveLevel()}, cfg.max_queue_bytes)
+                    "log_level": logging.getLogger().getEffectiveLevel(),
+                    "idle_priority": cfg.priority == "idle"}, cfg.max_queue_bytes)
                 self._parser.start(asyncio.get_running_loop())
             if cfg.mode == "sniff":
+                if cfg.priority == "idle":  # this loop thread reads and decodes the packets
+                    run_at_idle_priority()
                 host, _, port = cfg.upstream.rpartition(":")
                 self._relay = Sniffer(cfg.interface, int(port), self._decoder, cfg.poll_interval, host)
             else:

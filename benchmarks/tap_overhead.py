@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=int, action="append", help="run only workload number N (0-based; repeatable)")
     p.add_argument("--placement", choices=["shared", "separate"], default="shared",
                    help="shared: all processes on all cores; separate: the taps on their own cores (see above)")
+    p.add_argument("--priority", choices=["normal", "idle"], default="normal",
+                   help="the recording taps' --priority (idle: they record only on cores the victims leave free)")
     p.add_argument("--out", help="report path (default benchmarks/results/tap_overhead[-separate].md)")
     args = p.parse_args(argv)
     if args.out is None:
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 store = tmp / f"captures-{len(procs)}"
                 if "--no-record" not in extra:
                     stores[name] = store
+                    extra = [*extra, "--priority", args.priority]
                 procs.append(start([sys.executable, "-m", "attacker", "tap", "--listen", f"127.0.0.1:{port}",
                                     "--admin", admin, "--upstream", up,
                                     "--store", str(store), "--log-level", "warning", *extra],
@@ -372,7 +375,8 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         "Command: `python -m benchmarks.tap_overhead"
         + (f" --seconds {args.seconds:g}" if args.seconds != 2.0 else "")
         + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + (" --quick" if args.quick else "")
-        + (f" --placement {args.placement}" if args.placement != "shared" else "") + "`", "",
+        + (f" --placement {args.placement}" if args.placement != "shared" else "")
+        + (f" --priority {args.priority}" if args.priority != "normal" else "") + "`", "",
         f"Machine: {os.cpu_count()} CPU cores, {platform.python_implementation()} {platform.python_version()}, "
         f"everything on the CPU (no GPU used); the cloud server, four taps and the client are six processes "
         + ("sharing these cores" if args.placement == "shared" else
@@ -393,7 +397,10 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         "the tap reads copies of the packets on `lo`; its client connects to the same cloud process at a "
         f"second address, {SNIFF_HOST}, the only one the sniffer watches). Also shown: the passive relay without recording "
         "(the cost of the hop alone) and the recording tap in `--mode proxy` (a gRPC proxy re-issuing "
-        "each call).", "",
+        "each call)."
+        + (" The recording taps ran with `--priority idle`: they decode and write only on cores the victims "
+           "leave free (Linux SCHED_IDLE); `recorded` is counted after each workload, once they have "
+           "caught up." if args.priority == "idle" else ""), "",
         "| workload | batch | MiB/call | mode | direct img/s | direct p50 ms "
         "| sniff img/s | sniff p50 ms | sniff thr loss / p50 incr. | sniff recorded | sniff goal met "
         "| tap img/s | tap p50 ms | tap thr loss / p50 incr. | tap recorded | tap goal met "

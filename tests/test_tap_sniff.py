@@ -10,12 +10,14 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
+from attacker import sniffer as sniff_module
 from attacker.capture_store import CaptureStore
 from attacker.sniffer import SniffError, can_sniff, open_packet_socket, port_filter
 from attacker.tap import TapConfig, TapThread
@@ -264,7 +266,7 @@ def test_segments_out_of_order_or_repeated_are_put_back_in_order():
 
 
 def test_a_gap_that_never_fills_ends_the_recording_of_that_connection(monkeypatch):
-    from attacker import sniffer as mod
+    mod = sniff_module
 
     monkeypatch.setattr(mod, "MAX_AHEAD", 10)
     out = _Collect()
@@ -292,3 +294,17 @@ def test_the_cli_refuses_a_poll_interval_out_of_range(tmp_path, capsys):
     code = main(["tap", "--mode", "sniff", "--poll-ms", "-1", "--upstream", "127.0.0.1:1",
                  "--store", str(tmp_path / "s")])
     assert code == 2 and "--poll-ms must be 0 to 1000, got -1" in capsys.readouterr().err
+
+
+def test_an_idle_sniffer_stops_its_clock_and_the_next_packet_wakes_it(tmp_path, cloud):
+    with _sniff(tmp_path, cloud) as tap:
+        sniffer = tap.tap._relay
+        time.sleep(sniff_module.QUIET_AFTER + 0.1)
+        assert sniffer._tick is None  # asleep until a packet comes: no CPU while nothing flows
+        with grpc.insecure_channel(f"127.0.0.1:{cloud}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            assert unary(ch, "Infer", request(rid="wake").SerializeToString())[0] == grpc.StatusCode.OK
+            assert sniffer._tick is not None  # woken: reading on the clock again
+        assert tap.flush(10)
+        assert [c.request_id for c in CaptureStore(tmp_path / "s").captures()] == ["wake"]
+        time.sleep(sniff_module.QUIET_AFTER + 0.1)
+        assert sniffer._tick is None
