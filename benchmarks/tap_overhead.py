@@ -67,21 +67,27 @@ def calls_sent(measurements: list[tuple[float, float, int]]) -> int:
     return sum(m[2] for m in measurements) + WARMUP * len(measurements)
 
 
-def settled_count(store: Path, quiet: float = 3.0, timeout: float = 120.0) -> int:
-    """Captures in ``store`` once the tap has stopped adding to it (its recorder may lag the traffic)."""
+def settled_counts(stores: dict[str, Path], quiet: float = 3.0,
+                   timeout: float = 120.0) -> dict[str, tuple[int, float]]:
+    """For each store: its captures once its tap has stopped adding to them (recorders may lag the
+    traffic), and the ``time.monotonic()`` at which that count last changed (when it caught up).
+    The stores are watched together, so one tap's lag does not show as another's."""
     from attacker.capture_store import CaptureStore
 
-    end, last, since = time.monotonic() + timeout, -1, time.monotonic()
+    end = time.monotonic() + timeout
+    seen = {name: (-1, time.monotonic()) for name in stores}
     while True:
-        try:
-            with CaptureStore(store) as cs:
-                n = cs.count()
-        except Exception:
-            n = 0
-        if n != last:
-            last, since = n, time.monotonic()
-        elif time.monotonic() - since >= quiet or time.monotonic() > end:
-            return n
+        for name, store in stores.items():
+            try:
+                with CaptureStore(store) as cs:
+                    n = cs.count()
+            except Exception:
+                n = 0
+            if n != seen[name][0]:
+                seen[name] = (n, time.monotonic())
+        now = time.monotonic()
+        if now > end or all(now - since >= quiet for _, since in seen.values()):
+            return seen
         time.sleep(0.2)
 
 
@@ -232,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="shared: all processes on all cores; separate: the taps on their own cores (see above)")
     p.add_argument("--priority", choices=["normal", "idle"], default="normal",
                    help="the recording taps' --priority (idle: they record only on cores the victims leave free)")
-    p.add_argument("--out", help="report path (default benchmarks/results/tap_overhead[-separate].md)")
+    p.add_argument("--out", help="report path (default benchmarks/results/tap_overhead[-separate][-idle].md)")
     args = p.parse_args(argv)
     if args.out is None:
-        name = "tap_overhead.md" if args.placement == "shared" else "tap_overhead-separate.md"
+        name = ("tap_overhead" + ("-separate" if args.placement == "separate" else "")
+                + ("-idle" if args.priority == "idle" else "") + ".md")
         args.out = str(ROOT / "benchmarks" / "results" / name)
     victim_cpus, tap_cpus = args.cpus = placement_cpus(args.placement)
     if victim_cpus:
@@ -308,11 +315,13 @@ def main(argv: list[str] | None = None) -> int:
                         before = time.process_time() + sum(proc_cpu(p) for p in pids)
                         results[name].append(fn(clients[name], dep_id, feats, args.seconds))
                         cpu[name] += time.process_time() + sum(proc_cpu(p) for p in pids) - before
+                rounds_end = time.monotonic()
                 row = {"workload": f"{arch} {split}", "batch": batch, "mode": mode,
-                       "mb": feats.nbytes / 2**20, "recorded": {},
+                       "mb": feats.nbytes / 2**20, "recorded": {}, "lag": {},
                        "rounds": {n: [x[0] for x in res] for n, res in results.items()}}  # img/s per round
-                for name, store in stores.items():  # what each recording tap kept of this workload's calls
-                    total = settled_count(store)
+                settled = settled_counts(stores)
+                for name, (total, caught_up) in settled.items():  # what each recording tap kept of this workload
+                    row["lag"][name] = max(0.0, caught_up - rounds_end)  # how long recording ran on after
                     row["recorded"][name] = (total - recorded_before.get(name, 0)) / calls_sent(results[name])
                     recorded_before[name] = total
                 if SNIFF in clients:  # a fresh connection for the next workload: one lost here stays lost
@@ -358,7 +367,8 @@ def _line(row) -> str:
     if SNIFF in row:
         s_tp, s_lat = _slower(row, SNIFF)
         sniff = (f" | sniff {row[SNIFF][0]:8.1f} img/s p50 {row[SNIFF][1]:7.2f} ms ({s_tp:+.1%} thr loss, "
-                 f"{s_lat:+.1%} p50) CPU {row[SNIFF][3]:.2f} recorded {row['recorded'].get(SNIFF, 0):.1%}")
+                 f"{s_lat:+.1%} p50) CPU {row[SNIFF][3]:.2f} recorded {row['recorded'].get(SNIFF, 0):.1%}"
+                 f" (done {row['lag'].get(SNIFF, 0):.1f} s after the rounds)")
     return (f"{row['workload']:<22} b{row['batch']:<3} {row['mode']:<6} direct {row['direct'][0]:8.1f} img/s "
             f"p50 {row['direct'][1]:7.2f} ms | tap {row['tap'][0]:8.1f} img/s p50 {row['tap'][1]:7.2f} ms "
             f"({t_tp:+.1%} thr loss, {t_lat:+.1%} p50) | relay only {row['relay only'][0]:8.1f} img/s "
@@ -400,7 +410,7 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         "each call)."
         + (" The recording taps ran with `--priority idle`: they decode and write only on cores the victims "
            "leave free (Linux SCHED_IDLE); `recorded` is counted after each workload, once they have "
-           "caught up." if args.priority == "idle" else ""), "",
+           "caught up, and their CPU ms/call counts only what they used during the measured rounds." if args.priority == "idle" else ""), "",
         "| workload | batch | MiB/call | mode | direct img/s | direct p50 ms "
         "| sniff img/s | sniff p50 ms | sniff thr loss / p50 incr. | sniff recorded | sniff goal met "
         "| tap img/s | tap p50 ms | tap thr loss / p50 incr. | tap recorded | tap goal met "
@@ -419,7 +429,9 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         if len(row["rounds"][name]) > 1:  # each round measures direct and this target back to back
             losses = [1 - t / d for t, d in zip(row["rounds"][name], row["rounds"]["direct"])]
             spread = f" (rounds {min(losses):+.0%} to {max(losses):+.0%})"
-        return (f"{row[name][0]:.1f} | {row[name][1]:.2f} | {loss:+.1%} / {inc:+.1%}{spread} | {kept:.1%} "
+        lag = row["lag"].get(name, 0.0)
+        late = f" (done {lag:.1f} s after the rounds)" if lag >= 0.5 else ""
+        return (f"{row[name][0]:.1f} | {row[name][1]:.2f} | {loss:+.1%} / {inc:+.1%}{spread} | {kept:.1%}{late} "
                 f"| {met}")
 
     for row in rows:

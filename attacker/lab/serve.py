@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
     tap.add_argument("--mode", choices=["passive", "proxy"], default=_env("SPLITLAB_TAP_MODE", "passive"),
                      help="tap mode, as `attacker tap --mode` (env SPLITLAB_TAP_MODE, default passive)")
+    tap.add_argument("--priority", choices=["normal", "idle"], default=_env("SPLITLAB_TAP_PRIORITY", "normal"),
+                     help="CPU priority of the recording, as `attacker tap --priority` (env SPLITLAB_TAP_PRIORITY, "
+                          "default normal; idle: record only on cores nothing else wants)")
     tap.add_argument("--admin", default=_env("SPLITLAB_TAP_ADMIN", None),
                      help="passive mode: HOST:PORT of the tap's own health + reflection (env SPLITLAB_TAP_ADMIN, "
                           "default the listen port + 1)")
@@ -128,7 +131,7 @@ def run_serve(args) -> int:
 
         tap = TapThread(TapConfig(listen=args.listen, upstream=args.upstream, store=str(store_dir),
                                   max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode,
-                                  admin=args.admin))
+                                  admin=args.admin, priority=args.priority))
         try:
             port = tap.start()
         except OSError as exc:
