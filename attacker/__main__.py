@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from models.env import env_default
 from models.errors import SplitlabError
 
 from .capture_store import default_store_dir
+from .priority import PRIORITIES
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -31,9 +31,12 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="capture store folder (env SPLITLAB_STORE, default ./captures)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch / ONNX Runtime threads (env SPLITLAB_THREADS, default 1)")
-    p.add_argument("--log-level", default=os.environ.get("SPLITLAB_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"], help="log level (env SPLITLAB_LOG_LEVEL)")
+    p.add_argument("--log-level", default=env_default("SPLITLAB_LOG_LEVEL", "info", choices=LOG_LEVELS),
+                   choices=LOG_LEVELS, help="log level (env SPLITLAB_LOG_LEVEL)")
 
+
+TAP_MODES = ["passive", "proxy", "sniff"]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attacker", description=__doc__,
@@ -48,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     p.add_argument("--upstream", default=env_default("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
                    help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
-    p.add_argument("--mode", choices=["passive", "proxy", "sniff"], default=env_default("SPLITLAB_TAP_MODE", "passive"),
+    p.add_argument("--mode", choices=TAP_MODES, default=env_default("SPLITLAB_TAP_MODE", "passive", choices=TAP_MODES),
                    help="passive: relay TCP bytes unchanged and decode a copy (default); proxy: a gRPC proxy "
                         "that re-issues each call; sniff: nothing in the path, read copies of the packets to "
                         "the --upstream port (and host, if an IP address) on --interface (needs CAP_NET_RAW; "
@@ -60,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sniff mode: read the captured packets every this many ms (env SPLITLAB_TAP_POLL_MS, "
                         "default 1). 0 reads each packet as it arrives, which makes the victims' cores wake this "
                         "process for every packet and slows them (see benchmarks/results/tap_overhead*.md)")
-    p.add_argument("--priority", choices=["normal", "idle"], default=env_default("SPLITLAB_TAP_PRIORITY", "normal"),
+    p.add_argument("--priority", choices=PRIORITIES, default=env_default("SPLITLAB_TAP_PRIORITY", "normal", choices=PRIORITIES),
                    help="CPU priority of the recording (env SPLITLAB_TAP_PRIORITY, default normal). idle: decode "
                         "and write only on cores nothing else wants (Linux SCHED_IDLE), so a tap sharing cores "
                         "with the edge or cloud never takes CPU from them; what it has not read waits in the kernel "

@@ -16,6 +16,8 @@ import os
 
 log = logging.getLogger("attacker.tap")
 
+PRIORITIES = ("normal", "idle")  # the tap's --priority
+
 
 def run_at_idle_priority(whole_process: bool = False) -> bool:
     """Put the calling thread (or every thread of this process) under ``SCHED_IDLE``; threads it

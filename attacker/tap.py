@@ -44,7 +44,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .heap import keep_freed_memory
-from .priority import run_at_idle_priority
+from .priority import PRIORITIES, run_at_idle_priority
 from .passive import Relay
 from .sniffer import POLL_INTERVAL, SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
@@ -116,7 +116,7 @@ class Tap:
         cfg = self.config
         if cfg.mode not in ("passive", "proxy", "sniff"):
             raise ValueError(f"tap mode must be 'passive', 'proxy' or 'sniff', got {cfg.mode!r}")
-        if cfg.priority not in ("normal", "idle"):
+        if cfg.priority not in PRIORITIES:
             raise ValueError(f"tap priority must be 'normal' or 'idle', got {cfg.priority!r}")
         if not 0 <= cfg.poll_interval <= 1:
             raise ValueError(f"the sniff poll interval must be 0 to 1000 ms, got {cfg.poll_interval * 1000:g} ms")

@@ -15,12 +15,16 @@ from models.errors import SplitlabError
 from .server import DEFAULT_MAX_MESSAGE_MB, CloudServer, ServerConfig
 
 
-def _env(name: str, default, kind=str):
+def _env(name: str, default, kind=str, choices=None):
     """``models.env.env_default``, a malformed value ending the program with its message."""
     try:
-        return env_default(name, default, kind)
+        return env_default(name, default, kind, choices)
     except SplitlabError as exc:
         raise SystemExit(f"cloud-server: {exc}") from None
+
+
+RUNTIMES = ["onnxruntime", "torch"]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=_env("SPLITLAB_THREADS", 1, int),
                    help="intra-op threads of the single compute thread that runs every tail; on a machine "
                         "shared with the edge keep 1 [SPLITLAB_THREADS, default 1]")
-    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default=_env("SPLITLAB_CLOUD_RUNTIME", "onnxruntime"),
+    p.add_argument("--runtime", choices=RUNTIMES, default=_env("SPLITLAB_CLOUD_RUNTIME", "onnxruntime", choices=RUNTIMES),
                    help="what runs the tails: ONNX Runtime (each tail exported and checked against torch on load; "
                         "torch is the fallback) or torch [SPLITLAB_CLOUD_RUNTIME, default onnxruntime]")
     p.add_argument("--max-batch", type=int, default=_env("SPLITLAB_MAX_BATCH", 1024, int),
@@ -66,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tails kept loaded (least recently used evicted) [SPLITLAB_CACHE_SIZE, default 8]")
     p.add_argument("--grace", type=float, default=_env("SPLITLAB_GRACE_SECONDS", 30.0, float),
                    help="seconds in-flight calls get to finish on shutdown [SPLITLAB_GRACE_SECONDS, default 30]")
-    p.add_argument("--log-level", default=_env("SPLITLAB_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"],
+    p.add_argument("--log-level", default=_env("SPLITLAB_LOG_LEVEL", "info", choices=LOG_LEVELS),
+                   choices=LOG_LEVELS,
                    help="JSON logs on stderr; 'info' logs every request with its id [SPLITLAB_LOG_LEVEL, default info]")
     return p
 

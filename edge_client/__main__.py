@@ -18,10 +18,10 @@ from protos.wire import WIRE_DTYPES
 from .client import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT
 
 
-def _env(name: str, default, kind=str):
+def _env(name: str, default, kind=str, choices=None):
     """``models.env.env_default``, a malformed value ending the program with its message."""
     try:
-        return env_default(name, default, kind)
+        return env_default(name, default, kind, choices)
     except SplitlabError as exc:
         raise SystemExit(f"edge-client: {exc}") from None
 
@@ -35,12 +35,12 @@ def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:
                    help="deadline of each call in seconds [SPLITLAB_TIMEOUT, default 30]")
     if not runtime:
         return
-    p.add_argument("--wire", choices=[w for w in WIRE_DTYPES if w != "uint8"], default=_env("SPLITLAB_WIRE", "float32"),
+    p.add_argument("--wire", choices=WIRES, default=_env("SPLITLAB_WIRE", "float32", choices=WIRES),
                    help="dtype of the features on the wire; float16/int8 are produced inside the ONNX head "
                         "[SPLITLAB_WIRE, default float32]")
-    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default=_env("SPLITLAB_RUNTIME", "onnxruntime"),
+    p.add_argument("--runtime", choices=RUNTIMES, default=_env("SPLITLAB_RUNTIME", "onnxruntime", choices=RUNTIMES),
                    help="what runs the head [SPLITLAB_RUNTIME, default onnxruntime]")
-    p.add_argument("--device", choices=["cpu", "cuda"], default=_env("SPLITLAB_DEVICE", "cpu"),
+    p.add_argument("--device", choices=DEVICES, default=_env("SPLITLAB_DEVICE", "cpu", choices=DEVICES),
                    help="cuda uses ONNX Runtime's CUDA provider or torch on CUDA; without CUDA the edge "
                         "says so and falls back to the CPU [SPLITLAB_DEVICE, default cpu]")
     p.add_argument("--threads", type=int, default=_env("SPLITLAB_THREADS", 1, int),
@@ -49,6 +49,11 @@ def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:
                    help="download the head even when the cached copy (keyed by sha256) is current")
     p.add_argument("--cache", default=_env("SPLITLAB_CACHE", ".splitlab-cache"),
                    help="head cache folder [SPLITLAB_CACHE, default ./.splitlab-cache]")
+
+
+WIRES = [w for w in WIRE_DTYPES if w != "uint8"]
+RUNTIMES = ["onnxruntime", "torch"]
+DEVICES = ["cpu", "cuda"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,3 +86,14 @@ def test_a_bad_priority_is_refused(tmp_path, cloud, capsys):
         attacker_main(["tap", "--priority", "low", "--store", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert "invalid choice: 'low'" in capsys.readouterr().err
+
+
+def test_a_bad_priority_from_the_environment_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """argparse checks only flags against their choices, not defaults taken from the environment."""
+    monkeypatch.setenv("SPLITLAB_TAP_PRIORITY", "low")
+    assert attacker_main(["tap", "--store", str(tmp_path / "s")]) == 2
+    assert "SPLITLAB_TAP_PRIORITY must be one of normal, idle, got 'low'" in capsys.readouterr().err
+    monkeypatch.setenv("SPLITLAB_TAP_PRIORITY", "idle")
+    from attacker.__main__ import build_parser
+
+    assert build_parser().parse_args(["tap"]).priority == "idle"

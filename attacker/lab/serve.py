@@ -24,11 +24,14 @@ from pathlib import Path
 from models.env import env_default as _env
 from models.errors import SplitlabError
 
+from ..priority import PRIORITIES
 from .limits import Limits
 
 log = logging.getLogger("attacker.lab")
 LOOPBACK = "127.0.0.1"
 
+
+SERVE_TAP_MODES = ["passive", "proxy"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``attacker serve`` (``--store``, ``--threads``, ``--log-level`` come from the CLI)."""
@@ -37,9 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     tap.add_argument("--upstream", default=_env("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
                      help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
-    tap.add_argument("--mode", choices=["passive", "proxy"], default=_env("SPLITLAB_TAP_MODE", "passive"),
+    tap.add_argument("--mode", choices=SERVE_TAP_MODES, default=_env("SPLITLAB_TAP_MODE", "passive", choices=SERVE_TAP_MODES),
                      help="tap mode, as `attacker tap --mode` (env SPLITLAB_TAP_MODE, default passive)")
-    tap.add_argument("--priority", choices=["normal", "idle"], default=_env("SPLITLAB_TAP_PRIORITY", "normal"),
+    tap.add_argument("--priority", choices=PRIORITIES, default=_env("SPLITLAB_TAP_PRIORITY", "normal", choices=PRIORITIES),
                      help="CPU priority of the recording, as `attacker tap --priority` (env SPLITLAB_TAP_PRIORITY, "
                           "default normal; idle: record only on cores nothing else wants)")
     tap.add_argument("--admin", default=_env("SPLITLAB_TAP_ADMIN", None),
