@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     tap.add_argument("--upstream", default=_env("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
                      help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
-    tap.add_argument("--mode", choices=SERVE_TAP_MODES, default=_env("SPLITLAB_TAP_MODE", "passive", choices=SERVE_TAP_MODES),
+    # Checked when the tap starts, not here: SPLITLAB_TAP_MODE=sniff is right for `attacker tap` (the
+    # compose sniffer) and must not stop this parser from being built.
+    tap.add_argument("--mode", choices=SERVE_TAP_MODES, default=_env("SPLITLAB_TAP_MODE", "passive"),
                      help="tap mode, as `attacker tap --mode` (env SPLITLAB_TAP_MODE, default passive)")
     tap.add_argument("--priority", choices=PRIORITIES, default=_env("SPLITLAB_TAP_PRIORITY", "normal", choices=PRIORITIES),
                      help="CPU priority of the recording, as `attacker tap --priority` (env SPLITLAB_TAP_PRIORITY, "
@@ -106,6 +108,10 @@ def bind_host(requested: str, token: str | None) -> tuple[str, str | None]:
 
 
 def run_serve(args) -> int:
+    if not args.no_tap and args.mode not in SERVE_TAP_MODES:
+        raise SplitlabError(f"attacker serve runs its tap in passive or proxy mode, got {args.mode!r} (from "
+                            "SPLITLAB_TAP_MODE?); for a sniff tap run `attacker tap --mode sniff` beside "
+                            "`attacker serve --no-tap` on the same --store")
     from models.graceful import run_uvicorn
     from models.onnx_runtime import set_torch_threads
 
