@@ -25,6 +25,9 @@ from models.errors import SplitlabError
 from .capture_store import default_store_dir
 from .priority import PRIORITIES
 
+TAP_MODES = ["passive", "proxy", "sniff"]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=default_store_dir(),
@@ -34,9 +37,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=env_default("SPLITLAB_LOG_LEVEL", "info", choices=LOG_LEVELS),
                    choices=LOG_LEVELS, help="log level (env SPLITLAB_LOG_LEVEL)")
 
-
-TAP_MODES = ["passive", "proxy", "sniff"]
-LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attacker", description=__doc__,

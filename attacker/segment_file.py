@@ -93,8 +93,7 @@ class SegmentFile:
         end = _round_up(self._fill) if self.direct else self._fill
         self.stage[self._fill:end] = bytes(end - self._fill)
         self._pwrite(end)
-        whole = self._fill // BLOCK * BLOCK if self.direct else self._fill
-        self._keep_from(whole)
+        self._keep_from(self._whole())
 
     def close(self) -> None:
         if self._fd < 0:
@@ -126,8 +125,12 @@ class SegmentFile:
         self._fd = os.open(self.path, os.O_WRONLY)
         self.direct = False
 
+    def _whole(self) -> int:
+        """How many staged bytes a write can leave behind for good: whole blocks (direct I/O), or all."""
+        return self._fill // BLOCK * BLOCK if self.direct else self._fill
+
     def _write_full_blocks(self) -> None:
-        whole = self._fill // BLOCK * BLOCK if self.direct else self._fill
+        whole = self._whole()
         if whole:
             self._pwrite(whole)
             self._keep_from(whole)

@@ -117,7 +117,7 @@ class Tap:
         if cfg.mode not in ("passive", "proxy", "sniff"):
             raise ValueError(f"tap mode must be 'passive', 'proxy' or 'sniff', got {cfg.mode!r}")
         if cfg.priority not in PRIORITIES:
-            raise ValueError(f"tap priority must be 'normal' or 'idle', got {cfg.priority!r}")
+            raise ValueError(f"tap priority must be {' or '.join(map(repr, PRIORITIES))}, got {cfg.priority!r}")
         if not 0 <= cfg.poll_interval <= 1:
             raise ValueError(f"the sniff poll interval must be 0 to 1000 ms, got {cfg.poll_interval * 1000:g} ms")
         if cfg.record and cfg.mode in ("proxy", "sniff"):  # recorded in this process: neither is in a relay's path

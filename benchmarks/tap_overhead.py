@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=int, action="append", help="run only workload number N (0-based; repeatable)")
     p.add_argument("--placement", choices=["shared", "separate"], default="shared",
                    help="shared: all processes on all cores; separate: the taps on their own cores (see above)")
-    p.add_argument("--priority", choices=["normal", "idle"], default="normal",
+    from attacker.priority import PRIORITIES
+
+    p.add_argument("--priority", choices=PRIORITIES, default="normal",
                    help="the recording taps' --priority (idle: they record only on cores the victims leave free)")
     p.add_argument("--out", help="report path (default benchmarks/results/tap_overhead[-separate][-idle].md)")
     args = p.parse_args(argv)

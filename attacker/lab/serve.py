@@ -29,9 +29,8 @@ from .limits import Limits
 
 log = logging.getLogger("attacker.lab")
 LOOPBACK = "127.0.0.1"
-
-
 SERVE_TAP_MODES = ["passive", "proxy"]
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``attacker serve`` (``--store``, ``--threads``, ``--log-level`` come from the CLI)."""
