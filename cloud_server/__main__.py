@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=_env("SPLITLAB_CLOUD_PORT", 50051, int),
                    help="port to listen on; 0 picks a free one (logged) [SPLITLAB_CLOUD_PORT, default 50051]")
     p.add_argument("--artifacts", default=_env("SPLITLAB_ARTIFACTS", "artifacts"),
-                   help="artifact store root holding deployments/ [SPLITLAB_ARTIFACTS, default ./artifacts]")
+                   help="artifact store root holding deployments/; it may be empty or not exist yet: "
+                        "deployments written there later (python -m models deploy, the lab) are served "
+                        "without a restart [SPLITLAB_ARTIFACTS, default ./artifacts]")
     p.add_argument("--max-message-mb", type=float, default=_env("SPLITLAB_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB, float),
                    help="largest gRPC message received or sent, in MiB; bigger requests get RESOURCE_EXHAUSTED. "
                         "Give the edge the same value [SPLITLAB_MAX_MESSAGE_MB, default 64]")
@@ -85,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.max_message_mb > 0 or args.grace < 0 or not 0 <= args.port < 65536:
         print("cloud-server: --max-message-mb must be > 0, --grace >= 0 and --port in 0..65535", file=sys.stderr)
         return 2
-    if not Path(args.artifacts).is_dir():
-        print(f"cloud-server: artifact store {args.artifacts!r} does not exist; train and deploy a model first "
-              "(python -m models train ...; python -m models deploy ...) or pass --artifacts", file=sys.stderr)
+    if Path(args.artifacts).exists() and not Path(args.artifacts).is_dir():
+        print(f"cloud-server: --artifacts {args.artifacts!r} is a file, not an artifact store folder", file=sys.stderr)
         return 2
 
     from models.onnx_runtime import set_torch_threads

@@ -2,8 +2,11 @@
 loaded lazily (as ONNX Runtime or torch runners, see ``tail_runtime``) into a bounded
 least-recently-used cache.
 
-A deployment folder that is replaced on disk (redeployed) is noticed through its
-``deployment.json`` (inode and modification time) and reloaded on the next request.
+Nothing is read at start-up: each request looks its deployment up on disk, so the store may be
+empty or missing when the server starts, and a deployment written later (``python -m models
+deploy``, the lab) is served on its first request without a restart. A deployment folder that
+is replaced on disk (redeployed) is noticed through its ``deployment.json`` (inode and
+modification time) and reloaded on the next request.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ class Registry:
             st = os.stat(path)
         except OSError:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"no deployment {dep_id!r} on this server (see ListDeployments)") from None
+                               f"no deployment {dep_id!r} on this server (store {self.deployments_root}; "
+                               "see ListDeployments)") from None
         self._json_paths[dep_id] = path  # only ids that exist are remembered
         stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._records.get(dep_id)
@@ -89,6 +93,11 @@ class Registry:
                                f"deployment {dep_id!r} is unreadable on the server: {exc}") from None
         self._records[dep_id] = dep
         return dep
+
+    @property
+    def deployments_root(self) -> str:
+        """Where deployments are looked up (absolute), for messages: it may not exist yet."""
+        return str((self.store.root / "deployments").absolute())
 
     def list(self) -> list[Deployment]:
         out = []
