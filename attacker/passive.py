@@ -36,11 +36,24 @@ def _peer(transport) -> str:
 
 
 class _Client(asyncio.Protocol):
+    """The edge's side of one relayed connection.
+
+    Reading is paused until the upstream connection is made, but bytes that arrive before it are
+    held (``early``) rather than assumed impossible: CPython before 3.11.3 did not honour a
+    ``pause_reading()`` made in ``connection_made`` (the transport started reading anyway), so on
+    Debian 12's Python 3.11.2 the edge's preface reached ``data_received`` while the upstream was
+    still being connected (a host name to resolve), and every connection through the relay failed.
+    HTTP/2 flow control bounds what an edge can send before it hears from the cloud, so the hold is
+    small. An EOF that arrives early is held the same way.
+    """
+
     def __init__(self, relay: "Relay"):
         self.relay = relay
         self.transport = None
         self.upstream = None
         self.conn = next(relay.ids)
+        self.early: list[bytes] = []
+        self.early_eof = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -66,10 +79,25 @@ class _Client(asyncio.Protocol):
         self.relay.last_activity = time.monotonic()
         if self.relay.parser is not None:  # queued before it is relayed: a flush() after the reply sees it
             self.relay.parser.chunk(self.conn, True, data)
-        self.upstream.write(data)
+        if self.upstream is None:
+            self.early.append(data)
+            self.transport.pause_reading()  # honoured now that connection_made has returned
+        else:
+            self.upstream.write(data)
+
+    def upstream_connected(self, upstream) -> None:
+        """Relay what arrived before the upstream was connected, in order, then relay directly."""
+        self.upstream = upstream
+        if self.early:
+            upstream.write(b"".join(self.early))
+            self.early.clear()
+        if self.early_eof and upstream.can_write_eof():
+            upstream.write_eof()
 
     def eof_received(self):
-        if self.upstream is not None and self.upstream.can_write_eof():
+        if self.upstream is None:
+            self.early_eof = True
+        elif self.upstream.can_write_eof():
             self.upstream.write_eof()
         return True
 
@@ -95,7 +123,7 @@ class _Upstream(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         _nodelay(transport)
-        self.client.upstream = transport
+        self.client.upstream_connected(transport)
         if self.client.transport.is_closing():
             transport.close()
 
