@@ -22,9 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash tests/setup_system.sh
 	$(PY) -m pytest
+	bash tests/oldest_python.sh
 
 bench: $(STAMP)
 	$(PY) -m benchmarks run benchmarks/configs/training.yaml
 
 clean:
-	rm -rf $(VENV) artifacts captures out
+	rm -rf $(VENV) .venv-oldest artifacts captures out
