@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import SplitlabError
+from models.env import cuda_fallback_message, torch_cuda_status
 
 RUNTIMES = ("onnxruntime", "torch")
 DEVICES = ("cpu", "cuda")
@@ -47,22 +48,14 @@ def cuda_status() -> tuple[bool, bool, str]:
     """(torch has CUDA, ONNX Runtime has its CUDA provider, a sentence describing both)."""
     import onnxruntime as ort
 
-    try:
-        import torch
-
-        torch_cuda = bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - a torch without CUDA support at all
-        torch_cuda = False
+    torch_cuda, torch_text = torch_cuda_status()
     providers = ort.get_available_providers()
     ort_cuda = "CUDAExecutionProvider" in providers
-    text = (f"torch.cuda.is_available() is {torch_cuda}; ONNX Runtime execution providers: "
-            f"{', '.join(providers)}")
-    return torch_cuda, ort_cuda, text
+    return torch_cuda, ort_cuda, f"{torch_text}; ONNX Runtime execution providers: {', '.join(providers)}"
 
 
 def fallback_message(runtime: str, detail: str) -> str:
-    return (f"edge-client: CUDA was requested (--device cuda) but is not available to {runtime} on this "
-            f"machine ({detail}); falling back to the CPU.")
+    return cuda_fallback_message("edge-client", runtime, detail)
 
 
 def fuse_wire_cast(onnx_bytes: bytes, wire: str) -> bytes:
