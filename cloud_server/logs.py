@@ -14,6 +14,8 @@ import logging
 import sys
 import time
 
+from .errors import clip
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -43,5 +45,7 @@ def setup(level: str = "info", stream=None) -> None:
 
 
 def log(logger: logging.Logger, level: int, event: str, **fields) -> None:
+    """Text fields are clipped: a client's megabyte-long deployment id must not become a log line."""
     if logger.isEnabledFor(level):
+        fields = {k: clip(v) if isinstance(v, str) else v for k, v in fields.items()}
         logger.log(level, event, extra={"fields": fields})

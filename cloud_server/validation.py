@@ -29,10 +29,10 @@ def features_of(request: pb.InferRequest, dep: Deployment, max_batch: int) -> Fe
     shape = tuple(t.shape)
     if len(shape) != len(dep.feature_shape) + 1 or shape[1:] != dep.feature_shape:
         expected = "[batch, " + ", ".join(str(s) for s in dep.feature_shape) + "]"
-        raise _invalid(f"features have shape {list(shape)} but deployment {dep.id!r} expects {expected}")
+        raise _invalid(f"features have shape {wire.shape_text(shape)} but deployment {dep.id!r} expects {expected}")
     batch = shape[0]
     if batch <= 0:
-        raise _invalid(f"empty batch: features have shape {list(shape)} (batch must be at least 1)")
+        raise _invalid(f"empty batch: features have shape {wire.shape_text(shape)} (batch must be at least 1)")
     if batch > max_batch:
         raise _invalid(f"batch of {batch} examples exceeds this server's limit of {max_batch} "
                        "(--max-batch); split it into smaller requests")

@@ -3,7 +3,11 @@
 Wire dtypes: ``float32``, ``float16``, ``bfloat16`` (the top 16 bits of a float32, rounded to
 nearest even), ``int8`` (symmetric: value = int8 * scale, scale = max|x| / 127) and ``uint8``.
 Bytes are little-endian, C order. :func:`decode` validates everything a peer could get wrong and
-raises :class:`WireError` with a message naming the problem.
+raises :class:`WireError` with a message naming the problem. The checks run on the header alone
+(dtype, shape, byte count) before any array exists, so a hostile header (a huge, negative or
+overflowing shape, more dimensions than numpy has) costs nothing, and what decoding allocates is
+bounded by the bytes actually received (at most twice them, for float16 -> float32); the messages
+abbreviate long shapes so that an error cannot be bigger than a gRPC status may carry.
 
 Large tensors are the hot path of split inference, so copies are counted:
 
@@ -19,6 +23,7 @@ Large tensors are the hot path of split inference, so copies are counted:
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -33,8 +38,21 @@ _NUMPY = {pb.Tensor.FLOAT32: "<f4", pb.Tensor.FLOAT16: "<f2", pb.Tensor.BFLOAT16
           pb.Tensor.UINT8: "u1"}
 
 
+MAX_NDIM = 64  # numpy's limit
+_MAX_BYTES = sys.maxsize  # the largest array numpy can describe (decoding gives float32)
+_INT8_MAX_SCALE = float(np.finfo(np.float32).max) / 128  # -128 * scale still a finite float32
+
+
 class WireError(ValueError):
     """A tensor message that cannot be decoded; the message says why."""
+
+
+def shape_text(shape) -> str:
+    """``[2, 3]``; a shape of more than 8 dimensions is abbreviated (``[1, 1, 1, ..., 1] (70 dims)``)."""
+    shape = list(shape)
+    if len(shape) <= 8:
+        return str(shape)
+    return "[" + ", ".join(str(d) for d in shape[:3]) + f", ..., {shape[-1]}] ({len(shape)} dims)"
 
 
 def dtype_name(code: int) -> str:
@@ -60,12 +78,13 @@ def wire_array(array: np.ndarray, wire_dtype: str = "float32", scale: float | No
         rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
         return (rounded >> np.uint32(16)).astype("<u2"), 0.0
     if code == pb.Tensor.INT8 and array.dtype == np.int8:
-        if scale is None or not (np.isfinite(scale) and scale > 0):
-            raise WireError(f"an int8 array needs a positive finite scale, got {scale}")
+        if scale is None or not (np.isfinite(scale) and 0 < scale <= _INT8_MAX_SCALE):
+            raise WireError(f"an int8 array needs a positive finite scale of at most {_INT8_MAX_SCALE:g}, "
+                            f"got {scale}")
         return np.ascontiguousarray(array), float(scale)
     if code == pb.Tensor.INT8:
         peak = float(np.max(np.abs(array))) if array.size else 0.0
-        scale = peak / 127.0 if peak > 0 else 1.0
+        scale = min(peak / 127.0, _INT8_MAX_SCALE) if peak > 0 else 1.0
         return np.clip(np.rint(array / scale), -127, 127).astype("i1"), scale
     return np.ascontiguousarray(array, dtype=_NUMPY[code]), 0.0
 
@@ -134,18 +153,24 @@ def decode_raw(tensor: pb.Tensor, allow_nonfinite: bool = False) -> tuple[np.nda
     shape = tuple(tensor.shape)
     if not shape:
         raise WireError("tensor has no shape")
+    if len(shape) > MAX_NDIM:
+        raise WireError(f"tensor shape {shape_text(shape)} has more than {MAX_NDIM} dimensions")
     if min(shape) < 0:
-        raise WireError(f"tensor shape {list(shape)} has a negative dimension")
+        raise WireError(f"tensor shape {shape_text(shape)} has a negative dimension")
+    if math.prod(d for d in shape if d) * 4 > _MAX_BYTES:  # numpy refuses even empty ones
+        raise WireError(f"tensor shape {shape_text(shape)} is larger than any float32 array can be")
     expected = math.prod(shape) * _ITEMSIZE[code]
     data = tensor.data
     if len(data) != expected:
-        raise WireError(f"tensor data is {len(data)} bytes but shape {list(shape)} x "
+        raise WireError(f"tensor data is {len(data)} bytes but shape {shape_text(shape)} x "
                         f"{dtype_name(code)} needs {expected}")
     scale = 0.0
     if code == pb.Tensor.INT8:
         scale = float(tensor.scale)
         if not (np.isfinite(scale) and scale > 0):
             raise WireError(f"int8 tensor needs a positive finite scale, got {tensor.scale}")
+        if scale > _INT8_MAX_SCALE:
+            raise WireError(f"int8 tensor scale {scale:g} is too large: 128 x scale overflows float32")
     raw = np.frombuffer(data, _NUMPY[code]).reshape(shape)
     if not allow_nonfinite and not _finite(raw, code):
         raise WireError("tensor contains NaN or Inf values")
@@ -214,6 +239,10 @@ class _Fallback(Exception):
     """Something the fast parser does not handle (groups, a repeated features field ...)."""
 
 
+_MAX_FIELD_NUMBER = (1 << 29) - 1
+_UINT64 = (1 << 64) - 1
+
+
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -223,7 +252,7 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if not b & 0x80:
-            return result, pos
+            return result & _UINT64, pos  # protobuf drops bits past 64 in a 10-byte varint
         shift += 7
 
 
@@ -231,7 +260,10 @@ def _fields(buf: memoryview):
     """(field number, wire type, value) for each field; values of length-delimited fields are slices."""
     pos, end = 0, len(buf)
     while pos < end:
+        start = pos
         key, pos = _read_varint(buf, pos)
+        if pos - start > 5:
+            raise _Fallback("a tag longer than 5 bytes")  # protobuf refuses those
         number, wt = key >> 3, key & 7
         if wt == 0:
             value, pos = _read_varint(buf, pos)
@@ -244,8 +276,8 @@ def _fields(buf: memoryview):
             value, pos = buf[pos:pos + 4], pos + 4
         else:
             raise _Fallback(f"wire type {wt}")
-        if pos > end or number == 0:
-            raise _Fallback("truncated field")
+        if pos > end or not 0 < number <= _MAX_FIELD_NUMBER:
+            raise _Fallback("truncated field or a field number protobuf refuses")
         yield number, wt, value
 
 
