@@ -159,7 +159,7 @@ def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool)
 
 def _closed_form_skip(params: dict, feats: torch.Tensor, shape) -> bool:
     """Whether the black-box attack solves this split's skip path by least squares."""
-    from attacker.attacks.blackbox import fits_in_closed_form, inverse_network
+    from attacker.attacks.inversion.blackbox import fits_in_closed_form, inverse_network
 
     return params.get("skip_fit", "lstsq") == "lstsq" and fits_in_closed_form(
         inverse_network(tuple(feats.shape[1:]), shape, width=1).skip)

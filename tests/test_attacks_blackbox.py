@@ -8,7 +8,7 @@ from attack_helpers import baseline_psnr, mnist_target
 
 from attacker.attacks import (BlackBoxAttack, BlackBoxKnowledge, BlackBoxParams, create, head_query,
                               inverse_network, noise_images, onnx_query)
-from attacker.attacks.blackbox import fit_linear_skip, fits_in_closed_form
+from attacker.attacks.inversion.blackbox import fit_linear_skip, fits_in_closed_form
 from attacker.metrics import image_metrics
 from models import split_model
 from models.deploy import export_head_onnx

@@ -7,7 +7,7 @@ import torch
 from attack_helpers import baseline_psnr, mnist_target
 
 from attacker.attacks import QueryFreeAttack, QueryFreeKnowledge, QueryFreeParams, create, shadow_head
-from attacker.attacks.queryfree import DIFFERENT_SHADOWS
+from attacker.attacks.inversion.queryfree import DIFFERENT_SHADOWS
 from attacker.metrics import image_metrics
 from models import build_model, feature_shapes, split_model
 

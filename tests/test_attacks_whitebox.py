@@ -8,7 +8,7 @@ from attack_helpers import baseline_psnr, mnist_target
 
 from attacker.attacks import (SPLIT_DEFAULTS, AttackParameterError, WhiteBoxAttack, WhiteBoxKnowledge,
                               WhiteBoxParams, create, total_variation)
-from attacker.attacks.heads import head_from_onnx
+from attacker.attacks.inversion.heads import head_from_onnx
 from attacker.metrics import image_metrics
 from models import SplitlabError, split_model
 from models.deploy import export_head_onnx
@@ -74,7 +74,7 @@ def test_onnx_head_equals_torch_head():
 def test_rebuild_fallback_when_onnx2torch_fails(monkeypatch):
     t, head, feats = _features("conv1")
     onnx_bytes = export_head_onnx(head, (1, 28, 28))
-    import attacker.attacks.heads as heads
+    import attacker.attacks.inversion.heads as heads
 
     def broken(_):
         raise RuntimeError("unsupported op")

@@ -1,52 +1,48 @@
-"""Model-inversion attacks on split inference (He, Zhang, Lee, ACSAC 2019) and their registry.
+"""Attacks on split inference, one subpackage per family, one registry, one way to feed them.
 
-Every attack has one shape: ``Attack(params).fit(knowledge).reconstruct(features)`` where the
-knowledge object holds only what the threat model allows (see :mod:`.knowledge`) and
-``reconstruct`` maps features (N, *feature_shape) to images (N, C, H, W) in [0, 1].
+* :mod:`.registry` - ``family/name`` -> class, the only list of attack names (``names("inversion")``);
+  ``create("whitebox", iterations=2000)`` or ``create("inversion/whitebox", ...)`` builds one with its
+  parameters validated up front.
+* :mod:`.knowledge` - :class:`KnowledgeSource` (deployment, artifact store, capture store, edge,
+  auxiliary data) and ``knowledge_for(attack, source)``: the knowledge object of the attack's threat
+  model, and nothing more, built from whatever the caller has (the CLI, the lab and the suites).
+* :mod:`.base` - what every attack shares (``Attack``, ``AttackParams``, ``AttackParameterError``).
+* :mod:`.inversion` - He et al. 2019: ``reconstruct(features) -> images``.
+* ``membership/`` - ``score(samples) -> scores`` (higher = member).
 
-=========== ===================== ===================== =====================================
-name        attack                params                knowledge
-=========== ===================== ===================== =====================================
-whitebox    :class:`WhiteBoxAttack`  :class:`WhiteBoxParams`  :class:`WhiteBoxKnowledge` (the head)
-blackbox    :class:`BlackBoxAttack`  :class:`BlackBoxParams`  :class:`BlackBoxKnowledge` (queries + aux)
-queryfree   :class:`QueryFreeAttack` :class:`QueryFreeParams` :class:`QueryFreeKnowledge` (tail + aux)
-=========== ===================== ===================== =====================================
-
-``create("whitebox", iterations=2000)`` builds one by name (parameters validated up front).
+Names are re-exported here and imported on first use (PEP 562), so that naming attacks (CLI
+choices, the lab's spec) does not load torch.
 """
 
-from __future__ import annotations
+from importlib import import_module
 
-from models.errors import SplitlabError
-
-from .base import AttackParameterError, AttackParams, InversionAttack
-from .blackbox import BlackBoxAttack, BlackBoxParams, inverse_network
-from .knowledge import (BlackBoxKnowledge, QueryFreeKnowledge, WhiteBoxKnowledge, head_query, noise_images,
-                        onnx_query)
-from .queryfree import QueryFreeAttack, QueryFreeParams, shadow_head
-from .whitebox import SPLIT_DEFAULTS, WhiteBoxAttack, WhiteBoxParams, rmle_invert, total_variation
-
-ATTACKS: dict[str, type[InversionAttack]] = {
-    "whitebox": WhiteBoxAttack,
-    "blackbox": BlackBoxAttack,
-    "queryfree": QueryFreeAttack,
+_INVERSION = "attacker.attacks.inversion"
+_EXPORTS = {
+    "Attack": "attacker.attacks.base", "AttackParameterError": "attacker.attacks.base",
+    "AttackParams": "attacker.attacks.base",
+    "ATTACKS": "attacker.attacks.registry", "attack_class": "attacker.attacks.registry",
+    "create": "attacker.attacks.registry", "keys": "attacker.attacks.registry", "names": "attacker.attacks.registry",
+    "KnowledgeError": "attacker.attacks.knowledge", "KnowledgeSource": "attacker.attacks.knowledge",
+    "knowledge_for": "attacker.attacks.knowledge",
+    "head_query": "attacker.attacks.queries", "onnx_query": "attacker.attacks.queries",
+    "edge_query": "attacker.attacks.queries",
+    "InversionAttack": f"{_INVERSION}.base",
+    "WhiteBoxKnowledge": f"{_INVERSION}.knowledge", "BlackBoxKnowledge": f"{_INVERSION}.knowledge",
+    "QueryFreeKnowledge": f"{_INVERSION}.knowledge", "noise_images": f"{_INVERSION}.knowledge",
+    "BlackBoxAttack": f"{_INVERSION}.blackbox", "BlackBoxParams": f"{_INVERSION}.blackbox",
+    "inverse_network": f"{_INVERSION}.blackbox",
+    "QueryFreeAttack": f"{_INVERSION}.queryfree", "QueryFreeParams": f"{_INVERSION}.queryfree",
+    "shadow_head": f"{_INVERSION}.queryfree",
+    "SPLIT_DEFAULTS": f"{_INVERSION}.whitebox", "WhiteBoxAttack": f"{_INVERSION}.whitebox",
+    "WhiteBoxParams": f"{_INVERSION}.whitebox", "rmle_invert": f"{_INVERSION}.whitebox",
+    "total_variation": f"{_INVERSION}.whitebox",
 }
+__all__ = sorted(_EXPORTS)
 
 
-def attack_class(name: str) -> type[InversionAttack]:
-    if name not in ATTACKS:
-        raise SplitlabError(f"unknown attack {name!r}; known: {', '.join(ATTACKS)}")
-    return ATTACKS[name]
-
-
-def create(name: str, params=None, **overrides) -> InversionAttack:
-    """An attack by registry name, with parameters from a dataclass, a dict and/or keywords."""
-    return attack_class(name)(params, **overrides)
-
-
-__all__ = [
-    "ATTACKS", "AttackParameterError", "AttackParams", "BlackBoxAttack", "BlackBoxKnowledge", "BlackBoxParams",
-    "InversionAttack", "QueryFreeAttack", "QueryFreeKnowledge", "QueryFreeParams", "SPLIT_DEFAULTS",
-    "WhiteBoxAttack", "WhiteBoxKnowledge", "WhiteBoxParams", "attack_class", "create", "head_query",
-    "inverse_network", "noise_images", "onnx_query", "rmle_invert", "shadow_head", "total_variation",
-]
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'attacker.attacks' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -1,8 +1,10 @@
-"""What every inversion attack shares: declared, validated parameters and one calling shape.
+"""What every attack shares, whatever its family: declared, validated parameters and ``fit(knowledge)``.
 
-An attack is built from its parameters (a dataclass, checked when it is constructed), learns what
-its threat model allows with ``fit(knowledge)`` and then maps captured features to images with
-``reconstruct(features) -> (N, C, H, W) float tensor in [0, 1]``::
+An attack is built from its parameters (a dataclass, checked when it is constructed) and learns
+what its threat model allows with ``fit(knowledge)``, which refuses the knowledge object of any
+other threat model. Each family adds its own calling shape on top (inversion
+``reconstruct(features)``, membership ``score(samples)``; see ``inversion/base.py``), so that
+nothing here knows what an attack computes, only how it is configured and what it may know::
 
     attack = WhiteBoxAttack(WhiteBoxParams(iterations=2000))
     attack.fit(WhiteBoxKnowledge.from_onnx(head_bytes))
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from models.errors import SplitlabError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class AttackParameterError(SplitlabError, ValueError):
@@ -42,12 +46,16 @@ class AttackParams:
     def from_dict(cls, values: dict[str, Any] | None) -> "AttackParams":
         """Build from a dict (e.g. a YAML config), refusing names the attack does not have."""
         values = dict(values or {})
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = cls.field_names()
         unknown = sorted(set(values) - names)
         if unknown:
             raise AttackParameterError(
                 f"unknown parameter(s) {', '.join(unknown)} for {cls.__name__}; known: {', '.join(sorted(names))}")
         return cls(**values)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
 
     def replace(self, **changes) -> "AttackParams":
         return dataclasses.replace(self, **changes)
@@ -86,6 +94,8 @@ def check_unit_interval(name: str, value) -> None:
 
 def as_float_tensor(name: str, value, shape_tail: tuple[int, ...] | None = None) -> torch.Tensor:
     """A float32 CPU tensor from an ndarray or tensor, checked for shape (N, *shape_tail) and NaN/Inf."""
+    import torch  # here, not above: the registry reads this module, and naming attacks needs no torch
+
     if isinstance(value, np.ndarray):
         tensor = torch.from_numpy(np.ascontiguousarray(value))
     elif isinstance(value, torch.Tensor):
@@ -103,9 +113,14 @@ def as_float_tensor(name: str, value, shape_tail: tuple[int, ...] | None = None)
     return tensor
 
 
-class InversionAttack:
-    """Base class: ``Attack(params).fit(knowledge).reconstruct(features)``."""
+class Attack:
+    """Base class of every attack: ``Attack(params).fit(knowledge)``, then the family's own call.
 
+    ``family`` and ``name`` make the registry key ``family/name``; ``Params`` is the attack's
+    parameter dataclass; ``Knowledge`` the one knowledge class its threat model allows.
+    """
+
+    family: ClassVar[str] = ""
     name: ClassVar[str] = ""
     Params: ClassVar[type[AttackParams]] = AttackParams
     Knowledge: ClassVar[type] = object
@@ -123,16 +138,22 @@ class InversionAttack:
         self.knowledge = None
         self.fit_seconds: float | None = None
 
-    def fit(self, knowledge) -> "InversionAttack":
+    @classmethod
+    def key(cls) -> str:
+        """The registry key, ``family/name``."""
+        return f"{cls.family}/{cls.name}"
+
+    def fit(self, knowledge) -> "Attack":
         if not isinstance(knowledge, self.Knowledge):
-            raise AttackParameterError(f"the {self.name} attack needs a {self.Knowledge.__name__}, "
+            raise AttackParameterError(f"the {self.key()} attack needs a {self.Knowledge.__name__}, "
                                        f"got {type(knowledge).__name__}")
         self.knowledge = knowledge
         return self
 
-    def _require_fit(self) -> None:
-        if self.knowledge is None:
-            raise SplitlabError(f"call fit(knowledge) before reconstruct() on the {self.name} attack")
+    def fit_stats(self) -> dict[str, Any]:
+        """What fitting measured that is worth reporting (queries made, shadow accuracy, ...)."""
+        return {}
 
-    def reconstruct(self, features) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _require_fit(self, call: str) -> None:
+        if self.knowledge is None:
+            raise SplitlabError(f"call fit(knowledge) before {call}() on the {self.key()} attack")

@@ -1,184 +1,150 @@
-"""What the attacker knows in each of He et al.'s settings, and nothing more.
+"""Where an attacker's knowledge comes from, and one call that turns it into an attack's knowledge.
 
-Each attack's ``fit`` takes exactly one of these; none of them holds the victim's private inputs.
-
-* :class:`WhiteBoxKnowledge` - the head itself (structure and weights): from a captured
-  ``GetHead`` payload (ONNX bytes, turned into a differentiable module, see ``heads``), from the
-  artifact store (the model provider attacks), or a torch module.
-* :class:`BlackBoxKnowledge` - a query function ``images (N, C, H, W) -> features`` (live: chosen
-  inputs sent to the edge's public ``/v1/infer`` with the features read at the tap; offline: the
-  head run locally, see :func:`head_query` / :func:`onnx_query`) and auxiliary images: the target's
-  training set, a disjoint set of the same distribution, or random noise (:func:`noise_images`).
-* :class:`QueryFreeKnowledge` - the frozen tail, labelled auxiliary images, the feature shape and
-  the deployment's architecture name and split (to build a same-structure shadow head); no queries.
+A threat model says what the attacker knows; the testbed says where that can be found: a captured
+``GetHead`` payload or a feature stream in the tap's capture store, the artifact store (the model
+provider or the cloud attacks), the edge's public REST endpoint (queries), auxiliary data. The
+caller - the ``attacker invert`` CLI, the lab's runner, a benchmark suite - puts what it has into
+one :class:`KnowledgeSource`, and ``knowledge_for(attack, source)`` asks the attack's own knowledge
+class to take from it only what its threat model allows (``Knowledge.from_source``). A source that
+lacks what the threat model needs is refused with a :class:`KnowledgeError` naming what is missing,
+so no caller branches on attack names.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
-import torch
-from torch import nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from models.errors import SplitlabError
 
-from .base import AttackParameterError, as_float_tensor
-from .heads import head_from_onnx
+from .base import Attack
 
-BLACKBOX_SETTINGS = ("same-set", "same-distribution", "random-noise", "other")
+if TYPE_CHECKING:
+    from models.artifacts import ArtifactStore
 
+    from ..capture_store import CaptureStore
 
-def _shape(name: str, value) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise AttackParameterError(f"{name} must be a sequence of positive integers, got {value!r}") from None
-    if not shape or min(shape) < 1:
-        raise AttackParameterError(f"{name} must be a sequence of positive integers, got {value!r}")
-    return shape
+HEAD_SOURCES = ("auto", "capture", "artifacts")
+AUX_KINDS = ("none", "images", "labelled")
 
 
-def _images(name: str, value, input_shape) -> torch.Tensor:
-    x = as_float_tensor(name, value, tuple(input_shape))
-    if x.min() < 0 or x.max() > 1:
-        raise AttackParameterError(f"{name} must be images in [0, 1] (got values {x.min():.3g}..{x.max():.3g})")
-    return x
-
-
-def probe_feature_shape(head: nn.Module, input_shape) -> tuple[int, ...]:
-    with torch.no_grad():
-        return tuple(head(torch.zeros(1, *input_shape)).shape[1:])
+class KnowledgeError(SplitlabError, ValueError):
+    """The source lacks what the attack's threat model needs; the message names what is missing."""
 
 
 @dataclass
-class WhiteBoxKnowledge:
-    """The head as a frozen differentiable module; ``split`` picks per-split attack defaults."""
+class KnowledgeSource:
+    """Everything an attacker might draw on; each knowledge class takes only what its threat model allows.
 
-    head: nn.Module
-    input_shape: tuple[int, int, int]
-    split: str | None = None
-    source: str = "torch"
-    feature_shape: tuple[int, ...] = field(default=())
+    ``record`` is the deployment record (``deployment.json``: input and feature shape, arch, split,
+    model id, ...); when it is not given it is read from the artifact store, else from what the tap
+    saw (``ListDeployments`` / ``GetHead``). ``head`` / ``tail`` are modules already in hand (a
+    benchmark that holds the target). ``query`` is a query function ``images -> features`` with
+    ``query_label`` saying what it goes through; without one, queries go to ``edge_url`` (features
+    read back in ``captures``), else through ``head`` or the artifact store's ``head.onnx``.
+    ``head_from`` picks where the white-box head comes from (``auto``: a head in hand, else the one
+    the tap captured, else the artifact store).
+    """
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.head, nn.Module):
-            raise AttackParameterError(f"head must be a torch module, got {type(self.head).__name__}")
-        self.input_shape = _shape("input_shape", self.input_shape)
-        self.head.eval()
-        for p in self.head.parameters():
-            p.requires_grad_(False)
-        if not self.feature_shape:
-            self.feature_shape = probe_feature_shape(self.head, self.input_shape)
-
-    @classmethod
-    def from_onnx(cls, onnx_bytes: bytes, record: dict | None = None, input_shape=None) -> "WhiteBoxKnowledge":
-        """From a captured ``GetHead`` payload; ``record`` (deployment.json) is optional."""
-        head, method = head_from_onnx(onnx_bytes, record, input_shape)
-        shape = input_shape or (record or {}).get("input_shape")
-        from .heads import onnx_input_shape
-
-        return cls(head, tuple(shape or onnx_input_shape(onnx_bytes)), (record or {}).get("split"), method)
-
-    @classmethod
-    def from_store(cls, store, deployment_id: str) -> "WhiteBoxKnowledge":
-        """From the artifact store's ``head.onnx`` (the model provider is the attacker)."""
-        record = store.deployment(deployment_id)
-        path = store.deployment_dir(deployment_id) / "head.onnx"
-        if not path.exists():
-            raise SplitlabError(f"deployment {deployment_id!r} has no head.onnx ({path})")
-        return cls.from_onnx(path.read_bytes(), record)
-
-
-@dataclass
-class BlackBoxKnowledge:
-    """Query access to the head and auxiliary images (``setting`` labels where they came from)."""
-
-    query: Callable[[torch.Tensor], object]
-    aux_images: torch.Tensor
-    input_shape: tuple[int, int, int]
-    setting: str = "other"
-    split: str | None = None
+    deployment_id: str | None = None
+    artifacts: ArtifactStore | None = None
+    captures: CaptureStore | None = None
+    edge_url: str | None = None
+    record: dict | None = None
+    head: Any = None
+    tail: Any = None
+    query: Callable | None = None
+    query_label: str = "the given query function"
+    aux_images: Any = None
+    aux_labels: Any = None
+    aux_setting: str | None = None
+    aux_name: str | None = None
+    head_from: str = "auto"
+    query_timeout: float = 10.0
+    threads: int = 1
+    progress: bool = False
 
     def __post_init__(self) -> None:
-        if not callable(self.query):
-            raise AttackParameterError("query must be callable: images (N, C, H, W) -> features")
-        if self.setting not in BLACKBOX_SETTINGS:
-            raise AttackParameterError(f"setting must be one of {', '.join(BLACKBOX_SETTINGS)}, got {self.setting!r}")
-        self.input_shape = _shape("input_shape", self.input_shape)
-        self.aux_images = _images("aux_images", self.aux_images, self.input_shape)
+        if self.head_from not in HEAD_SOURCES:
+            raise KnowledgeError(f"head_from must be one of {', '.join(HEAD_SOURCES)}, got {self.head_from!r}")
+        if self.query is not None and not callable(self.query):
+            raise KnowledgeError(f"query must be callable (images -> features), got {type(self.query).__name__}")
+
+    def require_deployment(self, what: str) -> str:
+        if not self.deployment_id:
+            raise KnowledgeError(f"{what} needs a deployment id to look it up")
+        return self.deployment_id
+
+    def deployment_record(self) -> dict | None:
+        """The deployment record: given, from the artifact store, or what the tap saw; None if nowhere."""
+        if self.record is not None:
+            return self.record
+        dep = self.deployment_id
+        if dep and self.artifacts is not None and (self.artifacts.deployment_dir(dep) / "deployment.json").is_file():
+            self.record = self.artifacts.deployment(dep)
+        elif dep and self.captures is not None:
+            info = dict(self.captures.deployment_info(dep) or {})
+            for head in self.captures.heads(dep):
+                for key in ("arch", "split", "input_shape", "feature_shape", "num_classes"):
+                    if not info.get(key) and getattr(head, key, None):
+                        info[key] = getattr(head, key)
+            self.record = info or None
+        return self.record
+
+    def input_shape(self) -> tuple[int, ...]:
+        shape = (self.deployment_record() or {}).get("input_shape")
+        if not shape:
+            raise KnowledgeError(f"the input shape of {self.deployment_id!r} is unknown (no deployment record, and "
+                                 "no ListDeployments or GetHead captured); give the artifact store")
+        return tuple(shape)
 
 
-@dataclass
-class QueryFreeKnowledge:
-    """The frozen tail, labelled auxiliary data and what the deployment record says (no head, no queries)."""
+class Knowledge:
+    """Base of every knowledge class: what it needs from a :class:`KnowledgeSource` and how it takes it.
 
-    tail: nn.Module
-    aux_images: torch.Tensor
-    aux_labels: torch.Tensor
-    input_shape: tuple[int, int, int]
-    feature_shape: tuple[int, ...]
-    arch: str | None = None
-    split: str | None = None
-    num_classes: int | None = None
+    ``AUX`` says what auxiliary data the threat model includes (``none``, ``images``, ``labelled``
+    images) so that a caller loads it only when needed; :meth:`missing` checks the rest of the
+    source without loading anything heavy, so a CLI can refuse a run before it starts.
+    """
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.tail, nn.Module):
-            raise AttackParameterError(f"tail must be a torch module, got {type(self.tail).__name__}")
-        self.input_shape = _shape("input_shape", self.input_shape)
-        self.feature_shape = _shape("feature_shape", self.feature_shape)
-        self.aux_images = _images("aux_images", self.aux_images, self.input_shape)
-        labels = torch.as_tensor(np.asarray(self.aux_labels)).long()
-        if labels.shape != (len(self.aux_images),):
-            raise AttackParameterError(f"aux_labels must have shape ({len(self.aux_images)},), got {tuple(labels.shape)}")
-        self.aux_labels = labels
-        self.tail.eval()
-        for p in self.tail.parameters():
-            p.requires_grad_(False)
+    AUX: ClassVar[str] = "none"
+    THREAT_MODEL: ClassVar[str] = ""
 
     @classmethod
-    def from_store(cls, store, deployment_id: str, aux_images, aux_labels) -> "QueryFreeKnowledge":
-        """The cloud's view: the tail and the deployment record from the artifact store."""
-        from models.loading import load_tail
+    def missing(cls, source: KnowledgeSource) -> str | None:
+        """What the source lacks for this threat model (auxiliary data aside), or None."""
+        return None
 
-        tail, dep = load_tail(store, deployment_id)
-        return cls(tail, aux_images, aux_labels, tuple(dep["input_shape"]), tuple(dep["feature_shape"]),
-                   dep["arch"], dep["split"], dep["num_classes"])
+    @classmethod
+    def check_source(cls, source: KnowledgeSource) -> None:
+        """Refuse a source that lacks anything this threat model needs, auxiliary data included."""
+        problem = cls.missing(source)
+        if problem is None and cls.AUX != "none" and source.aux_images is None:
+            problem = f"the {cls.THREAT_MODEL} attack needs auxiliary images (aux_images)"
+        if problem is None and cls.AUX == "labelled" and source.aux_labels is None:
+            problem = f"the {cls.THREAT_MODEL} attack needs labelled auxiliary images (aux_labels), not unlabelled ones"
+        if problem is not None:
+            raise KnowledgeError(problem)
 
-
-# --- query functions and auxiliary data -------------------------------------------------------
-
-def head_query(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Query the head offline with torch (benchmarks): ``images -> features``."""
-    head = head.eval()
-
-    def query(images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return head(images)
-
-    return query
+    @classmethod
+    def from_source(cls, source: KnowledgeSource, **options) -> "Knowledge":  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
-def onnx_query(onnx_bytes: bytes, threads: int = 1) -> Callable[[torch.Tensor], np.ndarray]:
-    """Query an ONNX head with ONNX Runtime, as the edge computes it."""
-    from models.onnx_runtime import head_session
+def knowledge_class(attack: Attack | type[Attack] | str) -> type[Knowledge]:
+    """The knowledge class of an attack (an instance, a class or a registry name)."""
+    if isinstance(attack, str):
+        from .registry import attack_class
 
-    sess = head_session(bytes(onnx_bytes), threads)
-    name = sess.get_inputs()[0].name
-
-    def query(images: torch.Tensor) -> np.ndarray:
-        return sess.run(None, {name: images.detach().cpu().float().numpy()})[0]
-
-    return query
+        attack = attack_class(attack)
+    cls = attack if isinstance(attack, type) else type(attack)
+    if not (issubclass(cls, Attack) and isinstance(cls.Knowledge, type) and issubclass(cls.Knowledge, Knowledge)):
+        raise TypeError(f"{cls.__name__} is not an attack with a Knowledge class built from a source")
+    return cls.Knowledge
 
 
-def noise_images(count: int, input_shape, seed: int = 0, kind: str = "gaussian") -> torch.Tensor:
-    """He et al.'s 'random set': ``gaussian`` N(0.5, 0.25^2) clipped to [0, 1], or ``uniform``."""
-    if kind not in ("gaussian", "uniform"):
-        raise AttackParameterError(f"noise kind must be 'gaussian' or 'uniform', got {kind!r}")
-    gen = torch.Generator().manual_seed(seed)
-    shape = (int(count), *_shape("input_shape", input_shape))
-    if kind == "uniform":
-        return torch.rand(shape, generator=gen)
-    return (0.5 + 0.25 * torch.randn(shape, generator=gen)).clamp_(0, 1)
+def knowledge_for(attack: Attack | type[Attack] | str, source: KnowledgeSource, **options) -> Knowledge:
+    """The knowledge object of ``attack``'s threat model, taken from ``source``."""
+    kcls = knowledge_class(attack)
+    kcls.check_source(source)
+    return kcls.from_source(source, **options)

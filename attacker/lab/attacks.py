@@ -50,7 +50,7 @@ def _clamp_whitebox(params: dict, split: str | None, limits: Limits, resolve) ->
 def _queryfree_resolver(split: str | None):
     """How the query-free attack fills in its inversion defaults (its own, then white-box's)."""
     try:
-        from attacker.attacks.queryfree import queryfree_whitebox
+        from attacker.attacks.inversion.queryfree import queryfree_whitebox
     except ImportError:  # an attack module without query-free specific defaults
         return lambda p: p.resolved(split)
     return lambda p: queryfree_whitebox(p, split)
@@ -84,7 +84,7 @@ def shadow_error(attack: AttackSpec, arch: str, split: str) -> str | None:
     """A 'different' query-free shadow exists only for some (architecture, split point) pairs."""
     if attack.name != "queryfree" or attack.shadow != "different":
         return None
-    from attacker.attacks.queryfree import DIFFERENT_SHADOWS
+    from attacker.attacks.inversion.queryfree import DIFFERENT_SHADOWS
 
     if (arch, split) not in DIFFERENT_SHADOWS:
         known = ", ".join(f"{a} {s}" for a, s in DIFFERENT_SHADOWS)

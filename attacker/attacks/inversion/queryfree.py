@@ -35,8 +35,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import (AttackParameterError, AttackParams, InversionAttack, as_float_tensor, check_choice,
-                   check_positive, check_positive_int)
+from ..base import (AttackParameterError, AttackParams, as_float_tensor, check_choice, check_positive,
+                    check_positive_int)
+from .base import InversionAttack
 from .knowledge import QueryFreeKnowledge, probe_feature_shape
 from .whitebox import WhiteBoxParams, rmle_invert
 
@@ -165,11 +166,17 @@ class QueryFreeAttack(InversionAttack):
         self.shadow = shadow
         self.shadow_accuracy = correct / len(x)
         self.resolved = queryfree_whitebox(p.whitebox, knowledge.split)
+        if not p.progress:  # no progress bars means none for the inversion stage either
+            self.resolved = self.resolved.replace(progress=False)
         self.fit_seconds = time.perf_counter() - started
         return self
 
+    def fit_stats(self) -> dict:
+        self._require_fit("fit_stats")
+        return {"shadow_accuracy": self.shadow_accuracy, "aux_count": len(self.knowledge.aux_images)}
+
     def reconstruct(self, features) -> torch.Tensor:
-        self._require_fit()
+        self._require_fit("reconstruct")
         k = self.knowledge
         target = as_float_tensor("features", features, tuple(k.feature_shape))
         images, self.last_stats = rmle_invert(self.shadow, target, k.input_shape, self.resolved,

@@ -37,8 +37,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import (AttackParameterError, AttackParams, InversionAttack, as_float_tensor, check_choice,
-                   check_positive, check_positive_int, check_unit_interval)
+from ..base import (AttackParameterError, AttackParams, as_float_tensor, check_choice, check_positive,
+                    check_positive_int, check_unit_interval)
+from .base import InversionAttack
 from .knowledge import WhiteBoxKnowledge
 
 # Defaults per split point: first layers are nearly invertible (no prior needed, accuracy is
@@ -187,7 +188,7 @@ class WhiteBoxAttack(InversionAttack):
         return self
 
     def reconstruct(self, features) -> torch.Tensor:
-        self._require_fit()
+        self._require_fit("reconstruct")
         k = self.knowledge
         target = as_float_tensor("features", features, k.feature_shape)
         images, self.last_stats = rmle_invert(k.head, target, k.input_shape, self.resolved,

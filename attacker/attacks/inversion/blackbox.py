@@ -57,8 +57,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .base import (AttackParams, InversionAttack, as_float_tensor, check_choice, check_positive,
-                   check_positive_int)
+from ..base import AttackParams, as_float_tensor, check_choice, check_positive, check_positive_int
+from .base import InversionAttack
 from .knowledge import BlackBoxKnowledge
 
 
@@ -317,8 +317,13 @@ class BlackBoxAttack(InversionAttack):
         self.fit_seconds = time.perf_counter() - started
         return self
 
+    def fit_stats(self) -> dict:
+        self._require_fit("fit_stats")
+        return {"queries": self.queries, "final_train_loss": self.final_loss, "aux_count": len(self.knowledge.aux_images),
+                "linear_skip_mse": self.skip_mse, "body_kept": self.body_kept}
+
     def reconstruct(self, features) -> torch.Tensor:
-        self._require_fit()
+        self._require_fit("reconstruct")
         feats = as_float_tensor("features", features, self.feature_shape)
         with torch.no_grad():
             return torch.cat([self.inverse_net(feats[i:i + 256]) for i in range(0, len(feats), 256)]).clamp_(0, 1)
