@@ -5,7 +5,8 @@
         index of the chosen variant) and OUT_DIR/requirements.txt (every runtime dependency,
         torch included, so that pip resolves torch's own dependencies from PyPI).
     python requirements.py check-torch VARIANT
-        exits non-zero unless the installed torch is the VARIANT build (``2.14.1+cpu`` for ``cpu``).
+        exits non-zero unless the installed torch is the VARIANT build (``2.14.1+cpu`` for ``cpu``;
+        for ``pypi``, PyPI's own build, whose version carries no ``+variant`` label).
 
 pyproject.toml stays the only place the versions are written. Standard library only.
 """
@@ -18,6 +19,8 @@ import tomllib
 from pathlib import Path
 
 TORCH_PACKAGES = ("torch", "torchvision")
+# The TORCH_VARIANT meaning "torch from PyPI, not from a PyTorch index" (deploy/Dockerfile).
+PYPI = "pypi"
 
 
 def _name(requirement: str) -> str:
@@ -46,11 +49,16 @@ def check_torch(variant: str) -> int:
     import torch
 
     version = torch.__version__
-    if not version.endswith(f"+{variant}"):
+    if variant == PYPI:
+        if "+" in version:
+            print(f"error: installed torch {version} is not PyPI's build (a +label means it came "
+                  "from another index)", file=sys.stderr)
+            return 1
+    elif not version.endswith(f"+{variant}"):
         print(f"error: installed torch {version} is not the {variant!r} build "
               f"(expected a version ending in +{variant})", file=sys.stderr)
         return 1
-    print(f"torch {version}")
+    print(f"torch {version} (CUDA {torch.version.cuda or 'none'})")
     return 0
 
 

@@ -520,6 +520,27 @@ def test_torch_variant_build_argument():
     assert torch_step < rest_step, "torch comes from its variant's index before everything else"
     assert "--no-deps" in runs[torch_step]
     assert 'check-torch "${TORCH_VARIANT}"' in runs[rest_step], "the build proves it got the variant"
+    # `pypi` (builders without the PyTorch index) skips the index step and takes torch from PyPI.
+    assert re.search(r'if \[ "\$\{TORCH_VARIANT\}" != pypi \]; then\s+pip install', runs[torch_step])
+
+
+def test_no_syntax_directive():
+    # `# syntax=docker/dockerfile:1` makes BuildKit pull its frontend from Docker Hub before it reads
+    # the file, so a builder without Docker Hub fails at once; the built-in frontend suffices.
+    directives = [line for line in DOCKERFILE.read_text().splitlines()
+                  if re.match(r"\s*#\s*syntax\s*=", line, re.I)]
+    assert directives == [], f"Dockerfile has a frontend directive: {directives}"
+
+
+def test_downloads_take_the_ca_secret():
+    # Each step that downloads (pip install/wheel from an index) mounts the optional `ca` secret over
+    # the bundle PIP_CERT names, so builds behind a TLS-intercepting proxy work without a baked CA.
+    env = " ".join(a for i, a in _stage("base") if i == "ENV")
+    assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in env
+    mount = "--mount=type=secret,id=ca,target=/etc/ssl/certs/ca-certificates.crt"
+    downloads = [a for i, a, _ in _dockerfile_instructions()
+                 if i == "RUN" and re.search(r"pip (install|wheel)\b", a) and "/tmp/wheels/" not in a]
+    assert len(downloads) == 3 and all(a.startswith(mount) for a in downloads), downloads
 
 
 def test_layers_ordered_for_caching():
@@ -625,6 +646,23 @@ def test_requirements_split_follows_pyproject(tmp_path):
     loose.write_text('[project]\ndependencies = ["torch==2.14.1", "torchvision==0.29.1", "numpy>=2"]\n')
     with pytest.raises(SystemExit, match="exact pins"):
         requirements.split(loose, tmp_path / "x")
+
+
+@pytest.mark.parametrize("version, cuda, variant, ok", [
+    ("2.14.1+cpu", None, "cpu", True), ("2.14.1", "13.0", "cpu", False),
+    ("2.14.1+cu128", "12.8", "cu128", True), ("2.14.1+cpu", None, "cu128", False),
+    ("2.14.1", "13.0", "pypi", True), ("2.14.1+cpu", None, "pypi", False),
+])
+def test_check_torch_variant(monkeypatch, capsys, version, cuda, variant, ok):
+    requirements = _load("requirements")
+    fake = type(sys)("torch")
+    fake.__version__ = version
+    fake.version = type(sys)("torch.version")
+    fake.version.cuda = cuda
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert (requirements.main(["check-torch", variant]) == 0) is ok
+    if not ok:
+        assert version in capsys.readouterr().err
 
 
 # --- deploy/healthcheck.py -----------------------------------------------------------------------
