@@ -39,3 +39,17 @@ def lenet_digits(tmp_path_factory):
     for split in ("conv1", "relu2"):
         deploy(store, "lenet5-digits", split)
     return store
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "system(path, package): needs a system package (tests/system_prereqs.py)")
+
+
+def pytest_runtest_setup(item):
+    """Skip (fail under CI) a test marked ``system`` whose package is missing, before its fixtures."""
+    from system_prereqs import missing_prerequisite
+
+    for mark in item.iter_markers("system"):
+        missing = missing_prerequisite(*mark.args)
+        if missing:
+            (pytest.fail if missing[0] == "fail" else pytest.skip)(missing[1])

@@ -53,7 +53,7 @@ def test_torchvision_idx_layout(tmp_path):
     assert ds.x_train.shape == (30, 28, 28, 1) and ds.source == str(raw)
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION.exists(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.system(str(DEBIAN_FASHION), "dataset-fashion-mnist")
 def test_fashion_mnist_from_debian(tmp_path):
     ds = load_dataset("fashion-mnist", tmp_path)
     assert ds.x_train.shape == (60000, 28, 28, 1) and ds.classes[-1] == "Ankle boot"

@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from system_prereqs import CHROMIUM
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TOKEN = "e2e-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 FINAL = ("done", "failed", "cancelled")
@@ -229,7 +229,7 @@ def test_lifecycle_with_real_reconstructions(lab):
     assert health["status"] == "ok" and health["tap"]["recorded"] >= 10
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} missing: run tests/setup_system.sh")
+@pytest.mark.system(CHROMIUM, "chromium")
 def test_experiment_page_in_headless_chromium(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
