@@ -1,9 +1,11 @@
-"""Benchmark runner: ``python -m benchmarks run CONFIG.yaml [suite options]``.
+"""Benchmark runner: ``python -m benchmarks run CONFIG.yaml [options]``.
 
-The YAML's ``suite:`` key picks the suite; each suite is a module with a
-``run(config: dict, config_path: Path, argv: list[str]) -> int`` function, registered in
-:data:`SUITES` (imported lazily, so a suite's dependencies load only when it runs). Options after
-the config path go to the suite (``python -m benchmarks run CONFIG --help`` lists them).
+The YAML's ``suite:`` key picks the suite. Harness suites (``benchmarks/suites/``: training,
+membership) expand the config into trials and run them on an executor (``--executor local|ray``,
+``--device``, ``--out``, ...; ``python -m benchmarks run CONFIG --help`` lists the options). The
+other suites are modules with a ``run(config, config_path, argv) -> int`` function and their own
+options after the config path. Suites are imported lazily, so a suite's dependencies load only
+when it runs.
 """
 
 from __future__ import annotations
@@ -15,17 +17,14 @@ from pathlib import Path
 
 import yaml
 
-SUITES: dict[str, str] = {
+from benchmarks.suites import SUITES as HARNESS_SUITES
+
+# Suites with their own runner (``run(config, config_path, argv)``), outside the harness.
+STANDALONE: dict[str, str] = {
     "he2019": "benchmarks.he2019",
     "whitebox-speed": "benchmarks.whitebox_speed",
-    "training": "benchmarks.training",
 }
-
-
-def _run_training(config_path: Path, argv: list[str]) -> int:
-    from benchmarks.training import main
-
-    return main(["--config", str(config_path), *argv])
+SUITES: dict[str, str] = {**STANDALONE, **HARNESS_SUITES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     suite = config.get("suite") if isinstance(config, dict) else None
     if suite not in SUITES:
         parser.error(f"{args.config}: 'suite' must be one of {', '.join(SUITES)}, got {suite!r}")
-    if suite == "training":  # the training suite has its own command line
-        return _run_training(args.config, rest)
-    return importlib.import_module(SUITES[suite]).run(config, args.config, rest)
+    module = importlib.import_module(SUITES[suite])
+    if suite in HARNESS_SUITES:
+        from benchmarks.harness.runner import run as run_on_harness
+        from models.errors import SplitlabError
+
+        try:
+            return run_on_harness(suite, module, config, args.config, rest)
+        except SplitlabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return module.run(config, args.config, rest)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+"""Report outputs of a suite run: ``trials.jsonl``, ``trials.csv``, ``report.md`` and the helpers
+suites build their tables with (mean +- std over seeds).
+
+``trials.jsonl`` is the machine-readable record (one JSON object per trial: suite, trial, attack,
+target, seed, metrics, seconds, plus status, error, device, versions), ``trials.csv`` the same
+flattened for spreadsheets, ``report.md`` the tables a person reads. The report's header (command,
+machine, executor) is written here so that every suite's report says how it was made; the suite
+writes the body. Text below a ``<!-- notes -->`` line in an existing report is kept, so hand-written
+analysis survives a rerun.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+from pathlib import Path
+
+NOTES_MARK = "<!-- notes -->"
+JSONL_KEYS = ("suite", "trial", "label", "attack", "target", "seed", "device", "status", "metrics", "seconds",
+              "error", "executor", "host", "versions")
+
+
+def write_trials(results: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """``trials.jsonl`` (one object per trial) and ``trials.csv`` (target, attack and metrics flattened)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = out_dir / "trials.jsonl"
+    jsonl.write_text("".join(json.dumps({k: r.get(k) for k in JSONL_KEYS}) + "\n" for r in results))
+    flat = [_flatten(r) for r in results]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    csv_path = out_dir / "trials.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+    return jsonl, csv_path
+
+
+def _flatten(result: dict) -> dict:
+    row = {k: result.get(k) for k in ("suite", "trial", "label", "seed", "device", "status", "seconds", "error")}
+    for part in ("target", "attack", "metrics"):
+        for key, value in (result.get(part) or {}).items():
+            row[f"{part}.{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else value
+    return row
+
+
+def ok(results: list[dict]) -> list[dict]:
+    return [r for r in results if r["status"] == "ok"]
+
+
+def group(results: list[dict], key) -> dict:
+    """Successful results grouped by ``key(result)``, groups in first-seen order."""
+    groups: dict = {}
+    for r in ok(results):
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
+def values(results: list[dict], metric: str) -> list[float]:
+    return [r["metrics"][metric] for r in results if isinstance(r["metrics"].get(metric), (int, float))]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); NaN mean for no values."""
+    if not xs:
+        return math.nan, math.nan
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def fmt(xs: list[float], digits: int = 4) -> str:
+    """``mean ± std`` over seeds, or the single value; ``-`` when there is none."""
+    if not xs:
+        return "-"
+    mean, std = mean_std(xs)
+    return f"{mean:.{digits}f}" if len(xs) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table's lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def failures(results: list[dict]) -> list[str]:
+    """A section listing the trials that failed or never ran (empty when all succeeded)."""
+    bad = [r for r in results if r["status"] != "ok"]
+    if not bad:
+        return []
+    lines = ["", f"## Trials without results ({len(bad)} of {len(results)})", ""]
+    for r in bad:
+        first = (r.get("error") or "never ran").strip().splitlines()[0]
+        lines.append(f"- `{r['trial']}` {r['label']}: {r['status']}: {first}")
+    return lines
+
+
+def write_report(out_dir: Path, title: str, body: list[str], command: str, run_info: dict) -> Path:
+    """``report.md``: title, how it was made, the suite's body, then any notes the old one had."""
+    path = out_dir / "report.md"
+    existing = path.read_text() if path.exists() else ""
+    notes = existing.split(NOTES_MARK, 1)[1] if NOTES_MARK in existing else ""
+    head = [f"# {title}", "", f"Command: `{command}`  ",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores; executor {run_info['executor']} "
+            f"({run_info['workers']} worker(s) x {run_info['threads']} thread(s)), device {run_info['device']}.  ",
+            f"Trials: {run_info['ok']} of {run_info['total']} with results; per-trial records in `trials.jsonl` "
+            "and `trials.csv`.", ""]
+    text = "\n".join(head + body) + "\n"
+    path.write_text(text + (f"\n{NOTES_MARK}{notes}" if notes else ""))
+    return path
