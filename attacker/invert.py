@@ -30,21 +30,21 @@ import signal
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from models.errors import SplitlabError
 
+from .attacks.knowledge import HEAD_SOURCES
+from .attacks.registry import names
 from .capture_store import Capture, CaptureStore, load_ground_truth_file
 
-METHODS = ("whitebox", "blackbox", "queryfree")
 AUX_SETTINGS = ("same-set", "same-distribution", "random-noise", "other")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--method", required=True, choices=METHODS, help="which attack (see above)")
+    p.add_argument("--method", required=True, choices=names("inversion"), help="which attack (see above)")
     p.add_argument("--deployment", required=True, help="deployment id whose captures are attacked")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--capture", type=int, action="append", metavar="ID", help="capture id (repeatable)")
@@ -60,7 +60,7 @@ def add_arguments(p) -> None:
                         "default random-noise for noise, else other)")
     p.add_argument("--artifacts", help="artifact store (the model provider's / cloud's knowledge; offline queries)")
     p.add_argument("--edge", help="edge REST base URL for live black-box queries, e.g. http://edge:8080")
-    p.add_argument("--head-from", choices=["auto", "capture", "artifacts"], default="auto",
+    p.add_argument("--head-from", choices=HEAD_SOURCES, default="auto",
                    help="white-box head source: a captured GetHead payload or the artifact store (default: "
                         "capture if one was seen, else artifacts)")
     p.add_argument("--ground-truth", help=".npz of request_ids + images to score against (see above)")
@@ -144,108 +144,22 @@ def _artifacts(args):
     return ArtifactStore(args.artifacts)
 
 
-def build_knowledge(args, store: CaptureStore, progress: bool):
-    """The knowledge object of ``args.method`` and the deployment's input shape."""
-    from .attacks import BlackBoxKnowledge, QueryFreeKnowledge, WhiteBoxKnowledge
+def knowledge_source(args, store: CaptureStore, progress: bool):
+    """Everything the flags give the attacker; the attack's knowledge class takes only what it may."""
+    from .attacks import KnowledgeSource
 
-    arts = _artifacts(args)
-    dep = args.deployment
-    record = arts.deployment(dep) if arts is not None else None
-    if args.method == "whitebox":
-        heads = store.heads(dep)
-        source = args.head_from
-        if source == "auto":
-            source = "capture" if heads else "artifacts"
-        if source == "capture":
-            if not heads:
-                raise SplitlabError(f"no GetHead payload for {dep!r} was captured (the edge fetched its head "
-                                    "before the tap ran, or from its cache); pass --artifacts DIR instead")
-            h = heads[0]
-            info = {"arch": h.arch, "split": h.split, "input_shape": h.input_shape, "feature_shape": h.feature_shape}
-            if h.num_classes:
-                info["num_classes"] = h.num_classes
-            k = WhiteBoxKnowledge.from_onnx(store.head_bytes(h.sha256), info, tuple(h.input_shape) or None)
-            print(f"white-box head: captured GetHead payload sha256 {h.sha256[:16]} ({k.source})")
-            return k, k.input_shape
-        if arts is None:
-            raise SplitlabError(f"no captured head for {dep!r} and no --artifacts: the white-box attack needs the head")
-        k = WhiteBoxKnowledge.from_store(arts, dep)
-        print(f"white-box head: {arts.deployment_dir(dep) / 'head.onnx'} ({k.source})")
-        return k, k.input_shape
-    if args.method == "blackbox":
-        input_shape = _input_shape(dep, store, record)
-        images, _, desc = load_aux(args.aux_data, input_shape)
-        setting = args.aux_setting or ("random-noise" if desc.startswith(("noise", "uniform-noise")) else "other")
-        if args.edge:
-            query = edge_query(args.edge, dep, store, args.query_timeout, progress)
-            where = f"live queries through {args.edge} (features read at the tap)"
-        elif arts is not None:
-            from .attacks import onnx_query
-
-            query = onnx_query((arts.deployment_dir(dep) / "head.onnx").read_bytes(), args.threads)
-            where = "offline queries through the artifact store's head"
-        else:
-            raise SplitlabError("the black-box attack needs a query source: --edge URL (live) or --artifacts DIR")
-        print(f"black-box: {len(images)} auxiliary images ({desc}, setting {setting}), {where}")
-        return BlackBoxKnowledge(query, images, input_shape, setting, (record or {}).get("split")), input_shape
-    if arts is None:
-        raise SplitlabError("the query-free attack needs the tail: pass --artifacts DIR (the cloud's store)")
-    images, labels, desc = load_aux(args.aux_data, tuple(record["input_shape"]), labelled=True)
-    print(f"query-free: tail of {dep} from {args.artifacts}, {len(images)} labelled auxiliary images ({desc})")
-    return QueryFreeKnowledge.from_store(arts, dep, images, labels), tuple(record["input_shape"])
+    return KnowledgeSource(args.deployment, artifacts=_artifacts(args), captures=store, edge_url=args.edge,
+                           head_from=args.head_from, query_timeout=args.query_timeout, threads=args.threads,
+                           progress=progress)
 
 
-def _input_shape(dep: str, store: CaptureStore, record: dict | None) -> tuple:
-    if record is not None:
-        return tuple(record["input_shape"])
-    info = store.deployment_info(dep)
-    if info and info.get("input_shape"):
-        return tuple(info["input_shape"])
-    for h in store.heads(dep):
-        if h.input_shape:
-            return tuple(h.input_shape)
-    raise SplitlabError(f"the input shape of {dep!r} is unknown (no ListDeployments or GetHead captured); "
-                        "pass --artifacts DIR")
-
-
-def edge_query(edge: str, deployment: str, store: CaptureStore, timeout: float, progress: bool):
-    """Query the edge's ``POST /v1/infer`` with chosen images; read each one's features at the tap."""
-    import httpx
-    from tqdm.auto import tqdm
-
-    base = edge.rstrip("/")
-    client = httpx.Client(timeout=30.0)
-    bar = tqdm(desc="black-box queries via the edge", unit="img", disable=not progress, leave=False)
-
-    def query(images):
-        arr = images.detach().cpu().float().numpy()
-        rids = []
-        for img in arr:
-            rid = f"bb-{uuid.uuid4().hex[:20]}"
-            try:
-                resp = client.post(f"{base}/v1/infer", json={"deployment_id": deployment, "array": img.tolist()},
-                                   headers={"X-Request-ID": rid})
-            except httpx.HTTPError as exc:
-                raise SplitlabError(f"the edge at {base} did not answer: {exc}") from exc
-            if resp.status_code != 200:
-                raise SplitlabError(f"the edge answered {resp.status_code} to a query: {resp.text[:200]}")
-            rids.append(resp.headers.get("X-Request-ID", rid))
-            bar.update(1)
-        feats = []
-        for rid in rids:
-            deadline = time.monotonic() + timeout
-            while True:
-                caps = store.captures(request_id=rid, ok_only=True)
-                if caps:
-                    feats.append(store.features(caps[-1]))
-                    break
-                if time.monotonic() > deadline:
-                    raise SplitlabError(f"the tap did not record query {rid} within {timeout:.0f} s: is the edge "
-                                        f"pointed at the tap, and is the tap recording into {store.root}?")
-                time.sleep(0.02)
-        return np.concatenate(feats)
-
-    return query
+def add_aux(source, args, aux: str) -> None:
+    """Load ``--aux-data`` into the source when the threat model includes auxiliary data (``aux``)."""
+    if aux == "none":
+        return
+    images, labels, desc = load_aux(args.aux_data, source.input_shape(), labelled=aux == "labelled")
+    source.aux_images, source.aux_labels, source.aux_name = images, labels, desc
+    source.aux_setting = args.aux_setting or ("random-noise" if desc.startswith(("noise", "uniform-noise")) else "other")
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -386,7 +300,8 @@ def _chunks(caps: list[Capture], limit: int) -> list[list[Capture]]:
 
 
 def run_invert(args) -> int:
-    from .attacks import create
+    from .attacks import attack_class, create
+    from .attacks.knowledge import KnowledgeError, knowledge_class, knowledge_for
 
     if args.batch_images < 1:
         raise SplitlabError(f"--batch-images must be at least 1, got {args.batch_images}")
@@ -398,31 +313,33 @@ def run_invert(args) -> int:
             raise SplitlabError(f"--{flag.replace('_', '-')} needs --follow and a positive value")
     progress = not args.no_progress
     params = parse_params(args.param)
-    if args.method in ("whitebox", "blackbox", "queryfree"):
+    if "progress" in attack_class(args.method).Params.field_names():
         params.setdefault("progress", progress)
     attack = create(args.method, params)  # validates the parameters before anything heavy runs
-    if args.method in ("blackbox", "queryfree"):
+    kcls = knowledge_class(attack)
+    if kcls.AUX != "none":
         parse_aux(args.aux_data)
-    if args.method == "blackbox" and not (args.edge or args.artifacts):
-        raise SplitlabError("the black-box attack needs a query source: --edge URL (live) or --artifacts DIR")
-    if args.method == "queryfree" and not args.artifacts:
-        raise SplitlabError("the query-free attack needs the tail: pass --artifacts DIR (the cloud's store)")
     truth = load_ground_truth_file(args.ground_truth) if args.ground_truth else {}
     store = CaptureStore(args.store, create=False)
+    source = knowledge_source(args, store, progress)
+    problem = kcls.missing(source)  # what the threat model lacks, before anything is loaded
+    if problem:
+        raise KnowledgeError(problem)
     known = store.deployment_ids()
     if args.deployment not in known:
-        arts = _artifacts(args)
+        arts = source.artifacts
         if not (args.follow and arts is not None and args.deployment in arts.list_deployments()):
             raise SplitlabError(f"no deployment {args.deployment!r} in the capture store {args.store}; seen: "
                                 f"{', '.join(known) or 'nothing yet (is the tap recording there?)'}")
     caps = [] if args.follow else _select(args, store)
-    knowledge, input_shape = build_knowledge(args, store, progress)
-    started = time.perf_counter()
+    add_aux(source, args, kcls.AUX)
+    knowledge = knowledge_for(attack, source)
+    print(f"{attack.key()}: {knowledge.origin}")
     attack.fit(knowledge)
-    if args.method != "whitebox":
-        print(f"fitted the {args.method} attack in {time.perf_counter() - started:.1f} s")
+    if attack.fit_seconds:  # zero where there is nothing to fit (white-box)
+        print(f"fitted the {args.method} attack in {attack.fit_seconds:.1f} s")
     feature_shape = getattr(knowledge, "feature_shape", None) or getattr(attack, "feature_shape", None)
-    runner = Runner(args, store, attack, feature_shape, input_shape, truth)
+    runner = Runner(args, store, attack, feature_shape, knowledge.input_shape, truth)
     if not args.follow:
         for chunk in _chunks(caps, args.batch_images):
             runner.run_batch(chunk)

@@ -159,7 +159,7 @@ class WhiteBoxKnowledge(Knowledge):
             except SplitlabError as exc:
                 errors.append(exc)
                 continue
-            k.origin = f"the head captured at the tap (GetHead, sha256 {h.sha256[:12]}, {k.source})"
+            k.origin = f"the head captured at the tap (captured GetHead payload sha256 {h.sha256[:16]}, {k.source})"
             return k
         raise errors[-1]
 
@@ -221,7 +221,7 @@ class BlackBoxKnowledge(Knowledge):
             query, where = source.query, f"queried through {source.query_label}"
         elif source.edge_url is not None:
             query = edge_query(source.edge_url, dep, source.captures, source.query_timeout, source.progress)
-            where = f"queried live through {source.edge_url} (features read at the tap)"
+            where = f"live queries through {source.edge_url} (features read at the tap)"
         elif source.head is not None:
             query, where = head_query(source.head), "queried offline through the head in hand"
         else:
