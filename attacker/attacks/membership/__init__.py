@@ -1,0 +1,30 @@
+"""Membership inference: was this sample in the target's training set?
+
+Every attack has one shape: ``Attack(params).fit(knowledge).score(samples)``, where ``samples``
+is ``(images, labels)`` and the scores are higher for likelier members. The knowledge objects
+(:mod:`.knowledge`) hold only what the threat model allows; none holds the target's member list.
+
+=========== ======================== ======================= ====================================
+name        attack                   params                  knowledge
+=========== ======================== ======================= ====================================
+threshold   :class:`ThresholdAttack` :class:`ThresholdParams` :class:`MembershipKnowledge`
+shokri      :class:`ShokriAttack`    :class:`ShokriParams`    :class:`MembershipKnowledge`
+lira        :class:`LiRAAttack`      :class:`LiRAParams`      :class:`MembershipKnowledge`
+nasr        :class:`NasrAttack`      :class:`NasrParams`      :class:`WhiteBoxMembershipKnowledge`
+=========== ======================== ======================= ====================================
+
+Metrics and ROC plots: :mod:`attacker.membership_metrics`.
+"""
+
+from .base import MembershipAttack, as_samples
+from .knowledge import (MembershipKnowledge, TargetRecipe, WhiteBoxMembershipKnowledge, edge_scores_query,
+                        model_query)
+from .lira import LiRAAttack, LiRAParams
+from .shokri import ShokriAttack, ShokriParams, sorted_posteriors
+from .threshold import THRESHOLD_METRICS, ThresholdAttack, ThresholdParams
+
+__all__ = [
+    "LiRAAttack", "LiRAParams", "MembershipAttack", "MembershipKnowledge", "ShokriAttack", "ShokriParams",
+    "THRESHOLD_METRICS", "TargetRecipe", "ThresholdAttack", "ThresholdParams", "WhiteBoxMembershipKnowledge",
+    "as_samples", "edge_scores_query", "model_query", "sorted_posteriors",
+]

@@ -1,0 +1,285 @@
+"""What a membership attacker may know, and nothing more: never the target's member list.
+
+:class:`MembershipKnowledge` is the black-box attacker of Shokri et al. (2017) and Carlini et al.
+(2022):
+
+* ``query(images) -> probabilities (N, classes)``: the target's answers. **Live**, through the
+  deployed pipeline: each image goes to the edge's public ``POST /v1/infer`` (edge head -> tap ->
+  cloud tail) and the answer's ``scores`` (a float64 softmax of the cloud's logits) are read.
+  **In-process**, for offline sweeps: the torch model run here, with the same float64 softmax.
+* ``aux_x, aux_y``: labelled data the attacker owns, disjoint from the target's members and
+  non-members (in the privacy split of :mod:`models.splits`: the shadow parts and the auxiliary
+  part).
+* the target's **training recipe** (architecture and training options), which Shokri and LiRA
+  assume the attacker knows: ``shadow_model(indices_into_aux, seed)`` trains a model with it on an
+  aux subset, ``train_like_target(...)`` wraps that model as a query function.
+  ``shadow_model_on(images, labels, seed)`` trains on any images of the attacker's *population*:
+  LiRA's online attack trains reference models on random halves of a population that includes
+  the candidate samples' images (not their membership, which is what is being inferred). Models
+  come from :func:`models.reference.obtain_models` (where available): trained once, stored under
+  their full spec and shared by every trial and attack.
+
+:class:`WhiteBoxMembershipKnowledge` (Nasr et al. 2019) adds the target's weights: the trained
+model, or the models observed at several points of training (the federated setting's passive
+global attacker sees the model after each round; the fine-tuning setting's attacker sees it before
+and after fine-tuning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.errors import SplitlabError
+
+from ..base import AttackParameterError, check_positive_int
+from .base import as_samples
+
+QueryFn = Callable[[np.ndarray], np.ndarray]
+Trainer = Callable[[np.ndarray, np.ndarray, int], nn.Module]
+
+
+def model_query(model: nn.Module, device: str = "cpu", batch: int = 512) -> QueryFn:
+    """In-process query of a torch classifier: images -> float64 softmax probabilities."""
+    model = model.eval().to(device)
+
+    def query(images) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                out.append(torch.softmax(model(x[i:i + batch].to(device)).double(), dim=1).cpu().numpy())
+        return np.concatenate(out)
+
+    return query
+
+
+def edge_scores_query(edge, deployment_id: str, timeout: float = 60.0) -> QueryFn:
+    """Query the live pipeline: each image to the edge's ``POST /v1/infer``, its ``scores`` back.
+
+    ``edge`` is the edge's base URL or an ``httpx.Client`` already pointed at it (a test client).
+    """
+    import httpx
+
+    http = httpx.Client(base_url=str(edge).rstrip("/"), timeout=timeout) if isinstance(edge, str) else edge
+
+    def query(images) -> np.ndarray:
+        out = []
+        for image in np.asarray(images, dtype=np.float32):
+            try:
+                r = http.post("/v1/infer", json={"deployment_id": deployment_id, "array": image.tolist()})
+            except httpx.HTTPError as exc:
+                raise SplitlabError(f"the edge did not answer a membership query: {exc}") from exc
+            if r.status_code != 200:
+                raise SplitlabError(f"the edge answered {r.status_code} to a membership query: {r.text[:200]}")
+            out.append(np.asarray(r.json()["scores"], dtype=np.float64))
+        return np.stack(out)
+
+    return query
+
+
+def _counted(query: QueryFn, counter: dict) -> QueryFn:
+    def counted(images) -> np.ndarray:
+        counter["queries"] += len(images)
+        return query(images)
+
+    return counted
+
+
+@dataclass
+class MembershipKnowledge:
+    """The black-box membership attacker's knowledge (see the module doc)."""
+
+    query: QueryFn
+    aux_x: np.ndarray
+    aux_y: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    trainer: Trainer | None = None
+    source: str = "in-process"
+    device: str = "cpu"
+    counter: dict = field(default_factory=lambda: {"queries": 0})
+
+    def __post_init__(self) -> None:
+        if not callable(self.query):
+            raise AttackParameterError("query must be callable: images (N, C, H, W) -> probabilities (N, classes)")
+        if self.trainer is not None and not callable(self.trainer):
+            raise AttackParameterError("trainer must be callable: (images, labels, seed) -> model")
+        check_positive_int("num_classes", self.num_classes, 2)
+        self.input_shape = tuple(int(v) for v in self.input_shape)
+        self.aux_x, self.aux_y = as_samples((self.aux_x, self.aux_y), self.input_shape, self.num_classes)
+        self.query = _counted(self.query, self.counter)
+
+    # --- shadow and reference models with the target's recipe ----------------------------------
+
+    def _require_trainer(self) -> Trainer:
+        if self.trainer is None:
+            raise SplitlabError("this knowledge has no training recipe: shadow and reference models need one "
+                                "(build it with MembershipKnowledge.in_process or .live)")
+        return self.trainer
+
+    def shadow_model_on(self, images, labels, seed: int) -> nn.Module:
+        """A model trained with the target's recipe on ``images`` (the attacker's population)."""
+        x, y = as_samples((images, labels), self.input_shape, self.num_classes)
+        return self._require_trainer()(x, y, int(seed))
+
+    def shadow_model(self, indices, seed: int) -> nn.Module:
+        """A model trained with the target's recipe on ``aux[indices]``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= len(self.aux_x):
+            raise AttackParameterError(f"indices must be a non-empty list of positions in the {len(self.aux_x)} "
+                                       "auxiliary samples")
+        return self.shadow_model_on(self.aux_x[idx], self.aux_y[idx], seed)
+
+    def train_like_target(self, indices, seed: int) -> QueryFn:
+        return model_query(self.shadow_model(indices, seed), self.device)
+
+    def train_like_target_on(self, images, labels, seed: int) -> QueryFn:
+        return model_query(self.shadow_model_on(images, labels, seed), self.device)
+
+    # --- builders --------------------------------------------------------------------------------
+
+    @classmethod
+    def in_process(cls, target_model: nn.Module, dataset, target_options, store=None, *,
+                   aux_limit: int | None = None, device: str = "cpu") -> "MembershipKnowledge":
+        """Offline: the target queried here; aux data and recipe from the dataset and the options."""
+        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
+        return cls(model_query(target_model, device), aux_x, aux_y, dataset.num_classes, dataset.input_shape,
+                   trainer, "in-process", device)
+
+    @classmethod
+    def live(cls, edge, deployment_id: str, dataset, target_options, store=None, *, aux_limit: int | None = None,
+             device: str = "cpu", timeout: float = 60.0) -> "MembershipKnowledge":
+        """Live: the target queried through the edge's ``/v1/infer`` (edge -> tap -> cloud)."""
+        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
+        return cls(edge_scores_query(edge, deployment_id, timeout), aux_x, aux_y, dataset.num_classes,
+                   dataset.input_shape, trainer, f"live:{deployment_id}", device)
+
+
+@dataclass
+class WhiteBoxMembershipKnowledge(MembershipKnowledge):
+    """The black-box knowledge plus the target's weights at one or more observed points of training.
+
+    ``observed`` holds the target model as the attacker saw it: one model when it is fully trained,
+    a model per observed epoch in the federated setting, the model before and after fine-tuning in
+    the fine-tuning setting. ``shadow_snapshots(indices, seed)`` trains a shadow the same way and
+    returns its models at the same points (``snapshot_trainer``); with one observation it is the
+    plain shadow model.
+    """
+
+    observed: list = field(default_factory=list)
+    snapshot_trainer: Callable[[np.ndarray, np.ndarray, int], list] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.observed or not all(isinstance(m, nn.Module) for m in self.observed):
+            raise AttackParameterError("observed must be a non-empty list of the target's torch modules")
+        for m in self.observed:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def shadow_snapshots(self, indices, seed: int) -> list[nn.Module]:
+        """A shadow model's counterparts of ``observed``, trained on ``aux[indices]``."""
+        if len(self.observed) == 1 and self.snapshot_trainer is None:
+            return [self.shadow_model(indices, seed)]
+        if self.snapshot_trainer is None:
+            raise SplitlabError(f"{len(self.observed)} observations of the target need a snapshot_trainer "
+                                "that trains a shadow and returns it at the same points")
+        idx = np.asarray(indices, dtype=np.int64)
+        models = list(self.snapshot_trainer(self.aux_x[idx], self.aux_y[idx], int(seed)))
+        if len(models) != len(self.observed):
+            raise SplitlabError(f"the snapshot trainer returned {len(models)} models for "
+                                f"{len(self.observed)} observations")
+        return models
+
+    @classmethod
+    def in_process(cls, target_model: nn.Module, dataset, target_options, store=None, *,
+                   aux_limit: int | None = None, device: str = "cpu", observed: list | None = None,
+                   snapshot_trainer=None) -> "WhiteBoxMembershipKnowledge":
+        """The fully trained target (or ``observed`` snapshots, the last being what is queried)."""
+        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
+        return cls(model_query(target_model, device), aux_x, aux_y, dataset.num_classes, dataset.input_shape,
+                   trainer, "in-process", device, observed=list(observed or [target_model]),
+                   snapshot_trainer=snapshot_trainer)
+
+
+# --- the attacker's side: its data and the target's recipe -------------------------------------
+
+def _image_key(image_u8: np.ndarray, label: int) -> bytes:
+    return hashlib.blake2b(image_u8.tobytes() + int(label).to_bytes(8, "little"), digest_size=16).digest()
+
+
+class TargetRecipe:
+    """Trains models with the target's options on images of the dataset's train split.
+
+    Images are located in the train split by content (their uint8 pixels and label), so a model
+    is stored and shared under its explicit member indices, whoever asks for it. An image that is
+    not in the train split cannot be trained on (the reference store keys models by indices).
+    With a ``store`` models come from :func:`models.reference.obtain_models` (trained once, shared
+    by every attack and trial); without one they are trained here and kept in memory.
+    """
+
+    def __init__(self, dataset, options, store=None, device: str = "cpu"):
+        self.dataset, self.options, self.store, self.device = dataset, options, store, device
+        self._index = {_image_key(img, lab): i for i, (img, lab) in enumerate(zip(dataset.x_train, dataset.y_train))}
+        self._cache: dict = {}
+
+    def indices_of(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        u8 = np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        out = []
+        for img, lab in zip(u8, labels):
+            i = self._index.get(_image_key(np.ascontiguousarray(img), lab))
+            if i is None:
+                raise SplitlabError(f"an image to train on is not in {self.dataset.name}'s train split (with "
+                                    "its label); shadow and reference models train on train-split images only")
+            out.append(i)
+        return np.asarray(out, dtype=np.int64)
+
+    def spec(self, members: np.ndarray, seed: int):
+        return dataclasses.replace(self.options, members=tuple(int(i) for i in np.sort(members)), seed=int(seed))
+
+    def __call__(self, images: np.ndarray, labels: np.ndarray, seed: int) -> nn.Module:
+        members = np.sort(self.indices_of(images, labels))
+        key = (members.tobytes(), int(seed))
+        if key not in self._cache:
+            self._cache[key] = self._train(members, seed)
+        return self._cache[key]
+
+    def _train(self, members: np.ndarray, seed: int) -> nn.Module:
+        spec = self.spec(members, seed)
+        if self.store is None:  # nothing to share them through: trained here, kept for this recipe
+            from models.training import train
+
+            return train(dataclasses.replace(spec, device=self.device), progress=False, dataset=self.dataset)[0].eval()
+        from models.reference import obtain_models
+
+        [(model, _)] = obtain_models(self.store, [spec], self.device, progress=False, dataset=self.dataset)
+        return model.eval()
+
+
+def attacker_side(dataset, options, store, aux_limit: int | None, device: str):
+    """The attacker's own data (disjoint from the target's members and non-members) and recipe."""
+    from models.splits import privacy_splits
+
+    if getattr(options, "scheme", None) != "privacy":
+        raise SplitlabError("membership attacks need a target trained with the privacy split scheme "
+                            f"(its shadow and aux parts are the attacker's data), not {options.scheme!r}")
+    if aux_limit is not None:
+        check_positive_int("aux_limit", aux_limit, 2)
+    parts = privacy_splits(len(dataset.x_train), options.seed, options.scheme)
+    aux = np.sort(np.concatenate([parts["shadow_train"], parts["shadow_out"], parts["aux"]]))
+    explicit = getattr(options, "members", None)
+    if explicit:
+        aux = np.setdiff1d(aux, np.asarray(explicit))
+    aux = aux[:aux_limit] if aux_limit else aux
+    from models.datasets import to_tensor
+
+    return (to_tensor(dataset.x_train[aux]).numpy(), dataset.y_train[aux].astype(np.int64),
+            TargetRecipe(dataset, options, store, device))

@@ -1,0 +1,80 @@
+"""Threshold attacks (Yeom et al. 2018; Salem et al. 2019, ML-Leaks; Song & Mittal 2021).
+
+The simplest membership attack: compute one confidence signal per sample from the target's
+answer (the loss, the top probability, the entropy or the modified entropy; see :mod:`.signals`)
+and call every sample above a threshold a member. The ranking needs no training at all; the
+threshold does, and choosing it on the target's own members would be cheating. Here it is chosen
+on a shadow model the attacker trains with the target's recipe on half of its auxiliary data: the
+threshold that best separates the shadow's members from the other half (maximum TPR - FPR). It
+transfers to the target when shadow and target overfit alike, which is the attack's assumption.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...membership_metrics import max_advantage_threshold, membership_metrics
+from ..base import AttackParameterError, AttackParams, check_choice, check_positive_int
+from .base import MembershipAttack
+from .knowledge import MembershipKnowledge
+from .signals import SIGNALS
+
+THRESHOLD_METRICS = ("loss", "confidence", "entropy", "modified-entropy")
+
+
+@dataclass
+class ThresholdParams(AttackParams):
+    metric: str = "loss"
+    shadow_size: int | None = None   # shadow members (as many non-members); default: half the aux data
+    seed: int = 0
+
+    def validate(self) -> None:
+        check_choice("metric", self.metric, THRESHOLD_METRICS)
+        if self.shadow_size is not None:
+            check_positive_int("shadow_size", self.shadow_size)
+        check_positive_int("seed", self.seed, 0)
+
+
+def shadow_halves(count: int, size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint random (members, non-members) positions in ``count`` aux samples, ``size`` each."""
+    size = size or count // 2
+    if 2 * size > count:
+        raise AttackParameterError(f"shadow_size {size} needs {2 * size} auxiliary samples, the attacker has {count}")
+    perm = np.random.default_rng(seed).permutation(count)
+    return perm[:size], perm[size:2 * size]
+
+
+def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, seed: int):
+    """Train one shadow on half the aux data; ``features(query, x, y)`` of its members and the rest.
+
+    Returns ``(values, is_member)`` over both halves, members first.
+    """
+    inside, outside = shadow_halves(len(knowledge.aux_x), size, seed)
+    query = knowledge.train_like_target(inside, seed)
+    values = [features(query, knowledge.aux_x[idx], knowledge.aux_y[idx]) for idx in (inside, outside)]
+    return np.concatenate(values), np.r_[np.ones(len(inside), bool), np.zeros(len(outside), bool)]
+
+
+class ThresholdAttack(MembershipAttack):
+    name = "threshold"
+    Params = ThresholdParams
+    Knowledge = MembershipKnowledge
+
+    def _signal(self, query, x, y) -> np.ndarray:
+        return SIGNALS[self.params.metric](query(x), y)
+
+    def fit(self, knowledge: MembershipKnowledge) -> "ThresholdAttack":
+        super().fit(knowledge)
+        p = self.params
+        values, is_member = shadow_signals(knowledge, self._signal, p.shadow_size, p.seed)
+        self.threshold = max_advantage_threshold(values, is_member)
+        shadow = membership_metrics(values, is_member, self.threshold)
+        self._stats = {"shadow_auc": shadow["auc"], "shadow_advantage": shadow["advantage"],
+                       "threshold": self.threshold}
+        return self
+
+    def score(self, samples) -> np.ndarray:
+        x, y = self._samples(samples)
+        return self._signal(self.knowledge.query, x, y)
