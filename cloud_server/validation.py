@@ -9,6 +9,8 @@ refused by gRPC itself with ``RESOURCE_EXHAUSTED``.)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import grpc
 
 from protos import split_inference_pb2 as pb
@@ -16,7 +18,9 @@ from protos import wire
 
 from .errors import RequestError
 from .features import Features
-from .registry import Deployment
+
+if TYPE_CHECKING:  # the registry loads torch; validation (and the fuzz harness) need no model code
+    from .registry import Deployment
 
 
 def features_of(request: pb.InferRequest, dep: Deployment, max_batch: int) -> Features:

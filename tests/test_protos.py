@@ -1,5 +1,6 @@
 """The committed stubs are exactly what ``python -m protos.generate`` produces, and the wire codec
-round-trips every wire dtype."""
+round-trips every wire dtype. (The zero-copy parser against protobuf on arbitrary bytes:
+test_hostile_input.py.)"""
 
 
 import numpy as np
@@ -72,57 +73,6 @@ def test_raw_decode_is_a_view_in_the_wire_dtype():
     raw, code, scale = wire.decode_raw(wire.encode(x, "int8"))
     assert raw.dtype == np.int8 and scale == pytest.approx(11 / 127)
     assert np.allclose(wire.to_float32(raw, code, scale), x, atol=scale / 2)
-
-
-def _view_equals_message(view, msg):
-    assert view.deployment_id == msg.deployment_id and view.request_id == msg.request_id
-    assert view.HasField("features") == msg.HasField("features")
-    if msg.HasField("features"):
-        f, g = view.features, msg.features
-        assert f.dtype == g.dtype and list(f.shape) == list(g.shape) and bytes(f.data) == g.data
-        assert np.float32(f.scale) == np.float32(g.scale)
-
-
-def test_zero_copy_parser_agrees_with_protobuf():
-    """Random messages, including unknown fields, unpacked shapes, odd orders and negative values."""
-    from google.protobuf.internal import encoder  # noqa: F401 - available with upb
-
-    rng = np.random.default_rng(0)
-
-    def varint(n):
-        return wire._varint(n & ((1 << 64) - 1))
-
-    def field(number, wt, payload):
-        key = varint((number << 3) | wt)
-        if wt == 2:
-            return key + varint(len(payload)) + payload
-        return key + payload
-
-    for _ in range(300):
-        tensor_parts = []
-        if rng.random() < 0.9:
-            tensor_parts.append(field(1, 0, varint(int(rng.integers(-3, 9)))))
-        dims = [int(d) for d in rng.integers(-2, 6, size=rng.integers(0, 4))]
-        if rng.random() < 0.5:
-            tensor_parts.append(field(2, 2, b"".join(varint(d) for d in dims)))
-        else:
-            tensor_parts += [field(2, 0, varint(d)) for d in dims]
-        tensor_parts.append(field(3, 2, rng.bytes(int(rng.integers(0, 50)))))
-        if rng.random() < 0.5:
-            tensor_parts.append(field(4, 5, np.float32(rng.normal()).tobytes()))
-        if rng.random() < 0.3:
-            tensor_parts.append(field(9, 0, varint(7)))  # unknown field
-        rng.shuffle(tensor_parts)
-        top = [field(1, 2, b"dep-" + rng.bytes(2).hex().encode()), field(2, 2, "rid-é".encode())]
-        if rng.random() < 0.9:
-            top.append(field(3, 2, b"".join(tensor_parts)))
-        if rng.random() < 0.3:
-            top.append(field(15, 1, rng.bytes(8)))  # unknown fixed64
-        if rng.random() < 0.1:
-            top.append(field(3, 2, field(1, 0, varint(2))))  # a second features: protobuf merges
-        rng.shuffle(top)
-        data = b"".join(top)
-        _view_equals_message(wire.parse_infer_request(data), pb.InferRequest.FromString(data))
 
 
 def test_zero_copy_parser_shares_the_payload_and_rejects_garbage():
