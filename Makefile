@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SPLITLAB_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean compose-check
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (splitlab needs Python 3.11)"; exit 1; }
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks run benchmarks/configs/training.yaml
+
+# Not part of `test`: builds the image (gigabytes of downloads) and runs the compose stacks on the
+# Docker engine that is running (deploy/README.md). Options: make compose-check ARGS='--variant sniff'
+compose-check: $(STAMP)
+	$(PY) deploy/compose_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-oldest artifacts captures out

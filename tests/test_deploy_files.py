@@ -651,7 +651,7 @@ def test_requirements_split_follows_pyproject(tmp_path):
 @pytest.mark.parametrize("version, cuda, variant, ok", [
     ("2.14.1+cpu", None, "cpu", True), ("2.14.1", "13.0", "cpu", False),
     ("2.14.1+cu128", "12.8", "cu128", True), ("2.14.1+cpu", None, "cu128", False),
-    ("2.14.1", "13.0", "pypi", True), ("2.14.1+cpu", None, "pypi", False),
+    ("2.14.1+cu130", "13.0", "pypi", True), ("2.14.1", "13.0", "pypi", True),
 ])
 def test_check_torch_variant(monkeypatch, capsys, version, cuda, variant, ok):
     requirements = _load("requirements")
