@@ -4,11 +4,12 @@
 2. pick ``samples`` private images from the dataset's test part (seeded, spread over the classes);
 3. for each split point: deploy it into the cloud's artifact store; send the private images through
    the edge's REST endpoint (edge -> tap -> cloud); read the features the tap captured for each
-   request id; then for each attack: build the knowledge its threat model allows, ``fit``,
+   request id; then for each attack: build the knowledge its threat model allows
+   (``attacker.attacks.knowledge_for`` on what the lab holds), ``fit``,
    ``reconstruct`` the captured features, score against the images that were sent (PSNR, SSIM, MSE
    with :mod:`attacker.metrics`) and save a grid (originals above reconstructions).
 
-Knowledge per attack (see ``attacker.attacks.knowledge``):
+Knowledge per attack (``attacker.attacks.inversion.knowledge``):
 
 * whitebox - the head the edge downloaded, as captured by the tap (``GetHead``); if the tap never
   saw the download (the edge had it cached) or the head carries a noise defence, the clean head
@@ -26,7 +27,6 @@ runner checks for cancellation.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,8 +45,6 @@ from .channel import EdgeChannel
 from .images import save_grid
 from .models_setup import ensure_deployment, ensure_model
 from .spec import AttackSpec, Limits
-
-log = logging.getLogger("attacker.lab")
 
 
 @dataclass
@@ -198,57 +196,34 @@ class _Run:
 
     # --- attacks -----------------------------------------------------------------------------------
     def _attack(self, attack: AttackSpec, split, dep, manifest, ds, captures, channel, features, s):
-        from ..attacks import BlackBoxKnowledge, QueryFreeKnowledge, WhiteBoxKnowledge, create, noise_images
+        from ..attacks import KnowledgeSource, create, knowledge_for
 
         params = attack_params(attack, split, self.cfg.limits)
         obj = create(attack.name, params)
         info: dict = {"params": {k: v for k, v in params.items() if k != "progress"}}
-        input_shape = tuple(dep["input_shape"])
-        if attack.name == "whitebox":
-            knowledge, info["knowledge"] = self._whitebox_knowledge(dep, captures, WhiteBoxKnowledge)
-        elif attack.name == "blackbox":
-            n = self._aux_count(attack)
-            if attack.aux == "random-noise":
-                aux = noise_images(n, input_shape, seed=self.spec["seed"])
-            else:
-                aux = to_tensor(self._aux(attack.aux, manifest, ds, n)[0])
-            query = channel.query_function(dep["deployment_id"], f"{self.prefix}-{s}-{attack.label}", self.ctx.check)
-            knowledge = BlackBoxKnowledge(query, aux, input_shape, attack.aux, split)
-            info["knowledge"] = f"{len(aux)} {attack.aux} images queried through the edge's /v1/infer"
-        else:
-            x, y = self._aux(attack.aux, manifest, ds, self._aux_count(attack))
-            knowledge = QueryFreeKnowledge.from_store(self.store, dep["deployment_id"], to_tensor(x), y)
-            info["knowledge"] = f"the tail (artifact store) and {len(x)} labelled {attack.aux} images"
+        query = channel.query_function(dep["deployment_id"], f"{self.prefix}-{s}-{attack.label}", self.ctx.check)
+        source = KnowledgeSource(dep["deployment_id"], artifacts=self.store, captures=captures, record=dep,
+                                 query=query, query_label="the edge's /v1/infer", aux_setting=attack.aux)
+        if obj.Knowledge.AUX != "none":
+            source.aux_images, source.aux_labels = self._aux_data(attack, manifest, ds, tuple(dep["input_shape"]))
+        knowledge = knowledge_for(obj, source)
+        info["knowledge"] = knowledge.origin
         self.ctx.check()
         obj.fit(knowledge)
+        info.update(obj.fit_stats())
         self.ctx.check()
         recon = obj.reconstruct(features)
-        if attack.name == "blackbox":
-            info["queries"] = int(getattr(obj, "queries", 0))
-        if attack.name == "queryfree":
-            info["shadow_accuracy"] = getattr(obj, "shadow_accuracy", None)
         return recon.detach().float().clamp(0, 1), info
 
-    def _whitebox_knowledge(self, dep, captures: CaptureStore, cls):
-        dep_id = dep["deployment_id"]
-        if not dep.get("feature_defense"):
-            for head in captures.heads(dep_id):
-                try:
-                    record = {"arch": head.arch, "split": head.split, "num_classes": head.num_classes,
-                              "input_shape": head.input_shape}
-                    return cls.from_onnx(captures.head_bytes(head.sha256), record), \
-                        f"the head captured at the tap (GetHead, sha256 {head.sha256[:12]})"
-                except SplitlabError as exc:
-                    log.warning("captured head of %s unusable (%s); using the artifact store", dep_id, exc)
-        from models.loading import load_model
-        from models.split import split_model
+    def _aux_data(self, attack: AttackSpec, manifest: dict, ds, input_shape) -> tuple:
+        """The attack's auxiliary images (float, N, C, H, W) and labels (None for noise)."""
+        from ..attacks import noise_images
 
-        model, _ = load_model(self.store, dep["model_id"])
-        head, _ = split_model(model, dep["split"])
-        source = "the clean head from the artifact store (model provider)"
-        if dep.get("feature_defense"):
-            source += "; the noise of the defence is unknown to it"
-        return cls(head, tuple(dep["input_shape"]), dep["split"], "artifact store"), source
+        n = self._aux_count(attack)
+        if attack.aux == "random-noise":
+            return noise_images(n, input_shape, seed=self.spec["seed"]), None
+        x, y = self._aux(attack.aux, manifest, ds, n)
+        return to_tensor(x), y
 
     def _aux_count(self, attack: AttackSpec) -> int:
         return attack.aux_images or min(500, self.cfg.limits.max_aux_images)
