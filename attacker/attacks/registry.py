@@ -22,6 +22,10 @@ ATTACKS: dict[str, str] = {
     "inversion/whitebox": "attacker.attacks.inversion.whitebox:WhiteBoxAttack",
     "inversion/blackbox": "attacker.attacks.inversion.blackbox:BlackBoxAttack",
     "inversion/queryfree": "attacker.attacks.inversion.queryfree:QueryFreeAttack",
+    "membership/threshold": "attacker.attacks.membership.threshold:ThresholdAttack",
+    "membership/shokri": "attacker.attacks.membership.shokri:ShokriAttack",
+    "membership/lira": "attacker.attacks.membership.lira:LiRAAttack",
+    "membership/nasr": "attacker.attacks.membership.nasr:NasrAttack",
 }
 SHORT_NAME_FAMILY = "inversion"
 

@@ -20,11 +20,13 @@ from .base import MembershipAttack, as_samples
 from .knowledge import (MembershipKnowledge, TargetRecipe, WhiteBoxMembershipKnowledge, edge_scores_query,
                         model_query)
 from .lira import LiRAAttack, LiRAParams
+from .nasr import NasrAttack, NasrParams, white_box_features
 from .shokri import ShokriAttack, ShokriParams, sorted_posteriors
 from .threshold import THRESHOLD_METRICS, ThresholdAttack, ThresholdParams
 
 __all__ = [
-    "LiRAAttack", "LiRAParams", "MembershipAttack", "MembershipKnowledge", "ShokriAttack", "ShokriParams",
+    "LiRAAttack", "LiRAParams", "MembershipAttack", "MembershipKnowledge", "NasrAttack", "NasrParams", "ShokriAttack", "ShokriParams",
     "THRESHOLD_METRICS", "TargetRecipe", "ThresholdAttack", "ThresholdParams", "WhiteBoxMembershipKnowledge",
     "as_samples", "edge_scores_query", "model_query", "sorted_posteriors",
+    "white_box_features",
 ]
