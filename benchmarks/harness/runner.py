@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -100,7 +101,12 @@ def run(name: str, suite, config: dict, config_path: Path, argv: list[str]) -> i
             print(f"[{name}] {len(selected)} trial(s), {len(selected) - len(todo)} already finished in {store.path}; "
                   f"running {len(todo)} on {args.executor} ({executor.workers} worker(s) x {args.threads} thread(s), "
                   f"{args.device})", flush=True)
+            started = time.perf_counter()
             execute(executor, todo, ctx, store, progress=not args.no_progress)
+            if todo:
+                wall = time.perf_counter() - started
+                print(f"[{name}] ran {len(todo)} trial(s) in {wall:.0f} s ({3600 * len(todo) / wall:.0f} trials/hour"
+                      f" on {args.executor}, start-up included)", flush=True)
         results = store.rows(trials)
     reports.write_trials(results, out_dir)
     body = suite.report(results, out_dir, config) + reports.failures(results)
