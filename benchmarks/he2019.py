@@ -27,15 +27,17 @@ import os
 import platform
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from attacker.attacks import (BlackBoxAttack, BlackBoxKnowledge, QueryFreeAttack, QueryFreeKnowledge, WhiteBoxAttack,
-                              WhiteBoxKnowledge, head_query, noise_images)
+from attacker.attacks import KnowledgeSource, create, knowledge_for, noise_images
+from attacker.attacks.registry import resolve
 from attacker.metrics import PSNR_CAP, image_metrics
-from models import ArtifactStore, load_dataset, split_model, to_tensor
+from models import ArtifactStore, SplitlabError, load_dataset, split_model, to_tensor
 from models.loading import load_model
 from models.onnx_runtime import set_torch_threads
 
@@ -60,10 +62,31 @@ PAPER = {
 }
 # He et al.'s released white-box weights (per-element mean feature loss, fixed lambda_TV).
 HE_LAMBDA = {"conv1": 0.0, "relu2": 1e1, "conv11": 0.0, "relu22": 1e1, "relu32": 1e3}
-SETTINGS = {
-    "whitebox": ["rMLE", "He-lambda"],
-    "blackbox": ["same-set", "same-distribution", "random-noise"],
-    "queryfree": ["same-set/same-net", "diff-set/same-net", "same-set/diff-net", "diff-set/diff-net"],
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of the paper: the auxiliary set the attacker holds (a key of :func:`auxiliary_sets`,
+    None for none) and the attack parameters it implies at a split point."""
+
+    aux: str | None = None
+    params: Callable[[str], dict] = lambda split: {}
+
+
+def _he_lambda(split: str) -> dict:
+    return {"feature_loss": "mean", "tv_weight": HE_LAMBDA.get(split, 1e1), "lr": 1e-2, "lr_decay": "none"}
+
+
+def _shadow(net: str) -> Callable[[str], dict]:
+    return lambda split: {"shadow": "same" if net == "same-net" else "different"}
+
+
+# The settings of Tables 3, 4 and 6 per attack (registry short names of the inversion family).
+SETTINGS: dict[str, dict[str, Setting]] = {
+    "whitebox": {"rMLE": Setting(), "He-lambda": Setting(params=_he_lambda)},
+    "blackbox": {aux: Setting(aux) for aux in ("same-set", "same-distribution", "random-noise")},
+    "queryfree": {f"{data}/{net}": Setting("same-set" if data == "same-set" else "same-distribution", _shadow(net))
+                  for net in ("same-net", "diff-net") for data in ("same-set", "diff-set")},
 }
 # Bumped when an attack's code changes its results, so that cached cells are recomputed
 # (blackbox 2: the inverse network gained its linear skip path). Black-box cells whose skip path
@@ -124,29 +147,29 @@ def _merge(*dicts) -> dict:
     return out
 
 
+def suite_attacks(requested) -> list[str]:
+    """The attacks to run, by registry name (short or ``inversion/...``); refuses those without settings here."""
+    out = []
+    for name in requested:
+        key = resolve(name)  # an unknown name: the registry's error, listing every attack
+        short = key.split("/", 1)[1]
+        if not key.startswith("inversion/") or short not in SETTINGS:
+            raise SplitlabError(f"the he2019 suite has no settings for {key}; it reproduces {', '.join(SETTINGS)}")
+        out.append(short)
+    return out
+
+
 def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool) -> tuple[dict, torch.Tensor]:
-    head, tail, shape, split = ctx["head"], ctx["tail"], ctx["input_shape"], ctx["split"]
-    feats = ctx["features"]
-    stats: dict = {}
-    if attack == "whitebox":
-        p = dict(params)
-        if setting == "He-lambda":
-            p.update(feature_loss="mean", tv_weight=HE_LAMBDA.get(split, 1e1), lr=1e-2, lr_decay="none")
-        obj = WhiteBoxAttack(p, progress=progress).fit(WhiteBoxKnowledge(head, shape, split))
-    elif attack == "blackbox":
-        aux = ctx["aux"][setting][0]
-        obj = BlackBoxAttack(params, progress=progress).fit(BlackBoxKnowledge(head_query(head), aux, shape, setting, split))
-        stats.update(queries=obj.queries, final_train_loss=obj.final_loss, aux_count=len(aux),
-                     linear_skip_mse=obj.skip_mse, body_kept=getattr(obj, "body_kept", None))
-    else:
-        data, net = setting.split("/")
-        x, y = ctx["aux"]["same-set" if data == "same-set" else "same-distribution"]
-        kn = QueryFreeKnowledge(tail, x, y, shape, tuple(feats.shape[1:]), ctx["arch"], split, ctx["num_classes"])
-        obj = QueryFreeAttack(_merge(params, {"shadow": "same" if net == "same-net" else "different",
-                                              "whitebox": {"progress": progress}}), progress=progress).fit(kn)
-        stats.update(shadow_accuracy=obj.shadow_accuracy, aux_count=len(x))
+    """One table cell: the attack fitted on what the setting's threat model knows of the target in hand."""
+    chosen = SETTINGS[attack][setting]
+    obj = create(attack, _merge(params, chosen.params(ctx["split"])), progress=progress)
+    x, y = ctx["aux"][chosen.aux] if chosen.aux else (None, None)
+    source = KnowledgeSource(head=ctx["head"], tail=ctx["tail"], record=ctx["record"], aux_images=x, aux_labels=y,
+                             aux_setting=chosen.aux)
+    obj.fit(knowledge_for(obj, source))
+    stats = obj.fit_stats()
     started = time.perf_counter()
-    rec = obj.reconstruct(feats)
+    rec = obj.reconstruct(ctx["features"])
     stats.update(fit_seconds=obj.fit_seconds or 0.0, reconstruct_seconds=time.perf_counter() - started,
                  threads=torch.get_num_threads())
     resolved = getattr(obj, "resolved", None)
@@ -253,7 +276,7 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks run {config_path}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated datasets to run (default: all in the config)")
-    parser.add_argument("--attacks", help="comma-separated attacks (whitebox,blackbox,queryfree)")
+    parser.add_argument("--attacks", help=f"comma-separated attacks ({','.join(SETTINGS)})")
     parser.add_argument("--splits", help="comma-separated split points")
     parser.add_argument("--fresh", action="store_true", help="ignore cached cell results")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from cached cells")
@@ -269,7 +292,7 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
     cache = Path(config.get("cache", Path(args.artifacts) / "benchmarks" / config_path.stem))
     cache.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
-    attacks = args.attacks.split(",") if args.attacks else config.get("attacks", list(SETTINGS))
+    attacks = suite_attacks(args.attacks.split(",") if args.attacks else config.get("attacks", list(SETTINGS)))
     wanted_splits = set(args.splits.split(",")) if args.splits else None
     overrides = dict(item.split("=", 1) for item in args.target_id if "=" in item)
     results: dict = {}
@@ -297,10 +320,15 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
             head, tail = split_model(model, split)
             with torch.no_grad():
                 feats = head(x_eval)
-            ctx = dict(head=head, tail=tail, input_shape=shape, split=split, features=feats, x_eval=x_eval, aux=aux,
-                       arch=manifest["arch"], num_classes=manifest["num_classes"])
+            record = {"input_shape": shape, "feature_shape": tuple(feats.shape[1:]), "arch": manifest["arch"],
+                      "split": split, "num_classes": manifest["num_classes"]}
+            ctx = dict(head=head, tail=tail, record=record, split=split, features=feats, x_eval=x_eval, aux=aux)
             for attack in attacks:
-                settings = dcfg.get("settings", {}).get(attack, SETTINGS[attack])
+                settings = dcfg.get("settings", {}).get(attack, list(SETTINGS[attack]))
+                unknown = [st for st in settings if st not in SETTINGS[attack]]
+                if unknown:
+                    raise SplitlabError(f"{name}: unknown {attack} setting(s) {', '.join(unknown)}; known: "
+                                        f"{', '.join(SETTINGS[attack])}")
                 for setting in settings:
                     params = _merge(dcfg.get(attack), dcfg.get("per_split", {}).get(split, {}).get(attack))
                     key = _key(spec, split, attack, setting, params, desc, dcfg.get("aux_count"), dcfg.get("seed", 0),

@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from attack_helpers import mnist_target
 
+from attacker.attacks import keys, noise_images
 from benchmarks.__main__ import SUITES, main
-from benchmarks.he2019 import PAPER, auxiliary_sets, evaluation_images, shortfalls, table
-from models import load_dataset
+from benchmarks.he2019 import (HE_LAMBDA, PAPER, auxiliary_sets, evaluation_images, run_cell, shortfalls, suite_attacks,
+                               table)
+from models import SplitlabError, load_dataset, split_model
 from models.splits import privacy_splits
 
 
@@ -62,3 +65,37 @@ def test_runner_dispatches_on_suite(tmp_path, capsys):
         main(["run", str(tmp_path / "missing.yaml")])
     assert main(["suites"]) == 0
     torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("attack, setting, params", [
+    ("whitebox", "He-lambda", {"iterations": 20}),
+    ("blackbox", "random-noise", {"epochs": 1}),
+    ("queryfree", "diff-set/diff-net", {"epochs": 1, "whitebox": {"iterations": 20}}),
+])
+def test_a_cell_fits_on_what_its_setting_allows(attack, setting, params):
+    t = mnist_target()
+    head, tail = split_model(t.model, "relu2")
+    with torch.no_grad():
+        feats = head(t.x_eval)
+    aux = {"same-set": (t.x_train[:150], t.y_train[:150]), "same-distribution": (t.x_train[150:270], t.y_train[150:270]),
+           "random-noise": (noise_images(90, (1, 28, 28)), None)}
+    record = {"input_shape": (1, 28, 28), "feature_shape": tuple(feats.shape[1:]), "arch": "lenet5", "split": "relu2",
+              "num_classes": 10}
+    ctx = dict(head=head, tail=tail, record=record, split="relu2", features=feats, x_eval=t.x_eval, aux=aux)
+    r, rec = run_cell(attack, setting, ctx, params, progress=False)
+    assert rec.shape == t.x_eval.shape and np.isfinite(r["psnr_mean"]) and r["params"] == params
+    if attack == "whitebox":  # He et al.'s loss and fixed weight at this split
+        assert r["whitebox"]["feature_loss"] == "mean" and r["whitebox"]["tv_weight"] == HE_LAMBDA["relu2"]
+    elif attack == "blackbox":  # every noise image queried through the head
+        assert r["aux_count"] == 90 and r["queries"] >= 90
+    else:  # diff-set: the same-distribution images; diff-net: He et al.'s other shadow structure
+        assert r["aux_count"] == 120 and 0.0 <= r["shadow_accuracy"] <= 1.0
+
+
+def test_attacks_outside_the_suite_are_refused():
+    assert suite_attacks(["inversion/blackbox", "whitebox"]) == ["blackbox", "whitebox"]
+    with pytest.raises(SplitlabError, match="unknown attack 'nope'.*inversion/whitebox"):
+        suite_attacks(["nope"])
+    for key in (k for k in keys() if not k.startswith("inversion/")):  # other families: registered, not He et al.'s
+        with pytest.raises(SplitlabError, match=f"no settings for {key}"):
+            suite_attacks([key])
