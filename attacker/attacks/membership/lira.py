@@ -33,6 +33,7 @@ from ..base import AttackParameterError, AttackParams, check_choice, check_posit
 from .base import MembershipAttack
 from .knowledge import MembershipKnowledge
 from .signals import logit
+from .shadows import shadow_halves
 
 VARIANCES = ("fixed", "per-example")
 MIN_STD = 1e-6
@@ -83,14 +84,10 @@ class LiRAAttack(MembershipAttack):
         p = self.params
         knowledge._require_trainer()
         self._references = []
-        if not p.online:
+        if not p.online:  # reference j is shadow j of the other attacks (same members and seed: shared)
             n = len(knowledge.aux_x)
-            size = p.shadow_size or n // 2
-            if size > n:
-                raise AttackParameterError(f"shadow_size {size} exceeds the {n} auxiliary samples")
-            rng = np.random.default_rng(p.seed)
-            self._references = [knowledge.train_like_target(np.sort(rng.choice(n, size, replace=False)), p.seed + j)
-                                 for j in range(p.reference_models)]
+            self._references = [knowledge.train_like_target(shadow_halves(n, p.shadow_size, p.seed + j)[0], p.seed + j)
+                                for j in range(p.reference_models)]
         self._stats = {"reference_models": p.reference_models, "online": p.online}
         return self
 

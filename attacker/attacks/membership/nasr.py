@@ -36,7 +36,7 @@ from ...membership_metrics import membership_metrics
 from ..base import AttackParameterError, AttackParams, check_positive, check_positive_int
 from .base import MembershipAttack
 from .knowledge import WhiteBoxMembershipKnowledge
-from .threshold import shadow_halves
+from .shadows import shadow_halves
 
 
 @dataclass

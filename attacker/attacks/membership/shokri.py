@@ -16,16 +16,18 @@ posteriors are sorted. The decision threshold is the classifier's probability 0.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from ...membership_metrics import membership_metrics
 from ..base import AttackParams, check_choice, check_positive, check_positive_int
 from .base import MembershipAttack
 from .knowledge import MembershipKnowledge
-from .threshold import shadow_signals
+from .shadows import shadow_signals
 
 POSTERIORS = {"top3": 3, "all": None}
 
@@ -77,7 +79,9 @@ class ShokriAttack(MembershipAttack):
         self.classifier = MLPClassifier((p.hidden,), alpha=p.weight_decay, batch_size=p.batch_size,
                                         learning_rate_init=p.lr, max_iter=p.epochs, random_state=p.seed,
                                         early_stopping=False)
-        self.classifier.fit(x, y)
+        with warnings.catch_warnings():  # a capped number of epochs is the recipe, not a failure
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.classifier.fit(x, y)
         self.threshold = 0.5
         train = membership_metrics(self.classifier.predict_proba(x)[:, 1], y, self.threshold)
         self._stats = {"shadow_samples": int(len(y)), "attack_train_accuracy": train["accuracy"],

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...membership_metrics import max_advantage_threshold, membership_metrics
-from ..base import AttackParameterError, AttackParams, check_choice, check_positive_int
+from ..base import AttackParams, check_choice, check_positive_int
 from .base import MembershipAttack
 from .knowledge import MembershipKnowledge
+from .shadows import shadow_signals
 from .signals import SIGNALS
 
 THRESHOLD_METRICS = ("loss", "confidence", "entropy", "modified-entropy")
@@ -35,26 +36,6 @@ class ThresholdParams(AttackParams):
         if self.shadow_size is not None:
             check_positive_int("shadow_size", self.shadow_size)
         check_positive_int("seed", self.seed, 0)
-
-
-def shadow_halves(count: int, size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint random (members, non-members) positions in ``count`` aux samples, ``size`` each."""
-    size = size or count // 2
-    if 2 * size > count:
-        raise AttackParameterError(f"shadow_size {size} needs {2 * size} auxiliary samples, the attacker has {count}")
-    perm = np.random.default_rng(seed).permutation(count)
-    return perm[:size], perm[size:2 * size]
-
-
-def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, seed: int):
-    """Train one shadow on half the aux data; ``features(query, x, y)`` of its members and the rest.
-
-    Returns ``(values, is_member)`` over both halves, members first.
-    """
-    inside, outside = shadow_halves(len(knowledge.aux_x), size, seed)
-    query = knowledge.train_like_target(inside, seed)
-    values = [features(query, knowledge.aux_x[idx], knowledge.aux_y[idx]) for idx in (inside, outside)]
-    return np.concatenate(values), np.r_[np.ones(len(inside), bool), np.zeros(len(outside), bool)]
 
 
 class ThresholdAttack(MembershipAttack):
