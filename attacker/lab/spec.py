@@ -26,9 +26,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 
 from models import DATASET_NAMES, architecture_names
 
+from ..attacks.registry import names
 from .limits import Limits  # noqa: F401  (re-exported: the budget the checks below enforce)
 
-ATTACK_NAMES = ("whitebox", "blackbox", "queryfree")
+ATTACK_NAMES = names("inversion")  # the lab runs split-point inversion experiments
 BLACKBOX_AUX = ("same-set", "same-distribution", "random-noise")
 QUERYFREE_AUX = ("same-set", "same-distribution")
 QUERYFREE_SHADOW = ("same", "different")
