@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from .env import DEVICES, resolve_device
 from .errors import SplitlabError
 
 
@@ -48,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", default="privacy", choices=["privacy", "full"],
                    help="privacy: members are 25%% of the train set, disjoint shadow/aux parts recorded; "
                         "full: the whole train set, test set as non-members")
-    p.add_argument("--id", help="model id (default ARCH-DATASET-sSEED[-options])")
+    p.add_argument("--members", metavar="FILE",
+                   help="train on these indices of the train split instead of the scheme's target members "
+                        "(.npy, or integers separated by spaces, commas or newlines); the rest are its non-members")
+    p.add_argument("--device", default=None, choices=DEVICES,
+                   help="cpu or cuda; without CUDA it says so and falls back to the CPU [SPLITLAB_DEVICE, default cpu]")
+    p.add_argument("--id", help="model id (default ARCH-DATASET-sSEED for the default options, else "
+                                "ARCH-DATASET-sSEED[-doP][-wdW]-HASH, HASH over every option that changes the weights)")
     p.add_argument("--force", action="store_true", help="replace an existing model of the same id")
     _add_common(p)
 
@@ -102,24 +109,44 @@ def cmd_list(args) -> int:
 
 def cmd_train(args) -> int:
     from .artifacts import ArtifactStore, validate_id
-    from .training import TrainOptions, default_model_id, train
+    from .training import TrainOptions, default_model_id, spec_differences, train
 
     _threads(args)
     opts = TrainOptions(arch=args.arch, dataset=args.dataset, epochs=args.epochs, limit=args.limit,
                         dropout=args.dropout, weight_decay=args.weight_decay, seed=args.seed,
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, scheme=args.scheme,
-                        eval_each_epoch=args.eval_each_epoch)
+                        eval_each_epoch=args.eval_each_epoch, device=resolve_device(args.device, "models train"),
+                        members=read_indices(args.members) if args.members else None)
+    opts.validate()
     store = ArtifactStore(args.artifacts)
     model_id = validate_id("model", args.id or default_model_id(opts))
-    if store.model_dir(model_id).exists() and not args.force:
-        raise SplitlabError(f"model {model_id!r} already exists in {store.root}; pass --force or --id")
+    if (store.model_dir(model_id) / "manifest.json").is_file() and not args.force:
+        diff = spec_differences(store.manifest(model_id), opts)
+        what = f"with other options ({'; '.join(diff)})" if diff else "with these options"
+        raise SplitlabError(f"model {model_id!r} already exists in {store.root}, trained {what}; "
+                            "pass --force or --id")
     model, manifest = train(opts, args.data_root)
     manifest["model_id"] = model_id
     path = store.save_model(model_id, model.state_dict(), manifest, overwrite=args.force)
     print(f"train accuracy {manifest['train_accuracy']:.4f}  test accuracy {manifest['test_accuracy']:.4f}  "
-          f"({manifest['train_seconds']:.1f} s)")
+          f"({manifest['train_seconds']:.1f} s on {manifest['device']})")
     print(f"model {model_id} -> {path}")
     return 0
+
+
+def read_indices(path: str) -> list[int]:
+    """Member indices from a ``.npy`` file or a text file of integers."""
+    import numpy as np
+
+    try:
+        if path.endswith(".npy"):
+            values = np.load(path, allow_pickle=False).ravel()
+        else:
+            with open(path) as f:
+                values = [int(v) for v in f.read().replace(",", " ").split()]
+    except (OSError, ValueError) as exc:
+        raise SplitlabError(f"--members {path}: cannot read member indices ({exc})") from None
+    return [int(v) for v in values]
 
 
 def cmd_deploy(args) -> int:

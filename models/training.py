@@ -1,16 +1,25 @@
 """Train a zoo architecture on a dataset and store it, with its membership ground truth.
 
-Training is plain mini-batch Adam with a cosine learning-rate decay, optional L2 weight decay,
-dropout and (for colour images) random-crop + flip augmentation. It is deterministic for a fixed
-seed on the CPU: every random draw comes from generators seeded from ``seed``.
+Training is :func:`models.fit.fit` (mini-batch Adam, cosine learning-rate decay) with optional L2
+weight decay, dropout and (for colour images) random-crop + flip augmentation, on the scheme's
+target members or on any given index set (``members``: shadow and reference models). It is
+deterministic for a fixed seed on the CPU: every random draw comes from generators seeded from
+``seed``.
+
+A model is identified by its *training spec* (:func:`training_spec`): every option that changes the
+weights, the members as a digest. The manifest stores it, :func:`default_model_id` hashes it (so
+a changed option gives a new id instead of an old model), and :func:`spec_differences` tells a
+caller that found a stored model whether it is the one asked for.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -18,7 +27,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets import ImageDataset, load_dataset, to_tensor
+from .env import DEVICES, resolve_device
 from .errors import SplitlabError
+from .fit import FitResult, fit
 from .splits import privacy_splits
 from .zoo import build_model
 
@@ -37,6 +48,14 @@ class TrainOptions:
     augment: bool = False
     scheme: str = "privacy"
     eval_each_epoch: bool = False
+    members: tuple[int, ...] | None = None  # indices into the train split; None: the scheme's target members
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        # one spelling per value, so that equal specs hash equally (0 and 0.0, a list and a tuple)
+        self.dropout, self.weight_decay, self.lr = float(self.dropout), float(self.weight_decay), float(self.lr)
+        if self.members is not None:
+            self.members = tuple(sorted(int(i) for i in self.members))
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -49,16 +68,74 @@ class TrainOptions:
             raise SplitlabError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
             raise SplitlabError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.device not in DEVICES:
+            raise SplitlabError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.members is not None:
+            if not self.members:
+                raise SplitlabError("members is empty: a model needs at least one training image")
+            if self.members[0] < 0:
+                raise SplitlabError(f"member indices must be >= 0, got {self.members[0]}")
+            if len(set(self.members)) != len(self.members):
+                raise SplitlabError("member indices must be distinct (an index is repeated)")
+
+
+# Options that do not change the weights: an accuracy curve is only measured, and the device
+# changes float rounding, not what is trained.
+NOT_WEIGHTS = ("eval_each_epoch", "device")
+
+
+def members_digest(members) -> str:
+    """``"<count>:<sha256>"`` of a member index list: what a spec and an id hold instead of the list."""
+    text = ",".join(str(int(i)) for i in members)
+    return f"{len(members)}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+def training_spec(opts: TrainOptions) -> dict:
+    """Every option that changes the trained weights (members as their digest): the key a stored
+    model is found and checked by."""
+    spec = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_WEIGHTS}
+    if opts.members is not None:
+        spec["members"] = members_digest(opts.members)
+    return spec
+
+
+def spec_hash(opts: TrainOptions) -> str:
+    return hashlib.sha256(json.dumps(training_spec(opts), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def default_model_id(opts: TrainOptions) -> str:
+    """``ARCH-DATASET-sSEED`` for the all-defaults spec (the id compose, the README and earlier stores
+    use), otherwise that prefix, readable defence tags and a hash of the whole spec: two specs that
+    train different weights never share a default id."""
     parts = [opts.arch, opts.dataset, f"s{opts.seed}"]
     if opts.dropout:
         parts.append(f"do{opts.dropout:g}")
     if opts.weight_decay:
         parts.append(f"wd{opts.weight_decay:g}")
+    if training_spec(opts) != training_spec(TrainOptions(opts.arch, opts.dataset, seed=opts.seed)):
+        parts.append(spec_hash(opts))
     return "-".join(parts)
 
+
+def stored_spec(manifest: dict) -> dict:
+    """The training spec of a stored model; rebuilt from its options for models stored before
+    manifests carried one (they had no explicit members)."""
+    if "spec" in manifest:
+        return manifest["spec"]
+    options = manifest.get("options", {})
+    known = {f.name for f in fields(TrainOptions)}
+    try:
+        return training_spec(TrainOptions(**{k: v for k, v in options.items() if k in known}))
+    except (TypeError, SplitlabError):
+        return options
+
+
+def spec_differences(manifest: dict, opts: TrainOptions) -> list[str]:
+    """``"epochs: stored 1, asked 5"`` for each weight-changing option where a stored model and
+    ``opts`` differ; empty when the stored model is the one ``opts`` would train."""
+    have, want = stored_spec(manifest), training_spec(opts)
+    return [f"{k}: stored {have.get(k)!r}, asked {want.get(k)!r}"
+            for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random crop (after zero padding by ``pad``) and horizontal flip, per image."""
@@ -76,94 +153,117 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> float:
+    """Top-1 accuracy, computed on the device the model is on."""
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(x), batch):
-        correct += (model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
+        correct += (model(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum().item()
     return correct / max(1, len(x))
+
+
+@dataclass
+class Job:
+    """A model about to be trained: its seeded initial weights and its exact members."""
+
+    opts: TrainOptions
+    dataset: ImageDataset
+    model: nn.Module
+    members: np.ndarray
+    non_members: dict
+    splits: dict
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_tensor(self.dataset.x_train[self.members]), torch.from_numpy(self.dataset.y_train[self.members])
+
+
+def prepare(opts: TrainOptions, dataset: ImageDataset) -> Job:
+    """Seed, build the initial model and resolve the members of ``opts`` (explicit, or the scheme's
+    target members); the non-members are the complement in the train split for explicit members."""
+    opts.validate()
+    ds = dataset
+    torch.manual_seed(opts.seed)
+    model = build_model(opts.arch, ds.num_classes, ds.input_shape, opts.dropout)
+    n = len(ds.x_train)
+    if opts.members is None:
+        parts = privacy_splits(n, opts.seed, opts.scheme)
+        members = parts["target_train"]
+        if opts.limit is not None:
+            members = members[: opts.limit]
+        if opts.scheme == "full":
+            non_members = {"split": "test", "indices": list(range(len(ds.x_test)))}
+        else:
+            non_members = {"split": "train", "indices": parts["target_out"][: len(members)].tolist()}
+        splits = {k: v.tolist() for k, v in parts.items() if k != "target_train"}
+    else:
+        members = np.asarray(opts.members, dtype=np.int64)
+        if len(members) and members[-1] >= n:
+            raise SplitlabError(f"member index {int(members[-1])} is outside {opts.dataset}'s train split "
+                                f"({n} images)")
+        if opts.limit is not None:
+            members = members[: opts.limit]
+        non_members = {"split": "train", "indices": np.setdiff1d(np.arange(n), members).tolist()}
+        splits = {}
+    return Job(opts, ds, model, members, non_members, splits)
 
 
 def train(opts: TrainOptions, data_root=None, progress: bool = True, dataset: ImageDataset | None = None):
     """Train per ``opts``; returns ``(model, manifest)`` (the manifest is ready to store)."""
-    opts.validate()
-    ds = dataset or load_dataset(opts.dataset, data_root)
-    torch.manual_seed(opts.seed)
-    model = build_model(opts.arch, ds.num_classes, ds.input_shape, opts.dropout)
-    parts = privacy_splits(len(ds.x_train), opts.seed, opts.scheme)
-    members = parts["target_train"]
-    if opts.limit is not None:
-        members = members[: opts.limit]
-    if opts.scheme == "full":
-        non_members = {"split": "test", "indices": list(range(len(ds.x_test)))}
-    else:
-        out = parts["target_out"][: len(members)]
-        non_members = {"split": "train", "indices": out.tolist()}
+    job = prepare(opts, dataset or load_dataset(opts.dataset, data_root))
+    ds = job.dataset
+    device = resolve_device(opts.device, "models train")
+    x_test, y_test = to_tensor(ds.x_test), torch.from_numpy(ds.y_test)
+    curve = []
 
-    gen = torch.Generator().manual_seed(opts.seed)
+    def measure(epoch: int, model: nn.Module) -> None:
+        if epoch < opts.epochs:
+            curve.append(accuracy(model, x_test, y_test))
+            tqdm.write(f"epoch {epoch}: test accuracy {curve[-1]:.4f}")
+
+    started = time.time()
     # Image batches in channels-last order: oneDNN's convolutions run about 25 % faster that way
     # on this CPU (same results up to float rounding).
-    layout = torch.channels_last if len(ds.input_shape) == 3 else torch.contiguous_format
-    model = model.to(memory_format=layout)
-    x_all = to_tensor(ds.x_train[members])
-    y_all = torch.from_numpy(ds.y_train[members])
-    x_test, y_test = to_tensor(ds.x_test), torch.from_numpy(ds.y_test)
-    optim = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    steps = opts.epochs * math.ceil(len(members) / opts.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=steps)
-    loss_fn = nn.CrossEntropyLoss()
-    started = time.time()
-    epoch_seconds, epoch_test_accuracy = [], []
-    bar = tqdm(total=steps, desc=f"train {opts.arch} on {opts.dataset}", disable=not progress, unit="batch")
-    for epoch in range(opts.epochs):
-        t0 = time.time()
-        model.train()
-        order = torch.randperm(len(members), generator=gen)
-        for i in range(0, len(order), opts.batch_size):
-            idx = order[i:i + opts.batch_size]
-            xb, yb = x_all[idx], y_all[idx]
-            if opts.augment:
-                xb = augment_batch(xb, gen)
-            xb = xb.contiguous(memory_format=layout)
-            optim.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            if not torch.isfinite(loss):
-                raise SplitlabError(f"training diverged (loss {loss.item()}) at epoch {epoch + 1}; lower --lr")
-            loss.backward()
-            optim.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        epoch_seconds.append(time.time() - t0)
-        if opts.eval_each_epoch and epoch + 1 < opts.epochs:
-            epoch_test_accuracy.append(accuracy(model, x_test, y_test))
-            bar.write(f"epoch {epoch + 1}: test accuracy {epoch_test_accuracy[-1]:.4f}")
-    bar.close()
-    model = model.to(memory_format=torch.contiguous_format)
-    model.eval()
-    train_acc = accuracy(model, x_all, y_all)
-    test_acc = accuracy(model, x_test, y_test)
-    manifest = {
+    result = fit(job.model, *job.train_tensors(), epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+                 weight_decay=opts.weight_decay, seed=opts.seed, device=device,
+                 augment=augment_batch if opts.augment else None, channels_last=len(ds.input_shape) == 3,
+                 progress=progress, desc=f"train {opts.arch} on {opts.dataset}",
+                 on_epoch=measure if opts.eval_each_epoch else None)
+    return job.model, finish(job, result, device, time.time() - started, curve)
+
+
+def finish(job: Job, result: FitResult, device: str, seconds: float, curve: list[float] | None = None) -> dict:
+    """Measure the trained model (which ends on the CPU, in eval mode) and describe it: the manifest."""
+    opts, ds = job.opts, job.dataset
+    model = job.model.eval()
+    train_acc = accuracy(model, *job.train_tensors())
+    test_acc = accuracy(model, to_tensor(ds.x_test), torch.from_numpy(ds.y_test))
+    model.cpu()
+    options = asdict(opts)
+    spec = training_spec(opts)
+    options["members"] = spec.get("members")
+    return {
         "arch": opts.arch,
         "dataset": opts.dataset,
         "dataset_source": ds.source,
         "seed": opts.seed,
-        "options": asdict(opts),
+        "options": options,
+        "spec": spec,
+        "device": device,
         "num_classes": ds.num_classes,
         "input_shape": list(ds.input_shape),
         "preprocessing": "uint8 HWC image -> float32 CHW, divided by 255 (range [0, 1])",
-        "members": {"split": "train", "indices": members.tolist()},
-        "non_members": non_members,
-        "splits": {k: v.tolist() for k, v in parts.items() if k != "target_train"},
+        "members": {"split": "train", "indices": job.members.tolist()},
+        "non_members": job.non_members,
+        "splits": job.splits,
         "train_accuracy": train_acc,
         "test_accuracy": test_acc,
-        "train_seconds": time.time() - started,
-        "epoch_seconds": epoch_seconds,
-        "epoch_test_accuracy": epoch_test_accuracy + [test_acc] if opts.eval_each_epoch else None,
+        "train_seconds": seconds,
+        "epoch_seconds": result.epoch_seconds,
+        "epoch_losses": result.losses,
+        "epoch_test_accuracy": (curve or []) + [test_acc] if opts.eval_each_epoch else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": versions(),
     }
-    return model, manifest
-
 
 def versions() -> dict:
     import onnxruntime

@@ -12,7 +12,7 @@ from models import ArtifactStore, SplitlabError, load_dataset, to_tensor
 from models.deploy import TOLERANCE, deploy
 from models.loading import load_model, load_tail
 from models.onnx_runtime import head_session
-from models.training import TrainOptions, train
+from models.training import TrainOptions, default_model_id, train
 
 
 def run_cli(*args, cwd=None):
@@ -116,22 +116,79 @@ def test_cli_train_deploy_and_errors(tmp_path):
                 "--artifacts", art)
     assert r.returncode == 0, r.stderr
     assert "test accuracy" in r.stdout
-    r = run_cli("deploy", "lenet5-digits-s0", "--split", "pool2", "--artifacts", art)
+    model_id = default_model_id(TrainOptions("lenet5", "digits", epochs=1, limit=100))
+    assert model_id.startswith("lenet5-digits-s0-") and f"model {model_id} ->" in r.stdout
+    r = run_cli("deploy", model_id, "--split", "pool2", "--artifacts", art)
     assert r.returncode == 0, r.stderr
-    assert "lenet5-digits-s0--pool2" in r.stdout
+    assert f"{model_id}--pool2" in r.stdout
     for args, message in [
         (("train", "--arch", "nope", "--dataset", "digits"), "unknown architecture"),
         (("train", "--arch", "lenet5", "--dataset", "nope"), "unknown dataset"),
         (("train", "--arch", "lenet5", "--dataset", "digits", "--id", "../x"), "invalid model id"),
-        (("deploy", "lenet5-digits-s0", "--split", "conv7"), "unknown split point"),
+        (("deploy", model_id, "--split", "conv7"), "unknown split point"),
         (("deploy", "missing-model", "--split", "conv1"), "no model 'missing-model'"),
     ]:
         r = run_cli(*args, "--artifacts", art)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
-    assert sorted(p.name for p in (tmp_path / "art" / "models").iterdir()) == ["lenet5-digits-s0"]
+    assert sorted(p.name for p in (tmp_path / "art" / "models").iterdir()) == [model_id]
 
 
 def test_cli_list_prints_feature_shapes():
     r = run_cli("list", "--arch", "he-cifar-cnn")
     assert r.returncode == 0
     assert "relu22" in r.stdout and "128x16x16" in r.stdout
+
+
+def test_default_ids_cover_every_option_that_changes_the_weights():
+    base = TrainOptions("lenet5", "digits", seed=2)
+    assert default_model_id(base) == "lenet5-digits-s2"  # the all-defaults spec keeps its plain id
+    changed = [dict(epochs=6), dict(limit=10), dict(batch_size=64), dict(lr=2e-3), dict(augment=True),
+               dict(scheme="full"), dict(members=[1, 2]), dict(dropout=0.5), dict(weight_decay=1e-4)]
+    ids = {default_model_id(TrainOptions("lenet5", "digits", seed=2, **kw)) for kw in changed}
+    assert len(ids) == len(changed) and default_model_id(base) not in ids
+    assert all(i.startswith("lenet5-digits-s2-") for i in ids)
+    assert "lenet5-digits-s2-do0.5-" in " ".join(ids)  # defences stay readable
+    # what does not change the weights does not change the id; equal values spelled apart neither
+    assert default_model_id(TrainOptions("lenet5", "digits", seed=2, eval_each_epoch=True, device="cuda")) \
+        == "lenet5-digits-s2"
+    assert default_model_id(TrainOptions("lenet5", "digits", members=[3, 1], dropout=0)) \
+        == default_model_id(TrainOptions("lenet5", "digits", members=(1, 3), dropout=0.0))
+
+
+def test_explicit_members_and_their_errors():
+    ds = load_dataset("digits")
+    members = list(range(0, 1438, 7))
+    model, manifest = train(TrainOptions("lenet5", "digits", epochs=1, members=members), progress=False, dataset=ds)
+    assert manifest["members"]["indices"] == members
+    assert sorted(manifest["non_members"]["indices"] + members) == list(range(1438))
+    assert manifest["options"]["members"].startswith(f"{len(members)}:")  # a digest, not the list twice
+    for bad, message in [([5, 5], "distinct"), ([-1], ">= 0"), ([], "empty"), ([1438], "outside digits")]:
+        with pytest.raises(SplitlabError, match=message):
+            train(TrainOptions("lenet5", "digits", epochs=1, members=bad), progress=False, dataset=ds)
+
+
+def test_cli_members_device_and_a_changed_spec_under_an_existing_id(tmp_path):
+    art = str(tmp_path / "art")
+    (tmp_path / "members.txt").write_text("0, 5, 9\n12 40")
+    r = run_cli("train", "--arch", "lenet5", "--dataset", "digits", "--epochs", "1", "--members",
+                str(tmp_path / "members.txt"), "--device", "cpu", "--id", "m", "--artifacts", art)
+    assert r.returncode == 0, r.stderr
+    assert "on cpu" in r.stdout
+    assert ArtifactStore(art).manifest("m")["members"]["indices"] == [0, 5, 9, 12, 40]
+    r = run_cli("train", "--arch", "lenet5", "--dataset", "digits", "--epochs", "2", "--id", "m", "--artifacts", art)
+    assert r.returncode == 2 and "trained with other options" in r.stderr and "epochs: stored 1, asked 2" in r.stderr
+
+
+def test_resolve_device(monkeypatch, capsys):
+    from models.env import resolve_device
+
+    monkeypatch.setenv("SPLITLAB_DEVICE", "tpu")
+    with pytest.raises(SplitlabError, match="SPLITLAB_DEVICE must be one of cpu, cuda, got 'tpu'"):
+        resolve_device(None)
+    assert resolve_device("cpu") == "cpu"  # a flag wins over the environment
+    with pytest.raises(SplitlabError, match="device must be one of cpu, cuda, got 'gpu'"):
+        resolve_device("gpu")
+    monkeypatch.setenv("SPLITLAB_DEVICE", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None, "models train") == "cpu"
+    assert "models train: CUDA was requested (--device cuda) but is not available to torch" in capsys.readouterr().err
