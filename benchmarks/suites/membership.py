@@ -1,0 +1,188 @@
+"""Membership-inference suite: each attack of the config against each target, per seed.
+
+    python -m benchmarks run benchmarks/configs/membership-quick.yaml [--executor ray] [--device cuda]
+
+A trial is (target, attack, seed). The seed is the target's training seed (which also draws its
+privacy split: members, non-members and the attacker's data), the attack's seed, and the draw of
+the evaluation samples; so the spread over seeds covers all three. The target, the shadow and the
+reference models come from :func:`models.reference.obtain_model` / the attack's knowledge:
+trained once in the artifact store, keyed by their full training spec, and shared by every trial
+that needs them (the threshold attack's shadow model is Shokri's first one; every attack of a
+seed attacks the same target).
+
+The attacker queries the target in-process (``MembershipKnowledge.in_process``: the same float64
+softmax the edge's ``/v1/infer`` answers), so a sweep needs no services. It is evaluated on
+``members`` training members and as many held-out ``non_members`` of the target, drawn by the seed;
+metrics from :mod:`attacker.membership_metrics` (AUC, TPR at 1% and 0.1% FPR, balanced accuracy and
+advantage at the threshold the attack chose on its own shadow data), the target's accuracies (the
+train-test gap is the overfitting the attacks feed on) and the target queries made. Config::
+
+    suite: membership
+    seeds: 2
+    evaluation: {members: 200, non_members: 200}
+    targets:
+      - name: mia-cnn-digits           # label in the report
+        arch: mia-cnn
+        dataset: digits
+        options: {epochs: 30, lr: 0.002, batch_size: 64}    # TrainOptions fields (privacy scheme)
+    attacks:
+      - name: membership/threshold     # registry key (attacker/attacks/registry.py)
+        label: threshold-loss          # optional; default the attack's short name
+        params: {metric: loss}         # the attack's parameters; 'seed' and 'device' default to the trial's
+        aux_limit: 400                 # optional: use only this many of the attacker's samples
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness.report import fmt, group, ok, table, values
+from benchmarks.harness.spec import Context, Trial, expand, seeds_of
+from models.errors import SplitlabError
+
+NAME = "membership"
+TITLE = "Membership inference"
+TARGET_KEYS = {"name", "arch", "dataset", "options"}
+ATTACK_KEYS = {"name", "label", "params", "aux_limit"}
+COLUMNS = [("AUC", "auc"), ("TPR @ 1% FPR", "tpr_at_1pct_fpr"), ("TPR @ 0.1% FPR", "tpr_at_0_1pct_fpr"),
+           ("balanced acc", "balanced_accuracy"), ("advantage", "advantage")]
+
+
+def _checked(kind: str, spec, required: set, known: set) -> dict:
+    if not isinstance(spec, dict):
+        raise SplitlabError(f"each membership {kind} must be a mapping, got {spec!r}")
+    missing, unknown = required - set(spec), set(spec) - known
+    if missing or unknown:
+        raise SplitlabError(f"membership {kind} {spec!r}: " + "; ".join(
+            ([f"missing {', '.join(sorted(missing))}"] if missing else []) +
+            ([f"unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"] if unknown else [])))
+    return spec
+
+
+def trials(config: dict) -> list[Trial]:
+    from attacker.attacks.registry import attack_class
+
+    evaluation = config.get("evaluation", {"members": 200, "non_members": 200})
+    if set(evaluation) != {"members", "non_members"} or not all(
+            isinstance(v, int) and v > 0 for v in evaluation.values()):
+        raise SplitlabError(f"'evaluation' must give positive 'members' and 'non_members' counts, got {evaluation!r}")
+    targets, attacks = [], []
+    for spec in config.get("targets") or []:
+        spec = _checked("target", spec, {"name", "arch", "dataset"}, TARGET_KEYS)
+        if "seed" in spec.get("options", {}):
+            raise SplitlabError(f"membership target {spec['name']}: the seed comes from the config's 'seeds'")
+        targets.append((spec["name"], {**spec, "options": spec.get("options", {}), "evaluation": evaluation}))
+    for spec in config.get("attacks") or []:
+        spec = _checked("attack", spec, {"name"}, ATTACK_KEYS)
+        cls = attack_class(spec["name"])
+        if cls.family != "membership":
+            raise SplitlabError(f"the membership suite runs membership attacks, not {spec['name']!r}")
+        cls.Params.from_dict(spec.get("params", {}))  # a bad parameter fails before any trial runs
+        attack = {"name": cls.key(), "params": spec.get("params", {}), "aux_limit": spec.get("aux_limit")}
+        attacks.append((spec.get("label") or cls.name, attack))
+    if not targets or not attacks:
+        raise SplitlabError("a membership config needs 'targets' and 'attacks' (lists)")
+    return expand(NAME, targets, attacks, seeds_of(config))
+
+
+def evaluation_samples(dataset, manifest: dict, counts: dict, seed: int):
+    """``(x, y, is_member)``: members and held-out non-members of the target, drawn by ``seed``."""
+    from models.datasets import to_tensor
+
+    rng = np.random.default_rng(seed)
+    picks = []
+    for part, count in (("members", counts["members"]), ("non_members", counts["non_members"])):
+        info = manifest[part]
+        if info["split"] != "train":
+            raise SplitlabError(f"the target's {part} are in its {info['split']} split; membership trials need a "
+                                "privacy-scheme target (members and non-members from the train split)")
+        pool = np.asarray(info["indices"])
+        if count > len(pool):
+            raise SplitlabError(f"evaluation asks for {count} {part}, the target has {len(pool)}")
+        picks.append(np.sort(rng.choice(pool, count, replace=False)))
+    idx = np.concatenate(picks)
+    is_member = np.r_[np.ones(len(picks[0]), bool), np.zeros(len(picks[1]), bool)]
+    return to_tensor(dataset.x_train[idx]).numpy(), dataset.y_train[idx].astype(np.int64), is_member
+
+
+def run_trial(trial: Trial, ctx: Context) -> dict:
+    from attacker.attacks.registry import attack_class
+    from attacker.membership_metrics import membership_metrics
+    from models import ArtifactStore, load_dataset
+    from models.reference import obtain_model
+    from models.training import TrainOptions
+
+    target, spec = trial.target, trial.attack
+    store = ArtifactStore(ctx.artifacts)
+    dataset = load_dataset(target["dataset"])
+    options = TrainOptions(arch=target["arch"], dataset=target["dataset"],
+                           **{**target["options"], "seed": trial.seed, "device": trial.device})
+    model, manifest = obtain_model(store, options, trial.device, progress=ctx.progress, dataset=dataset)
+    cls = attack_class(spec["name"])
+    trial_defaults = {"seed": trial.seed, "device": trial.device}  # where the attack has such a parameter
+    attack = cls({**{k: v for k, v in trial_defaults.items() if k in cls.Params.field_names()}, **spec["params"]})
+    knowledge = attack.Knowledge.in_process(model, dataset, options, store, aux_limit=spec.get("aux_limit"),
+                                            device=trial.device)
+    t0 = time.perf_counter()
+    attack.fit(knowledge)
+    fit_seconds = time.perf_counter() - t0
+    x, y, is_member = evaluation_samples(dataset, manifest, target["evaluation"], trial.seed)
+    t0 = time.perf_counter()
+    scores = attack.score((x, y))
+    score_seconds = time.perf_counter() - t0
+    metrics = membership_metrics(scores, is_member, attack.threshold)
+    metrics.update({"target_model": manifest.get("model_id"), "target_train_accuracy": manifest["train_accuracy"],
+                    "target_test_accuracy": manifest["test_accuracy"], "target_queries": knowledge.counter["queries"],
+                    "aux_samples": len(knowledge.aux_x), "fit_seconds": fit_seconds, "score_seconds": score_seconds})
+    metrics.update({f"fit_{k}": v for k, v in attack.fit_stats().items() if isinstance(v, (int, float, str, bool))})
+    return metrics
+
+
+def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
+    groups = group(results, lambda r: (r["label"].rsplit(" seed ", 1)[0], r["attack"]["name"]))
+    rows = []
+    for (label, name), rs in groups.items():
+        m = rs[0]["metrics"]
+        rows.append([label, name, len(rs), *(fmt(values(rs, key), 3) for _, key in COLUMNS),
+                     fmt(values(rs, "target_train_accuracy"), 3), fmt(values(rs, "target_test_accuracy"), 3),
+                     f"{m['members']} / {m['non_members']}", fmt(values(rs, "target_queries"), 0),
+                     fmt(values(rs, "fit_seconds"), 1), fmt(values(rs, "score_seconds"), 1)])
+    body = ["Each row: one attack on one target, mean ± std over the seeds (each seed trains its own target, "
+            "draws its own evaluation samples and seeds the attack). TPR at a low FPR is the highest TPR the ROC "
+            "reaches at or below it; balanced accuracy and advantage are at the threshold the attack chose on its "
+            "own shadow data (`attacker/membership_metrics.py`). Target accuracy: train / test of the attacked "
+            "model, whose gap is the overfitting the attacks exploit.", ""]
+    body += table(["target / attack", "attack", "seeds", *(c for c, _ in COLUMNS), "target train acc",
+                   "target test acc", "members / non-members", "target queries", "fit s", "score s"], rows)
+    if ok(results):
+        plot(groups, out_dir / "membership.png")
+        body += ["", "![AUC and TPR at 1% FPR per attack, mean and std over seeds](membership.png)"]
+    return body
+
+
+def plot(groups: dict, path: Path) -> Path:
+    """AUC and TPR at 1% FPR of every (target, attack), with the spread over seeds as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.harness.report import mean_std
+
+    labels = [label for label, _ in groups]
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(labels), 3.4))
+    for ax, (title, key, chance) in zip(axes, (("ROC AUC", "auc", 0.5), ("TPR at 1% FPR", "tpr_at_1pct_fpr", 0.01))):
+        stats = [mean_std(values(rs, key)) for rs in groups.values()]
+        ax.bar(range(len(labels)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3, color="tab:blue")
+        ax.axhline(chance, color="k", linestyle="--", linewidth=0.8, label="chance")
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
