@@ -1,6 +1,6 @@
 """The lab REST API in process (no live services): submission, auth, validation errors naming the
 field, budget limits, 404s, paging, cancellation of queued experiments, the OpenAPI document, the
-loopback-only rule without a token, and a schemathesis run of the OpenAPI document (no 5xx).
+loopback-only rule without a token. (schemathesis over the OpenAPI document: test_api_schemas.py.)
 
 Workers are off here (experiments stay queued); running them is tested in ``test_lab_store.py``
 (pool) and ``test_lab_e2e.py`` (live services).
@@ -8,16 +8,10 @@ Workers are off here (experiments stay queued); running them is tested in ``test
 
 from __future__ import annotations
 
-import atexit
 import copy
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, settings
 
 from attacker.lab.app import LabConfig, create_app
 from attacker.lab.serve import bind_host
@@ -229,25 +223,6 @@ def test_openapi_document(client):
     assert "202" in post["responses"] and "422" in post["responses"]
     assert post["security"] and "HTTPBearer" in doc["components"]["securitySchemes"]
     assert client.get("/v1/docs").status_code == 200
-
-
-# Built at import (schemathesis parametrizes at collection); its folder is removed at exit.
-_SCHEMA_DIR = Path(tempfile.mkdtemp(prefix="splitlab-lab-schemathesis-"))
-atexit.register(shutil.rmtree, _SCHEMA_DIR, True)
-schema = schemathesis.openapi.from_asgi("/v1/openapi.json", make_app(_SCHEMA_DIR))
-
-
-@schema.parametrize()
-@settings(max_examples=10, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
-def test_openapi_property_based_no_server_errors(case):
-    """Generated requests (valid and invalid) against every operation: never a 5xx, and every answer
-    conforms to the document (status codes, content types, bodies, headers). Schema-valid specs may
-    still be refused (422): a split point depends on the architecture, budgets on the service's
-    limits, which the schema cannot express, so schemathesis' positive-data check is left out."""
-    from schemathesis.checks import positive_data_acceptance
-
-    case.call_and_validate(headers=AUTH, excluded_checks=[positive_data_acceptance])
 
 
 def test_attack_defaults_over_the_limits_are_lowered_to_them():

@@ -153,10 +153,21 @@ class NoiseDefense(BaseModel):
         return f"noise{self.sigma:g}"
 
 
+_GIVEN, _ABSENT = {"not": {"type": "null"}}, {"type": "null"}  # a key that is absent or null is not given
+# The model comes from exactly one place, in the JSON schema too (check_spec enforces it and names
+# the field): train one (arch, with its dataset) or reuse a stored one (model_id, without train).
+MODEL_SOURCE = {"oneOf": [
+    {"title": "train a model", "required": ["arch", "dataset"],
+     "properties": {"arch": _GIVEN, "dataset": _GIVEN, "model_id": _ABSENT}},
+    {"title": "reuse a stored model", "required": ["model_id"],
+     "properties": {"model_id": _GIVEN, "arch": _ABSENT, "train": _ABSENT}},
+]}
+
+
 class ExperimentSpec(BaseModel):
     """A split-point experiment: which model, which cuts, which attacks, how many private images."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+    model_config = ConfigDict(extra="forbid", json_schema_extra={**MODEL_SOURCE, "examples": [{
         "arch": "lenet5", "dataset": "digits", "train": {"epochs": 2},
         "split_points": ["conv1"], "attacks": [{"name": "whitebox", "params": {"iterations": 300}}],
         "samples": 10, "seed": 0}]})
