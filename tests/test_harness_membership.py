@@ -32,6 +32,7 @@ def test_quick_config_expands_to_every_attack_and_seed():
     (lambda c: c["attacks"].append({"name": "membership/nope"}), "unknown attack 'membership/nope'"),
     (lambda c: c["attacks"][0]["params"].update(metric="vibes"), "metric"),
     (lambda c: c["targets"][0]["options"].update(seed=3), "seed comes from the config's 'seeds'"),
+    (lambda c: c["targets"][0].update(options=[1]), "'options' must be a mapping"),
     (lambda c: c.update(evaluation={"members": 0, "non_members": 5}), "'evaluation'"),
     (lambda c: c["targets"][0].pop("arch"), "missing arch"),
 ])

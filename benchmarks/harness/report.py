@@ -11,6 +11,7 @@ analysis survives a rerun.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -82,6 +83,23 @@ def table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+@contextlib.contextmanager
+def figure(path: Path, ncols: int = 1, figsize: tuple[float, float] = (6, 3.5)):
+    """A matplotlib figure (headless) with ``ncols`` axes, saved to ``path`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def failures(results: list[dict]) -> list[str]:

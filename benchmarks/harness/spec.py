@@ -100,3 +100,26 @@ def seeds_of(config: dict, default: tuple[int, ...] = (0,)) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise SplitlabError(f"'seeds' repeats a seed: {seeds}")
     return seeds
+
+
+def checked_entry(kind: str, spec, required: set[str], known: set[str]) -> dict:
+    """A config entry (a target, an attack) as a mapping with the ``required`` keys and no others
+    than ``known``; the error names what is missing or unknown."""
+    if not isinstance(spec, dict):
+        raise SplitlabError(f"each {kind} must be a mapping, got {spec!r}")
+    missing, unknown = required - set(spec), set(spec) - known
+    if missing or unknown:
+        raise SplitlabError(f"{kind} {spec!r}: " + "; ".join(
+            ([f"missing {', '.join(sorted(missing))}"] if missing else []) +
+            ([f"unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"] if unknown else [])))
+    return spec
+
+
+def trial_options(kind: str, name: str, spec: dict) -> dict:
+    """A target's training ``options`` (a mapping without ``seed``: the trial's seed is the seed)."""
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise SplitlabError(f"{kind} {name}: 'options' must be a mapping of TrainOptions fields, got {options!r}")
+    if "seed" in options:
+        raise SplitlabError(f"{kind} {name}: the seed comes from the config's 'seeds', not from options")
+    return options

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.harness.report import fmt, group, ok, table, values
-from benchmarks.harness.spec import Context, Trial, expand, seeds_of
+from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
+from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
 NAME = "membership"
@@ -49,17 +49,6 @@ TARGET_KEYS = {"name", "arch", "dataset", "options"}
 ATTACK_KEYS = {"name", "label", "params", "aux_limit"}
 COLUMNS = [("AUC", "auc"), ("TPR @ 1% FPR", "tpr_at_1pct_fpr"), ("TPR @ 0.1% FPR", "tpr_at_0_1pct_fpr"),
            ("balanced acc", "balanced_accuracy"), ("advantage", "advantage")]
-
-
-def _checked(kind: str, spec, required: set, known: set) -> dict:
-    if not isinstance(spec, dict):
-        raise SplitlabError(f"each membership {kind} must be a mapping, got {spec!r}")
-    missing, unknown = required - set(spec), set(spec) - known
-    if missing or unknown:
-        raise SplitlabError(f"membership {kind} {spec!r}: " + "; ".join(
-            ([f"missing {', '.join(sorted(missing))}"] if missing else []) +
-            ([f"unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})"] if unknown else [])))
-    return spec
 
 
 def trials(config: dict) -> list[Trial]:
@@ -71,12 +60,11 @@ def trials(config: dict) -> list[Trial]:
         raise SplitlabError(f"'evaluation' must give positive 'members' and 'non_members' counts, got {evaluation!r}")
     targets, attacks = [], []
     for spec in config.get("targets") or []:
-        spec = _checked("target", spec, {"name", "arch", "dataset"}, TARGET_KEYS)
-        if "seed" in spec.get("options", {}):
-            raise SplitlabError(f"membership target {spec['name']}: the seed comes from the config's 'seeds'")
-        targets.append((spec["name"], {**spec, "options": spec.get("options", {}), "evaluation": evaluation}))
+        spec = checked_entry("membership target", spec, {"name", "arch", "dataset"}, TARGET_KEYS)
+        options = trial_options("membership target", spec["name"], spec)
+        targets.append((spec["name"], {**spec, "options": options, "evaluation": evaluation}))
     for spec in config.get("attacks") or []:
-        spec = _checked("attack", spec, {"name"}, ATTACK_KEYS)
+        spec = checked_entry("membership attack", spec, {"name"}, ATTACK_KEYS)
         cls = attack_class(spec["name"])
         if cls.family != "membership":
             raise SplitlabError(f"the membership suite runs membership attacks, not {spec['name']!r}")
@@ -165,24 +153,15 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
 
 def plot(groups: dict, path: Path) -> Path:
     """AUC and TPR at 1% FPR of every (target, attack), with the spread over seeds as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from benchmarks.harness.report import mean_std
-
     labels = [label for label, _ in groups]
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(labels), 3.4))
-    for ax, (title, key, chance) in zip(axes, (("ROC AUC", "auc", 0.5), ("TPR at 1% FPR", "tpr_at_1pct_fpr", 0.01))):
-        stats = [mean_std(values(rs, key)) for rs in groups.values()]
-        ax.bar(range(len(labels)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3, color="tab:blue")
-        ax.axhline(chance, color="k", linestyle="--", linewidth=0.8, label="chance")
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 2, (2 + 1.1 * len(labels), 3.4)) as (_, axes):
+        for ax, (title, key, chance) in zip(axes, (("ROC AUC", "auc", 0.5),
+                                                   ("TPR at 1% FPR", "tpr_at_1pct_fpr", 0.01))):
+            stats = [mean_std(values(rs, key)) for rs in groups.values()]
+            ax.bar(range(len(labels)), [s[0] for s in stats], yerr=[s[1] for s in stats], capsize=3)
+            ax.axhline(chance, color="k", linestyle="--", linewidth=0.8, label="chance")
+            ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+            ax.set_title(title, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[0].legend(fontsize=7)
     return path

@@ -22,12 +22,11 @@ The report has one row per target with mean +- std over seeds and, for targets t
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from pathlib import Path
 
-from benchmarks.harness.report import fmt, group, table, values
-from benchmarks.harness.spec import Context, Trial, expand, seeds_of
+from benchmarks.harness.report import figure, fmt, group, table, values
+from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
 NAME = "training"
@@ -42,11 +41,7 @@ def ensure_target(store, spec: dict, retrain: bool = False, progress: bool = Tru
     model_id = spec["id"]
     if store.model_dir(model_id).exists() and not retrain:
         return store.manifest(model_id)
-    options = dict(spec.get("options", {}))
-    if "device" in {f.name for f in dataclasses.fields(TrainOptions)}:
-        options.setdefault("device", device)
-    elif device != "cpu":
-        raise SplitlabError(f"training on {device!r} needs TrainOptions.device, which this version lacks")
+    options = {"device": device, **spec.get("options", {})}
     model, manifest = train(TrainOptions(arch=spec["arch"], dataset=spec["dataset"], **options), progress=progress)
     manifest["model_id"] = model_id
     store.save_model(model_id, model.state_dict(), manifest, overwrite=retrain)
@@ -63,16 +58,9 @@ def trials(config: dict) -> list[Trial]:
         raise SplitlabError("a training config needs 'targets': a list of {id, arch, dataset, options}")
     pairs = []
     for spec in targets:
-        missing = {"id", "arch", "dataset"} - set(spec)
-        unknown = set(spec) - TARGET_KEYS
-        if missing or unknown:
-            raise SplitlabError(f"training target {spec!r}: " + "; ".join(
-                ([f"missing {', '.join(sorted(missing))}"] if missing else []) +
-                ([f"unknown {', '.join(sorted(unknown))} (known: {', '.join(sorted(TARGET_KEYS))})"] if unknown else [])))
-        if "seed" in spec.get("options", {}):
-            raise SplitlabError(f"training target {spec['id']}: the seed comes from the config's 'seeds', "
-                                "not from options")
-        target = {k: spec[k] for k in ("id", "arch", "dataset")} | {"options": spec.get("options", {})}
+        spec = checked_entry("training target", spec, {"id", "arch", "dataset"}, TARGET_KEYS)
+        options = trial_options("training target", spec["id"], spec)
+        target = {k: spec[k] for k in ("id", "arch", "dataset")} | {"options": options}
         pairs.append((spec["id"], target))
     return expand(NAME, pairs, None, seeds_of(config))
 
@@ -125,22 +113,14 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
 
 def plot_curves(curves: list[tuple[str, list[float]]], goals: dict, results: list[dict], path: Path) -> Path:
     """Test accuracy per epoch of every trial that recorded it, with its target's goal as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     base_of = {r["metrics"].get("model_id"): r["target"]["id"] for r in results if r["status"] == "ok"}
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, curve in curves:
-        line, = ax.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
-        if goals.get(base_of.get(name)):
-            ax.axhline(goals[base_of[name]], color=line.get_color(), linestyle="--", linewidth=0.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        for name, curve in curves:
+            line, = ax.plot(range(1, len(curve) + 1), curve, marker=".", label=name)
+            if goals.get(base_of.get(name)):
+                ax.axhline(goals[base_of[name]], color=line.get_color(), linestyle="--", linewidth=0.8)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return path
