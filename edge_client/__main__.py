@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="send dataset samples through edge -> cloud; print accuracy, images/s, latency",
                          description=textwrap.fill(
                              "Send test images of a dataset through the split deployment. Prints accuracy, "
-                             "images/s, latency percentiles per request and bytes per image.", 78),
+                             "images/s, latency percentiles per request and bytes per image. Every request "
+                             "is answered or counted as failed within --timeout; when the cloud stays "
+                             "unreachable for longer than --timeout the run stops and counts the rest as not "
+                             "sent. Exit status 1 when any request failed or was not sent.", 78),
                          epilog="example:\n  edge-client run --cloud localhost:50051 --deployment lenet5-mnist-s0--relu2 \\\n"
                                 "      --count 1000 --batch 64 --wire float16 --stream",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,7 +149,8 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
     else:
-        print(f"images      {m['images']} ({m['errors']} failed requests)")
+        print(f"images      {m['images']} of {m['images'] + m['images_failed'] + m['images_not_sent']} answered "
+              f"({m['answered']} requests answered, {m['failed']} failed, {m['not_sent']} not sent)")
         if "accuracy" in m:
             print(f"accuracy    {m['accuracy']:.4f}")
         print(f"throughput  {m['images_per_s']:.1f} images/s ({'stream' if args.stream else 'unary'}, "
@@ -156,7 +160,9 @@ def cmd_run(args) -> int:
         print(f"wire        {m['bytes_per_image']:.0f} bytes/image")
         if m.get("first_error"):
             print(f"first error {m['first_error']}")
-    return 0 if m["errors"] == 0 else 1
+        if m.get("gave_up"):
+            print(f"gave up     {m['gave_up']}")
+    return 0 if m["errors"] == 0 and m["not_sent"] == 0 else 1
 
 
 def cmd_serve(args) -> int:

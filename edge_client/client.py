@@ -11,16 +11,18 @@ status code, the server's message and the request id.
         result = cloud.infer("lenet5-mnist--relu2", features, wire="float16")
         with cloud.stream() as s:                     # many requests in flight on one stream
             futures = [s.submit(dep, f) for f in batches]
+
+Every stream request has a deadline too, and a stream that breaks is reopened
+(``edge_client.stream``).
 """
 
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -29,6 +31,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import split_inference_pb2 as pb
 from protos import split_inference_pb2_grpc as pb_grpc
 from protos import wire
+
+if TYPE_CHECKING:
+    from .stream import InferStream
 
 DEFAULT_MAX_MESSAGE_MB = 64
 DEFAULT_TIMEOUT = 30.0
@@ -45,16 +50,25 @@ RETRY_POLICY = {
 
 
 def service_config(retries: bool = True) -> str:
+    """Unary calls are retried on UNAVAILABLE; the stream never is (a replayed stream hung, see
+    ``edge_client.stream``) and waits for the connection instead, its requests bounded by their
+    own deadlines."""
     config: dict = {"methodConfig": [{"name": [{"service": SERVICE}, {"service": "grpc.health.v1.Health"}],
-                                      "waitForReady": False}]}
+                                      "waitForReady": False},
+                                     {"name": [{"service": SERVICE, "method": "InferStream"}],
+                                      "waitForReady": True}]}
     if retries:
         config["methodConfig"][0]["retryPolicy"] = RETRY_POLICY
     return json.dumps(config)
 
 
-def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, retries: bool = True) -> list:
+def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, retries: bool = True,
+                    own_connection: bool = False) -> list:
+    """``own_connection``: a TCP connection of this channel's own. gRPC Python otherwise shares one
+    connection among all channels to the same address with the same options, so K clients in one
+    process would be K streams on one connection (the load benchmark needs K connections)."""
     limit = int(max_message_mb * 1024 * 1024)
-    return [
+    return [("grpc.use_local_subchannel_pool", 1)] * own_connection + [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
         ("grpc.enable_retries", 1 if retries else 0),
@@ -116,11 +130,11 @@ def _result(reply: pb.InferReply, request_bytes: int) -> InferResult:
 
 class CloudClient:
     def __init__(self, address: str, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
-                 timeout: float = DEFAULT_TIMEOUT, retries: bool = True):
+                 timeout: float = DEFAULT_TIMEOUT, retries: bool = True, own_connection: bool = False):
         self.address = address
         self.timeout = timeout
         self.max_message_mb = max_message_mb
-        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_mb, retries))
+        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_mb, retries, own_connection))
         self.stub = pb_grpc.SplitInferenceStub(self.channel)
         # the inference methods take pre-serialized requests (see ``request_bytes``)
         self._infer = self.channel.unary_unary(f"/{SERVICE}/Infer", request_serializer=None,
@@ -197,94 +211,11 @@ class CloudClient:
         call.add_done_callback(done)
         return out
 
-    def stream(self, timeout: float | None = None, stream_id: str | None = None) -> "InferStream":
-        """Open an ``InferStream`` call; use it as a context manager."""
-        return InferStream(self, timeout or DEFAULT_STREAM_TIMEOUT, stream_id or new_request_id())
+    def stream(self, timeout: float | None = None, stream_id: str | None = None,
+               request_timeout: float | None = None) -> "InferStream":
+        """Open an ``InferStream`` (``edge_client.stream``); use it as a context manager. ``timeout``
+        bounds each underlying gRPC call (a new one opens when it ends), ``request_timeout`` each
+        request (default: the client's ``timeout``)."""
+        from .stream import InferStream
 
-
-_END = object()
-
-
-class InferStream:
-    """Many requests in flight on one bidirectional stream; replies are matched by request id.
-
-    ``submit`` returns a future per request. A per-request error (say ``INVALID_ARGUMENT``) fails
-    only that future; a failure of the whole stream fails every pending one.
-    """
-
-    def __init__(self, client: CloudClient, timeout: float, stream_id: str):
-        self.stream_id = stream_id
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[str, tuple[Future, int]] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        self._error: CloudError | None = None
-        self._call = client._infer_stream(iter(self._requests.get, _END), timeout=timeout,
-                                          metadata=(("x-request-id", stream_id),))
-        self._reader = threading.Thread(target=self._read, name="infer-stream-replies", daemon=True)
-        self._reader.start()
-
-    def submit(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
-               request_id: str | None = None, scale: float | None = None) -> Future:
-        rid, data = request_bytes(deployment_id, features, wire, request_id, scale)
-        return self._send(rid, data)
-
-    def send_raw(self, request: pb.InferRequest) -> Future:
-        """Send a prebuilt request as is (tests use it to send malformed ones)."""
-        return self._send(request.request_id, request.SerializeToString())
-
-    def _send(self, rid: str, data: bytes) -> Future:
-        fut: Future = Future()
-        with self._lock:
-            if self._error is not None:
-                raise self._error
-            if self._closed:
-                raise RuntimeError("stream is closed")
-            if rid in self._pending:
-                raise ValueError(f"request id {rid!r} is already in flight on this stream")
-            self._pending[rid] = (fut, len(data))
-        self._requests.put(data)
-        return fut
-
-    def _read(self) -> None:
-        try:
-            for item in self._call:
-                with self._lock:
-                    fut, size = self._pending.pop(item.request_id, (None, 0))
-                if fut is None:
-                    continue
-                if item.error_code:
-                    fut.set_exception(CloudError(status_code(item.error_code), item.error_message, item.request_id))
-                else:
-                    try:
-                        fut.set_result(_result(item.reply, size))
-                    except Exception as exc:  # noqa: BLE001
-                        fut.set_exception(exc)
-            error = CloudError(grpc.StatusCode.CANCELLED, "the stream ended before this request was answered")
-        except grpc.RpcError as exc:
-            error = CloudError(exc.code(), exc.details() or "", self.stream_id)
-        with self._lock:
-            self._error = error
-            pending, self._pending = self._pending, {}
-        for fut, _ in pending.values():
-            fut.set_exception(CloudError(error.code, error.message, error.request_id))
-
-    def close(self, wait: bool = True) -> None:
-        """Half-close the stream (no more requests); with ``wait``, wait for all replies."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._requests.put(_END)
-        if wait:
-            self._reader.join()
-
-    def cancel(self) -> None:
-        self._call.cancel()
-        self.close(wait=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        return InferStream(self, timeout or DEFAULT_STREAM_TIMEOUT, stream_id or new_request_id(), request_timeout)

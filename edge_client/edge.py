@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .client import CloudClient, InferResult, InferStream
+from .client import CloudClient, InferResult
+from .stream import InferStream
 from .heads import Head, HeadCache
 from .runtime import HeadOutput, HeadRunner, make_runner
 

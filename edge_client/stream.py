@@ -1,0 +1,241 @@
+"""Many requests in flight on ``InferStream`` calls, each answered once or failed within its deadline.
+
+Why this is more than a wrapper around one gRPC call: with the cloud killed (SIGKILL) mid-run and
+started again 1.5 s later, ``edge-client run --stream`` used to hang for good while the same run
+with unary calls recovered: the reply reader waited in the call's iterator forever (3 of 8 tries on
+this machine, all with the cloud killed before its first reply, while it was still loading the
+tail). The stream had no per-request deadline (only the call's, an hour), and gRPC's retry policy,
+meant for unary calls, covered the stream too; with the policy off for the stream the same
+experiment ended every time (5 of 5). So:
+
+- the stream method has no retry policy (``client.service_config``) and waits for the connection
+  (``waitForReady``) instead of failing at once while the cloud restarts;
+- every request has a deadline (the client's ``timeout``, 30 s by default); a watchdog thread fails
+  a request that is not answered by then with ``DEADLINE_EXCEEDED``, and if the call has delivered
+  no reply at all since that request was sent, the call is presumed dead and cancelled;
+- when a call breaks (the cloud went away, the call's deadline passed), every request pending on it
+  fails with the call's status and a message that says the stream broke; nothing is resent, so a
+  reply can never arrive twice (the cloud may have run the request, and the tap recorded it);
+- the next ``submit`` opens a new call: a long run goes on once the cloud is back.
+
+A request's future is settled by whoever removes it from its call's pending table under the lock
+(the reply reader, the watchdog, or the break handler), so it is settled exactly once. ``stats``
+counts calls opened and broken, requests expired, and replies that came after their request had
+expired (dropped, not delivered).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from protos import split_inference_pb2 as pb
+
+from .client import CloudClient, CloudError, _result, request_bytes, status_code
+
+_END = object()
+
+
+@dataclass
+class _Pending:
+    future: Future
+    size: int
+    sent: float          # time.monotonic() when queued
+    deadline: float
+
+
+@dataclass(eq=False)
+class _Call:
+    """One ``InferStream`` gRPC call: its request queue, its pending requests and its reply reader."""
+
+    number: int
+    requests: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    last_reply: float = field(default_factory=time.monotonic)
+    broken: bool = False
+    cancelled_because: str = ""   # set when the watchdog gave up on the call
+    grpc_call: object = None
+    reader: threading.Thread | None = None
+
+
+class InferStream:
+    """Requests in flight on a bidirectional stream; replies are matched by request id.
+
+    ``submit`` returns a future per request that yields an ``InferResult`` or raises ``CloudError``
+    (a per-request error such as ``INVALID_ARGUMENT``, ``DEADLINE_EXCEEDED`` past the request's
+    deadline, or the broken stream's status); see the module docstring.
+    """
+
+    def __init__(self, client: CloudClient, timeout: float, stream_id: str, request_timeout: float | None = None):
+        self.stream_id = stream_id
+        self._client = client
+        self._call_timeout = timeout
+        self._request_timeout = request_timeout or client.timeout
+        self._lock = threading.Condition()
+        self._call: _Call | None = None
+        self._numbers = itertools.count(1)
+        self._deadlines: list[tuple[float, int, str, _Call]] = []  # heap
+        self._seq = itertools.count()
+        self._closed = False
+        self.stats = {"calls": 0, "broken": 0, "expired": 0, "late_replies": 0}
+        self._watchdog = threading.Thread(target=self._watch, name="infer-stream-deadlines", daemon=True)
+        self._watchdog.start()
+        with self._lock:
+            self._open()
+
+    # --- sending -------------------------------------------------------------------------------
+    def submit(self, deployment_id: str, features: np.ndarray, wire: str = "float32",
+               request_id: str | None = None, scale: float | None = None, timeout: float | None = None) -> Future:
+        rid, data = request_bytes(deployment_id, features, wire, request_id, scale)
+        return self._send(rid, data, timeout)
+
+    def send_raw(self, request: pb.InferRequest, timeout: float | None = None) -> Future:
+        """Send a prebuilt request as is (tests use it to send malformed ones)."""
+        return self._send(request.request_id, request.SerializeToString(), timeout)
+
+    def _send(self, rid: str, data: bytes, timeout: float | None) -> Future:
+        fut: Future = Future()
+        now = time.monotonic()
+        entry = _Pending(fut, len(data), now, now + (timeout or self._request_timeout))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("stream is closed")
+            call = self._call if self._call is not None and not self._call.broken else self._open()
+            if rid in call.pending:
+                raise ValueError(f"request id {rid!r} is already in flight on this stream")
+            if not call.pending:
+                call.last_reply = now  # "no reply since" counts from when something was asked
+            call.pending[rid] = entry
+            heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), rid, call))
+            if self._deadlines[0][2] is rid:  # the earliest deadline now: wake the watchdog
+                self._lock.notify_all()
+        call.requests.put(data)
+        return fut
+
+    def _open(self) -> _Call:
+        """A new gRPC call (lock held); it waits for the connection (``waitForReady``)."""
+        call = _Call(next(self._numbers))
+        call.grpc_call = self._client._infer_stream(iter(call.requests.get, _END), timeout=self._call_timeout,
+                                                    metadata=(("x-request-id", self.stream_id),))
+        call.reader = threading.Thread(target=self._read, args=(call,), name=f"infer-stream-{call.number}",
+                                       daemon=True)
+        call.reader.start()
+        self._call = call
+        self.stats["calls"] += 1
+        return call
+
+    # --- receiving -----------------------------------------------------------------------------
+    def _read(self, call: _Call) -> None:
+        try:
+            for item in call.grpc_call:
+                with self._lock:
+                    call.last_reply = time.monotonic()
+                    entry = call.pending.pop(item.request_id, None)
+                    if entry is None:
+                        self.stats["late_replies"] += 1
+                    elif self._closed and not call.pending:
+                        self._lock.notify_all()  # close() waits for this
+                if entry is None:
+                    continue
+                if item.error_code:
+                    entry.future.set_exception(CloudError(status_code(item.error_code), item.error_message,
+                                                          item.request_id))
+                    continue
+                try:
+                    entry.future.set_result(_result(item.reply, entry.size))
+                except Exception as exc:  # noqa: BLE001 - e.g. a reply that does not decode
+                    entry.future.set_exception(exc)
+            code, why, broke = grpc.StatusCode.CANCELLED, "the stream ended", False
+        except grpc.RpcError as exc:
+            code, why, broke = exc.code(), f"the stream to {self._client.address} broke ({exc.details() or exc.code().name})", True
+            if call.cancelled_because:
+                code, why = grpc.StatusCode.DEADLINE_EXCEEDED, call.cancelled_because
+        self._break(call, code, why, broke)
+
+    def _break(self, call: _Call, code: grpc.StatusCode, why: str, broke: bool) -> None:
+        """Fail every request still pending on ``call``; the next ``submit`` opens a new call."""
+        with self._lock:
+            call.broken = True
+            self.stats["broken"] += broke
+            pending, call.pending = call.pending, {}
+            self._lock.notify_all()
+        call.requests.put(_END)  # ends gRPC's request-consuming thread
+        for rid, entry in pending.items():
+            entry.future.set_exception(CloudError(code, f"{why} before this request was answered", rid))
+
+    # --- deadlines -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while True:
+            expired: list[tuple[str, _Pending, _Call]] = []
+            stuck: list[_Call] = []
+            with self._lock:
+                if self._closed and not self._deadlines:
+                    return
+                now = time.monotonic()
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    _, _, rid, call = heapq.heappop(self._deadlines)
+                    entry = call.pending.get(rid)
+                    if entry is None or entry.deadline > now:
+                        continue  # answered (or the id was reused by a later request)
+                    del call.pending[rid]
+                    self.stats["expired"] += 1
+                    expired.append((rid, entry, call))
+                    if call.last_reply < entry.sent and not call.broken:
+                        call.cancelled_because = (f"the stream to {self._client.address} was given up: no reply "
+                                                  f"for {now - call.last_reply:.3g} s")
+                        call.broken = True  # the next submit opens a new call
+                        stuck.append(call)
+                if expired:
+                    self._lock.notify_all()  # close() may wait for this
+                if not expired:
+                    wait = self._deadlines[0][0] - now if self._deadlines else None
+                    self._lock.wait(wait)
+                    continue
+            for call in stuck:  # nothing came back since these were sent: presume the call dead
+                call.grpc_call.cancel()
+            for rid, entry, call in expired:
+                waited = entry.deadline - entry.sent
+                entry.future.set_exception(CloudError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no reply within {waited:g} s on the stream to {self._client.address}", rid))
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def close(self, wait: bool = True) -> None:
+        """No more requests; with ``wait``, wait until every request is answered or failed (each
+        within its deadline) and the calls have ended."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            call = self._call
+            self._lock.notify_all()
+        if call is None:
+            return
+        call.requests.put(_END)  # half-close: the cloud ends the call once it has answered
+        if not wait:
+            return
+        with self._lock:
+            self._lock.wait_for(lambda: not call.pending)
+        call.reader.join(5.0)
+        if call.reader.is_alive():  # answered everything but never ended the call
+            call.grpc_call.cancel()
+            call.reader.join(5.0)
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.grpc_call.cancel()
+        self.close(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

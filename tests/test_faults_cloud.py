@@ -1,0 +1,183 @@
+"""A cloud that dies, restarts or hangs mid-stream: every request is answered once or fails clearly
+within its deadline, and the edge's run ends with totals that add up.
+
+Real ``cloud-server`` processes on loopback (``fixtures_grpc.CloudProcess``), killed with SIGKILL
+and started again on the same port, or stopped with SIGSTOP (a hung cloud: the connection stays up,
+nothing answers). Each cloud logs every request id it answered, which proves no request was run
+twice by a resend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import grpc
+import numpy as np
+import pytest
+
+from edge_client.client import CloudClient, CloudError
+from fixtures_grpc import ROOT, CloudProcess
+
+pytestmark = pytest.mark.e2e
+DEP = "lenet5-bench--relu2"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from benchmarks.tap_overhead import make_deployments
+
+    root = tmp_path_factory.mktemp("fault-artifacts")
+    make_deployments(root, {"lenet5"})
+    return root
+
+
+def feats(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((1, 16, 8, 8), dtype=np.float32)
+
+
+def answered_ids(cloud: CloudProcess) -> list[str]:
+    return [e["request_id"] for e in cloud.events if e.get("event") == "infer"]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def restart_on_same_port(artifacts, cloud: CloudProcess, pause: float) -> CloudProcess:
+    cloud.proc.send_signal(signal.SIGKILL)
+    cloud.proc.wait(10)
+    time.sleep(pause)
+    return CloudProcess(artifacts, "--port", cloud.address.rsplit(":", 1)[1])
+
+
+def test_stream_requests_are_answered_once_or_fail_when_the_cloud_is_killed_and_restarted(artifacts):
+    first = CloudProcess(artifacts)
+    second = None
+    settled: Counter = Counter()
+    outcome: dict[str, object] = {}
+    window, total = 4, 300
+    try:
+        with CloudClient(first.address, timeout=20) as client, client.stream() as stream:
+            inflight = []
+            started = time.monotonic()
+            for i in range(total):
+                if i == 100:  # a third of the way in: kill it, start it again 1.5 s later
+                    wait_for(lambda: len(answered_ids(first)) >= 90, 20, "the first cloud's replies")
+                    second = restart_on_same_port(artifacts, first, 1.5)
+                rid = f"r{i}"
+                fut = stream.submit(DEP, feats(i), request_id=rid)
+
+                def done(f, rid=rid):
+                    settled[rid] += 1
+                    outcome[rid] = f.exception() or f.result()
+
+                fut.add_done_callback(done)
+                inflight.append(fut)
+                if len(inflight) >= window:
+                    inflight.pop(0).exception(timeout=30)
+            for fut in inflight:
+                fut.exception(timeout=30)
+            elapsed = time.monotonic() - started
+            stats = dict(stream.stats)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert elapsed < 60
+    assert set(settled) == {f"r{i}" for i in range(total)} and set(settled.values()) == {1}  # each once
+    failed = {rid: exc for rid, exc in outcome.items() if isinstance(exc, Exception)}
+    ok = {rid: r for rid, r in outcome.items() if not isinstance(r, Exception)}
+    assert len(ok) + len(failed) == total and len(failed) <= window, failed
+    for rid, exc in failed.items():  # the ones in flight when the cloud died, and only those
+        assert isinstance(exc, CloudError) and exc.code == grpc.StatusCode.UNAVAILABLE, exc
+        assert "broke" in exc.message and exc.request_id == rid
+    assert all(r.request_id == rid and r.logits.shape == (1, 10) for rid, r in ok.items())
+    before, after = answered_ids(first), answered_ids(second)
+    assert not set(before) & set(after)  # nothing was sent twice
+    assert set(ok) <= set(before) | set(after) and len(after) >= total - 100 - window
+    assert stats["calls"] == 2 and stats["broken"] == 1 and stats["late_replies"] == 0, stats
+
+
+def test_a_hung_cloud_fails_stream_requests_at_their_deadline_and_the_stream_recovers(artifacts):
+    cloud = CloudProcess(artifacts)
+    try:
+        with CloudClient(cloud.address) as client, client.stream(request_timeout=2.0) as stream:
+            client.infer(DEP, feats())  # the tail loads on first use: not within 2 s on a busy machine
+            assert stream.submit(DEP, feats()).result(timeout=30).logits.shape == (1, 10)
+            cloud.proc.send_signal(signal.SIGSTOP)  # the connection stays open; nothing answers
+            try:
+                sent = time.monotonic()
+                hung = [stream.submit(DEP, feats(i), request_id=f"h{i}") for i in range(3)]
+                errors = [f.exception(timeout=10) for f in hung]
+                waited = time.monotonic() - sent
+            finally:
+                cloud.proc.send_signal(signal.SIGCONT)
+            assert 1.5 < waited < 6
+            for i, exc in enumerate(errors):
+                assert isinstance(exc, CloudError) and exc.code == grpc.StatusCode.DEADLINE_EXCEEDED, exc
+                assert "no reply within 2 s" in exc.message and exc.request_id == f"h{i}"
+            # the silent call was given up; the next request goes on a new one and is answered
+            later = stream.submit(DEP, feats(9), request_id="after")
+            assert later.result(timeout=30).request_id == "after"
+            assert stream.stats["calls"] == 2 and stream.stats["expired"] == 3, stream.stats
+    finally:
+        cloud.kill()
+
+
+def edge_run(address: str, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, SPLITLAB_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "edge_client", "run", "--cloud", address, "--deployment", DEP,
+                             "--dataset", "digits", "--json", "--no-progress", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def test_edge_cli_stream_run_finishes_when_the_cloud_is_killed_and_restarted(artifacts, tmp_path):
+    """The issue's scenario: SIGKILL mid-`edge-client run --stream`, the cloud back 1.5 s later."""
+    first = CloudProcess(artifacts)
+    second = None
+    edge = edge_run(first.address, "--stream", "--count", "359", "--cache", str(tmp_path))
+    try:
+        wait_for(lambda: len(answered_ids(first)) >= 30 or edge.poll() is not None, 60, "the edge's first replies")
+        assert edge.poll() is None, edge.communicate()
+        second = restart_on_same_port(artifacts, first, 1.5)
+        out, err = edge.communicate(timeout=60)
+    finally:
+        edge.kill()
+        first.kill()
+        if second is not None:
+            second.kill()
+    report = json.loads(out)
+    assert report["requests"] == 359 and report["not_sent"] == 0 and report["mismatched"] == 0, report
+    assert report["answered"] + report["failed"] == 359 and report["images"] == report["answered"]
+    assert report["failed"] <= 2  # --inflight 2: at most the two in flight when the cloud died
+    assert edge.returncode == (1 if report["failed"] else 0), err
+    assert len(answered_ids(second)) >= 1  # the run went on against the restarted cloud
+
+
+def test_edge_cli_gives_up_on_a_cloud_that_stays_dead(artifacts, tmp_path):
+    cloud = CloudProcess(artifacts)
+    edge = edge_run(cloud.address, "--stream", "--count", "359", "--timeout", "3", "--cache", str(tmp_path))
+    try:
+        wait_for(lambda: len(answered_ids(cloud)) >= 10 or edge.poll() is not None, 60, "the edge's first replies")
+        cloud.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = edge.communicate(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        edge.kill()
+        cloud.kill()
+    report = json.loads(out)
+    assert edge.returncode == 1 and took < 20, (took, err)
+    assert "stopped sending" in report["gave_up"] and report["not_sent"] > 0
+    assert report["answered"] + report["failed"] + report["not_sent"] == report["requests"] == 359, report
