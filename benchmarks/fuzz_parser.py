@@ -21,6 +21,7 @@ Linux (``pip install 'atheris==3.0.0'``, a dev dependency).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import subprocess
@@ -84,6 +85,7 @@ def fuzz(seconds: int, max_len: int, rss_limit_mb: int, work: Path) -> dict:
     crashes.mkdir(parents=True, exist_ok=True)
     args = [str(corpus), f"-max_total_time={seconds}", f"-max_len={max_len}", f"-rss_limit_mb={rss_limit_mb}",
             "-timeout=10", "-print_final_stats=1", f"-artifact_prefix={crashes}/"]
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "benchmarks.fuzz_parser", "--child", *args],
                           capture_output=True, text=True, timeout=seconds + 120)
@@ -91,7 +93,7 @@ def fuzz(seconds: int, max_len: int, rss_limit_mb: int, work: Path) -> dict:
     out = proc.stdout + proc.stderr
     stats = parse_output(out)
     found = sorted(str(p) for p in crashes.iterdir())
-    result = {"seconds": seconds, "wall_s": round(wall, 1), "exit_code": proc.returncode, "seeds": seeds,
+    result = {"seconds": seconds, "load": load, "wall_s": round(wall, 1), "exit_code": proc.returncode, "seeds": seeds,
               "executions": stats.get("number_of_executed_units", 0),
               "exec_per_s": round(stats.get("number_of_executed_units", 0) / max(wall, 1e-9)),
               "cov": stats.get("cov", 0), "ft": stats.get("ft", 0), "corpus": stats.get("corpus", 0),
@@ -107,7 +109,8 @@ def report(r: dict) -> str:
         "# Fuzzing the request parser, tensor decoder and validation (atheris)",
         "",
         f"`python -m benchmarks.fuzz_parser --seconds {r['seconds']}` on {platform.machine()}, "
-        f"Python {platform.python_version()}, one process.",
+        f"Python {platform.python_version()}, one process, {os.cpu_count()} cores, load average "
+        f"{r['load']:.1f} at the start (exec/s falls with the load; the fuzzer is single-threaded).",
         "",
         "| seconds | executions | exec/s | coverage edges | features | corpus | peak RSS MB | crashes |",
         "|---|---|---|---|---|---|---|---|",
