@@ -85,10 +85,14 @@ def edge_scores_query(edge, deployment_id: str, timeout: float = 60.0) -> QueryF
 
 
 def _counted(query: QueryFn, counter: dict) -> QueryFn:
+    """``query`` counting the images it is asked about into ``counter`` (rewrapped, never nested)."""
+    query = getattr(query, "inner", query)
+
     def counted(images) -> np.ndarray:
         counter["queries"] += len(images)
         return query(images)
 
+    counted.inner = query
     return counted
 
 
@@ -202,12 +206,14 @@ class WhiteBoxMembershipKnowledge(MembershipKnowledge):
     @classmethod
     def in_process(cls, target_model: nn.Module, dataset, target_options, store=None, *,
                    aux_limit: int | None = None, device: str = "cpu", observed: list | None = None,
-                   snapshot_trainer=None) -> "WhiteBoxMembershipKnowledge":
-        """The fully trained target (or ``observed`` snapshots, the last being what is queried)."""
+                   snapshots: Callable[[TargetRecipe], Callable] | None = None) -> "WhiteBoxMembershipKnowledge":
+        """The target (queried) and what was observed of it (default: the target alone).
+        ``snapshots(recipe)`` builds the shadow snapshot trainer from the attacker's recipe (see
+        :mod:`.observations`)."""
         aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
         return cls(model_query(target_model, device), aux_x, aux_y, dataset.num_classes, dataset.input_shape,
                    trainer, "in-process", device, observed=list(observed or [target_model]),
-                   snapshot_trainer=snapshot_trainer)
+                   snapshot_trainer=snapshots(trainer) if snapshots else None)
 
 
 # --- the attacker's side: its data and the target's recipe -------------------------------------

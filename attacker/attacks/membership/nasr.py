@@ -13,9 +13,12 @@ The paper trains the attack network on a known subset of the target's members (i
 setting). Here the attacker knows none of them: it trains a shadow with the target's recipe on
 random halves of its auxiliary data (``shadow_models`` of them) and learns the attack network on
 the shadows' gradients, as Shokri et
-al. do with posteriors, then applies it to the target's weights. ``use_gradients=False`` keeps
+al. do with posteriors, then applies it to the target's weights. ``gradients="none"`` keeps
 only the outputs, loss and label (the paper's "white-box (outputs)" column), which with the
-black-box attacks on the same target gives its comparison.
+black-box attacks on the same target gives its comparison; ``gradients="norm"`` keeps each
+layer's gradient norm instead of the whole gradient, which is what a small attacker can afford
+when it watches many observations (a few hundred shadow samples cannot train an attack network
+on thousands of gradient entries per observation without overfitting it).
 
 Several observations (:class:`.knowledge.WhiteBoxMembershipKnowledge` ``observed``): the
 features of every observed model are concatenated, each observation with its own components. In
@@ -33,16 +36,18 @@ import torch
 from torch import nn
 
 from ...membership_metrics import membership_metrics
-from ..base import AttackParameterError, AttackParams, check_positive, check_positive_int
+from ..base import AttackParameterError, AttackParams, check_choice, check_positive, check_positive_int
 from .base import MembershipAttack
 from .knowledge import WhiteBoxMembershipKnowledge
 from .shadows import shadow_halves
+
+GRADIENTS = ("full", "norm", "none")
 
 
 @dataclass
 class NasrParams(AttackParams):
     gradient_layers: int = 1         # how many of the last parameterised layers' gradients are used
-    use_gradients: bool = True       # False: outputs, loss and label only ("white-box (outputs)")
+    gradients: str = "full"          # "full" gradients, their "norm" per layer, or "none" (white-box outputs)
     shadow_models: int = 4           # shadows whose members and non-members train the attack network
     shadow_size: int | None = None   # shadow members (as many non-members); default: half the aux data
     hidden: int = 64                 # width of each component and of the encoder
@@ -56,8 +61,7 @@ class NasrParams(AttackParams):
     def validate(self) -> None:
         check_positive_int("gradient_layers", self.gradient_layers)
         check_positive_int("shadow_models", self.shadow_models)
-        if not isinstance(self.use_gradients, bool):
-            raise AttackParameterError(f"use_gradients must be true or false, got {self.use_gradients!r}")
+        check_choice("gradients", self.gradients, GRADIENTS)
         if self.shadow_size is not None:
             check_positive_int("shadow_size", self.shadow_size)
         for name in ("hidden", "epochs", "batch_size"):
@@ -79,10 +83,11 @@ def last_layers(model: nn.Module, count: int) -> list[str]:
             for p, _ in model.get_submodule(owner).named_parameters(recurse=False)]
 
 
-def white_box_features(model: nn.Module, x: np.ndarray, y: np.ndarray, gradient_layers: int, use_gradients: bool,
+def white_box_features(model: nn.Module, x: np.ndarray, y: np.ndarray, gradient_layers: int, gradients: str,
                        device: str = "cpu", batch: int = 128) -> dict[str, np.ndarray]:
     """Per-sample inputs of the attack network, by component: ``output`` (probabilities),
-    ``loss`` (log loss, and the log norm of each layer's gradient), ``gradient`` (flattened)."""
+    ``loss`` (log loss, and the log norm of each layer's gradient unless ``gradients="none"``),
+    ``gradient`` (flattened, when ``gradients="full"``)."""
     from torch.func import functional_call, grad, vmap
 
     model = model.eval().to(device)
@@ -103,11 +108,12 @@ def white_box_features(model: nn.Module, x: np.ndarray, y: np.ndarray, gradient_
             probs = torch.softmax(logits, 1)
             loss = nn.functional.cross_entropy(logits, yb, reduction="none")
         scalars = [torch.log(loss + 1e-12)[:, None]]
-        if use_gradients:
+        if gradients != "none":
             grads = per_sample({k: params[k] for k in names}, xb, yb)
             flat = [grads[k].reshape(len(xb), -1) for k in names]
             scalars += [torch.log(g.norm(dim=1, keepdim=True) + 1e-12) for g in flat]
-            parts["gradient"].append(torch.cat(flat, 1).cpu())
+            if gradients == "full":
+                parts["gradient"].append(torch.cat(flat, 1).cpu())
         parts["output"].append(probs.cpu())
         parts["loss"].append(torch.cat(scalars, 1).cpu())
     return {k: torch.cat(v).numpy().astype(np.float32) for k, v in parts.items() if v}
@@ -141,7 +147,7 @@ class NasrAttack(MembershipAttack):
         p = self.params
         blocks = [np.eye(self.knowledge.num_classes, dtype=np.float32)[y]]  # the label, once
         for model in models:
-            feats = white_box_features(model, x, y, p.gradient_layers, p.use_gradients, p.device)
+            feats = white_box_features(model, x, y, p.gradient_layers, p.gradients, p.device)
             blocks += list(feats.values())
         return np.concatenate(blocks, 1), [b.shape[1] for b in blocks]
 
