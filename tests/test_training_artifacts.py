@@ -192,3 +192,17 @@ def test_resolve_device(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device(None, "models train") == "cpu"
     assert "models train: CUDA was requested (--device cuda) but is not available to torch" in capsys.readouterr().err
+
+
+def test_augment_batch_crops_and_flips_each_image_as_drawn():
+    from models.training import augment_batch
+
+    x = torch.rand(16, 3, 10, 12)
+    got = augment_batch(x, torch.Generator().manual_seed(4), pad=3)
+    gen = torch.Generator().manual_seed(4)  # the same draws, applied one image at a time
+    offs, flips = torch.randint(0, 7, (16, 2), generator=gen), torch.rand(16, generator=gen) < 0.5
+    padded = torch.nn.functional.pad(x, (3, 3, 3, 3))
+    for i in range(16):
+        crop = padded[i, :, offs[i, 0]:offs[i, 0] + 10, offs[i, 1]:offs[i, 1] + 12]
+        assert torch.equal(got[i], crop.flip(-1) if flips[i] else crop)
+    assert flips.any() and not flips.all()
