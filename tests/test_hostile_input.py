@@ -270,3 +270,25 @@ def test_fuzz_harness_runs_and_reports(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.fuzz_parser", "--replay", str(seed)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "every property holds" in proc.stdout, proc.stderr[-3000:]
+
+
+# --- the lab API ----------------------------------------------------------------------------------
+
+def test_lab_refuses_oversized_bodies_before_reading_them_and_keeps_serving(tmp_path):
+    """413 naming the limit, for a declared length and for a chunked body that grows past it."""
+    from fastapi.testclient import TestClient
+    from test_lab_api import AUTH, SPEC, make_app
+
+    from attacker.lab.app import MAX_BODY_BYTES
+
+    big = b'{"split_points": ["' + b"x" * MAX_BODY_BYTES + b'"]}'
+    json_headers = {**AUTH, "content-type": "application/json"}
+    with TestClient(make_app(tmp_path)) as client:
+        r = client.post("/v1/experiments", content=big, headers=json_headers)
+        assert r.status_code == 413 and f"limit of {MAX_BODY_BYTES} bytes" in r.json()["error"], r.text
+        chunks = (big[i:i + 65536] for i in range(0, len(big), 65536))  # no content-length
+        r = client.post("/v1/experiments", content=chunks, headers=json_headers)
+        assert r.status_code == 413 and r.json()["error"].startswith("the request body is over the limit"), r.text
+        r = client.post("/v1/experiments", content=b"[" * 100_000, headers=json_headers)  # deep nesting
+        assert r.status_code == 400, r.text
+        assert client.post("/v1/experiments", json=SPEC, headers=AUTH).status_code == 202

@@ -4,7 +4,8 @@
 routes; :mod:`attacker.lab.serve` builds the real runner and serves it next to the tap. Every
 error is a JSON body ``{"error": "...", "detail": ...}``; validation errors (422) name the field.
 Mutating endpoints (``POST``, ``DELETE``) need ``Authorization: Bearer $SPLITLAB_API_TOKEN`` when a
-token is configured.
+token is configured. A request body over :data:`MAX_BODY_BYTES` is refused with 413 before it is
+read into memory (a spec is a few KB; without a limit one POST could hold the service's memory).
 """
 
 from __future__ import annotations
@@ -32,10 +33,42 @@ from .worker import WorkerPool
 
 log = logging.getLogger("attacker.lab")
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+MAX_BODY_BYTES = 1 << 20
 ERRORS = {400: {"model": ErrorBody, "description": "the body is not parsable JSON"},
           401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
           404: {"model": ErrorBody, "description": "no such experiment"},
+          413: {"model": ErrorBody, "description": f"the body is over {MAX_BODY_BYTES} bytes"},
           422: {"model": ErrorBody, "description": "invalid input; the message names the field"}}
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, declared (answered before the app runs)
+    or streamed (raised while the app reads it, and answered by its HTTPException handler)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    def _message(self, size: str) -> str:
+        return f"the request body{size} is over the limit of {self.limit} bytes"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            message = self._message(f" of {int(declared)} bytes")
+            return await JSONResponse({"error": message, "detail": message}, 413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, self._message(""))
+            return message
+
+        await self.app(scope, limited, send)
 
 
 @dataclass
@@ -72,6 +105,7 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
                               "send private images through the live edge and tap, attack the captured "
                               "features) and read their results.")
     app.state.store, app.state.pool, app.state.config = store, pool, config
+    app.add_middleware(BodyLimit)
     bearer = HTTPBearer(auto_error=False, description="SPLITLAB_API_TOKEN (needed for POST and DELETE)")
 
     def require_token(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -126,7 +160,7 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
 
     # --- API -----------------------------------------------------------------------------------
     @app.post("/v1/experiments", status_code=202, response_model=Experiment, tags=["experiments"],
-              dependencies=[Depends(require_token)], responses={400: ERRORS[400], 401: ERRORS[401], 422: ERRORS[422]},
+              dependencies=[Depends(require_token)], responses={400: ERRORS[400], 401: ERRORS[401], 413: ERRORS[413], 422: ERRORS[422]},
               summary="Submit an experiment; it is queued and runs in the background")
     def submit(spec: ExperimentSpec, response: Response):
         check_spec(spec, config.limits, config.artifacts, config.data_root)
