@@ -6,7 +6,8 @@ The properties themselves are in ``benchmarks/fuzz_targets.py`` (the coverage-gu
 checks the same ones); here hypothesis drives them with structured and mutated messages, checks
 the decoder's memory with tracemalloc, and sends hostile requests to a real cloud server on
 loopback, which must answer each with the right status and a short message and keep answering
-good requests. The last test runs the atheris harness for a few seconds.
+good requests. Also: any wire dtype name, any JSON value as the edge's input array, oversized lab
+bodies; and the atheris harness, run for a few seconds.
 """
 
 from __future__ import annotations
@@ -82,6 +83,20 @@ def test_decoding_any_tensor_gives_its_array_or_a_clear_error(tensor, allow_nonf
         with pytest.raises(wire.WireError) as info:
             wire.decode(tensor, allow_nonfinite)
         assert any(w in str(info.value) for w in WORDS) and len(str(info.value)) <= MAX_WIRE_ERROR, info.value
+
+
+@given(name=st.one_of(st.sampled_from(list(wire.WIRE_DTYPES)), st.text(max_size=12)),
+       x=st.lists(st.floats(0, 1, width=32), min_size=1, max_size=8))
+@settings(max_examples=100, deadline=None)
+def test_encoding_with_any_dtype_name_round_trips_or_names_it(name, x):
+    x = np.asarray(x, np.float32)
+    if name not in wire.WIRE_DTYPES:
+        with pytest.raises(wire.WireError, match="unknown wire dtype"):
+            wire.encode(x, name)
+        return
+    out = wire.decode(wire.encode(x, name))
+    tolerance = {"float32": 0, "float16": 5e-4, "bfloat16": 4e-3, "int8": 0.5 / 127, "uint8": 1}[name]
+    assert out.shape == x.shape and np.all(np.abs(out - x) <= tolerance), (out, x)
 
 
 # --- the zero-copy parser against protobuf ------------------------------------------------------
@@ -292,3 +307,27 @@ def test_lab_refuses_oversized_bodies_before_reading_them_and_keeps_serving(tmp_
         r = client.post("/v1/experiments", content=b"[" * 100_000, headers=json_headers)  # deep nesting
         assert r.status_code == 400, r.text
         assert client.post("/v1/experiments", json=SPEC, headers=AUTH).status_code == 202
+
+
+# --- the edge's JSON input ------------------------------------------------------------------------
+
+JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=3)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=3), inner,
+                                                                                          max_size=3)),
+                    max_leaves=40)
+
+
+@given(value=st.one_of(JSON, st.builds(lambda n, v: np.full((1, 4, n), v).tolist(), st.integers(3, 5),
+                                       st.one_of(st.floats(), st.integers(-300, 300)))))
+@settings(max_examples=200, deadline=None)
+def test_edge_json_array_gives_the_model_input_or_a_422(value):
+    """Any JSON value as 'array' for a (1, 4, 4) input: a float32 (1, 1, 4, 4) batch in [0, 1], or
+    BadInput 422 with its reason; never another exception."""
+    from edge_client.rest import BadInput, array_input
+
+    try:
+        x = array_input(value, (1, 4, 4))
+    except BadInput as exc:
+        assert exc.status == 422 and "array" in exc.message, exc.message
+        return
+    assert x.dtype == np.float32 and x.shape == (1, 1, 4, 4) and x.min() >= 0 and x.max() <= 1
