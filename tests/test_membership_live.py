@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from attacker.attacks.membership import MembershipKnowledge, ShokriAttack, ThresholdAttack
+from attacker.attacks.knowledge import KnowledgeError, KnowledgeSource, knowledge_for
+from attacker.attacks.membership import MembershipKnowledge, ShokriAttack, ThresholdAttack, edge_scores_query
+from attacker.attacks.registry import create
 from attacker.capture_store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from fixtures_grpc import running_server
@@ -84,3 +86,23 @@ def test_live_and_in_process_give_the_same_scores(pipeline, edge):
         assert on_live.threshold == on_local.threshold  # fitted on the attacker's own shadow data
         assert np.abs(on_live.score((x, y)) - on_local.score((x, y))).max() < 10 * TOLERANCE[wire]
     assert live.counter["queries"] == 3 * len(x)  # one query and two attacks' scores
+
+
+def test_knowledge_from_a_deployment_source(pipeline, edge):
+    """``knowledge_for`` builds the same attacker from the deployment: recipe from the manifest."""
+    _, http = edge
+    dep, store = pipeline["dep"], pipeline["store"]
+    attack = create("membership/threshold", metric="loss", shadow_size=40)
+    local = knowledge_for(attack, KnowledgeSource(dep, artifacts=store), dataset=pipeline["ds"], aux_limit=120)
+    live = knowledge_for(attack, KnowledgeSource(dep, artifacts=store, query=edge_scores_query(http, dep),
+                                                 query_label="the edge"), dataset=pipeline["ds"], aux_limit=120)
+    assert (local.source, live.source) == ("in-process", "the edge")
+    reference = MembershipKnowledge.in_process(pipeline["model"], pipeline["ds"], TARGET, store, aux_limit=120)
+    assert np.array_equal(local.aux_x, reference.aux_x) and local.trainer.options == TARGET
+    x, y = pipeline["samples"]
+    assert np.abs(live.query(x) - local.query(x)).max() < TOLERANCE[edge[0]]
+    assert attack.fit(local).threshold == type(attack)(attack.params).fit(reference).threshold
+    with pytest.raises(KnowledgeError, match="artifact store"):
+        knowledge_for(attack, KnowledgeSource(dep))
+    with pytest.raises(KnowledgeError, match="deployment id"):
+        knowledge_for("membership/lira", KnowledgeSource(artifacts=store))

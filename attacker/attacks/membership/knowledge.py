@@ -19,6 +19,11 @@
   come from :func:`models.reference.obtain_models` (where available): trained once, stored under
   their full spec and shared by every trial and attack.
 
+``knowledge_for(attack, KnowledgeSource(deployment_id, artifacts=store, edge_url=...))`` builds
+either from a deployment: the recipe is the options in the target's manifest (never its member
+list; a target trained on explicit members is refused), the aux data the privacy split's attacker
+parts, the queries live through ``edge_url`` when given, else in-process from the stored model.
+
 :class:`WhiteBoxMembershipKnowledge` (Nasr et al. 2019) adds the target's weights: the trained
 model, or the models observed at several points of training (the federated setting's passive
 global attacker sees the model after each round; the fine-tuning setting's attacker sees it before
@@ -30,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +44,7 @@ from torch import nn
 from models.errors import SplitlabError
 
 from ..base import AttackParameterError, check_positive_int
+from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource
 from .base import as_samples
 
 QueryFn = Callable[[np.ndarray], np.ndarray]
@@ -97,8 +103,10 @@ def _counted(query: QueryFn, counter: dict) -> QueryFn:
 
 
 @dataclass
-class MembershipKnowledge:
+class MembershipKnowledge(Knowledge):
     """The black-box membership attacker's knowledge (see the module doc)."""
+
+    THREAT_MODEL: ClassVar[str] = "membership"
 
     query: QueryFn
     aux_x: np.ndarray
@@ -150,20 +158,79 @@ class MembershipKnowledge:
     # --- builders --------------------------------------------------------------------------------
 
     @classmethod
+    def _assemble(cls, query: QueryFn, source: str, dataset, target_options, store, aux_limit, device, **extra):
+        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
+        return cls(query, aux_x, aux_y, dataset.num_classes, dataset.input_shape, trainer, source, device, **extra)
+
+    @classmethod
     def in_process(cls, target_model: nn.Module, dataset, target_options, store=None, *,
                    aux_limit: int | None = None, device: str = "cpu") -> "MembershipKnowledge":
         """Offline: the target queried here; aux data and recipe from the dataset and the options."""
-        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
-        return cls(model_query(target_model, device), aux_x, aux_y, dataset.num_classes, dataset.input_shape,
-                   trainer, "in-process", device)
+        return cls._assemble(model_query(target_model, device), "in-process", dataset, target_options, store,
+                             aux_limit, device)
 
     @classmethod
     def live(cls, edge, deployment_id: str, dataset, target_options, store=None, *, aux_limit: int | None = None,
              device: str = "cpu", timeout: float = 60.0) -> "MembershipKnowledge":
         """Live: the target queried through the edge's ``/v1/infer`` (edge -> tap -> cloud)."""
-        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
-        return cls(edge_scores_query(edge, deployment_id, timeout), aux_x, aux_y, dataset.num_classes,
-                   dataset.input_shape, trainer, f"live:{deployment_id}", device)
+        return cls._assemble(edge_scores_query(edge, deployment_id, timeout), f"live:{deployment_id}", dataset,
+                             target_options, store, aux_limit, device)
+
+    # --- from a KnowledgeSource (knowledge_for) ----------------------------------------------------
+
+    @classmethod
+    def missing(cls, source: KnowledgeSource) -> str | None:
+        if not source.deployment_id:
+            return "a membership attack needs the target's deployment id"
+        if source.artifacts is None:
+            return ("a membership attack needs the artifact store: the target's training recipe (its manifest's "
+                    "options, never its members) and the store its shadow models are shared through")
+        return None
+
+    @classmethod
+    def from_source(cls, source: KnowledgeSource, *, dataset=None, aux_limit: int | None = None,
+                    device: str = "cpu", data_root=None) -> "MembershipKnowledge":
+        """The deployment's target: queried through ``source.query`` (images -> probabilities) if
+        given, else live through ``source.edge_url``, else in-process from the artifact store."""
+        model, options, dataset = _target_from_store(source, dataset, data_root)
+        if source.query is not None:
+            query, label = source.query, source.query_label
+        elif source.edge_url is not None:
+            query = edge_scores_query(source.edge_url, source.deployment_id, max(source.query_timeout, 30.0))
+            label = f"live:{source.deployment_id}"
+        else:
+            query, label = model_query(model, device), "in-process"
+        return cls._assemble(query, label, dataset, options, source.artifacts, aux_limit, device,
+                             **cls._extra(model))
+
+    @classmethod
+    def _extra(cls, model: nn.Module) -> dict:
+        return {}
+
+
+def target_recipe(manifest: dict):
+    """The target's training options from its manifest: the recipe the attacker is assumed to know
+    (Shokri et al., Carlini et al.), without its members."""
+    from models.training import TrainOptions
+
+    options = dict(manifest.get("options") or {})
+    if options.get("members"):
+        raise KnowledgeError("the target was trained on explicit member indices: its recipe cannot be given to the "
+                             "attacker without them, and its auxiliary data could not be kept disjoint from them")
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in options.items() if k in known and k != "members"})
+
+
+def _target_from_store(source: KnowledgeSource, dataset, data_root):
+    from models.datasets import load_dataset
+    from models.loading import load_model
+
+    record = source.deployment_record() or {}
+    if not record.get("model_id"):
+        raise KnowledgeError(f"the deployment record of {source.deployment_id!r} names no model")
+    model, manifest = load_model(source.artifacts, record["model_id"])
+    options = target_recipe(manifest)
+    return model.eval(), options, dataset or load_dataset(options.dataset, data_root)
 
 
 @dataclass
@@ -210,10 +277,14 @@ class WhiteBoxMembershipKnowledge(MembershipKnowledge):
         """The target (queried) and what was observed of it (default: the target alone).
         ``snapshots(recipe)`` builds the shadow snapshot trainer from the attacker's recipe (see
         :mod:`.observations`)."""
-        aux_x, aux_y, trainer = attacker_side(dataset, target_options, store, aux_limit, device)
-        return cls(model_query(target_model, device), aux_x, aux_y, dataset.num_classes, dataset.input_shape,
-                   trainer, "in-process", device, observed=list(observed or [target_model]),
-                   snapshot_trainer=snapshots(trainer) if snapshots else None)
+        knowledge = cls._assemble(model_query(target_model, device), "in-process", dataset, target_options, store,
+                                  aux_limit, device, observed=list(observed or [target_model]))
+        knowledge.snapshot_trainer = snapshots(knowledge.trainer) if snapshots else None
+        return knowledge
+
+    @classmethod
+    def _extra(cls, model: nn.Module) -> dict:
+        return {"observed": [model]}  # the artifact store's weights: the model provider attacks
 
 
 # --- the attacker's side: its data and the target's recipe -------------------------------------
