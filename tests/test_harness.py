@@ -62,7 +62,7 @@ def test_report_helpers_and_notes_survive(tmp_path):
     mean, std = report.mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and math.isclose(std, 1.0)
     assert report.fmt([1.0, 2.0, 3.0], 1) == "2.0 ± 1.0"
-    info = {"executor": "local", "workers": 1, "threads": 1, "device": "cpu", "ok": 1, "total": 1}
+    info = {"executor": "local processes", "device": "cpu", "ok": 1, "total": 1}
     path = report.write_report(tmp_path, "T", ["body one"], "cmd", info)
     path.write_text(path.read_text() + "\n<!-- notes -->\nmy analysis\n")
     report.write_report(tmp_path, "T", ["body two"], "cmd", info)

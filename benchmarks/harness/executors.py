@@ -94,7 +94,11 @@ class LocalExecutor:
 
     def __init__(self, workers: int | None = None, threads: int = 1):
         cores = machine_cores()
-        self.workers = max(1, min(workers or cores, cores // max(1, threads)))
+        self.threads = max(1, threads)
+        self.workers = max(1, min(workers or cores, cores // self.threads))
+
+    def describe(self) -> str:
+        return f"local processes, {self.workers} worker(s) x {self.threads} thread(s)"
 
     def run(self, trials: list[Trial], ctx: Context) -> Iterator[tuple[Trial, dict]]:
         if not trials:
@@ -123,9 +127,14 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1):
-        self.address = address
+        self.address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable counts too
         self.threads = max(1, threads)
         self.workers = max(1, min(workers or machine_cores(), machine_cores() // self.threads))
+
+    def describe(self) -> str:
+        if self.address:
+            return f"the Ray cluster at {self.address}, {self.threads} thread(s) per trial"
+        return f"a local Ray instance, {self.workers} worker(s) x {self.threads} thread(s)"
 
     def _init(self, ray) -> bool:
         if ray.is_initialized():

@@ -120,8 +120,8 @@ def write_report(out_dir: Path, title: str, body: list[str], command: str, run_i
     existing = path.read_text() if path.exists() else ""
     notes = existing.split(NOTES_MARK, 1)[1] if NOTES_MARK in existing else ""
     head = [f"# {title}", "", f"Command: `{command}`  ",
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores; executor {run_info['executor']} "
-            f"({run_info['workers']} worker(s) x {run_info['threads']} thread(s)), device {run_info['device']}.  ",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores; this run: {run_info['executor']}; "
+            f"device {run_info['device']}.  ",
             f"Trials: {run_info['ok']} of {run_info['total']} with results; per-trial records in `trials.jsonl` "
             "and `trials.csv`.", ""]
     text = "\n".join(head + body) + "\n"

@@ -99,8 +99,7 @@ def run(name: str, suite, config: dict, config_path: Path, argv: list[str]) -> i
             done = set() if args.fresh else store.finished([t.trial_id for t in selected])
             todo = [t for t in selected if t.trial_id not in done]
             print(f"[{name}] {len(selected)} trial(s), {len(selected) - len(todo)} already finished in {store.path}; "
-                  f"running {len(todo)} on {args.executor} ({executor.workers} worker(s) x {args.threads} thread(s), "
-                  f"{args.device})", flush=True)
+                  f"running {len(todo)} on {executor.describe()}, {args.device}", flush=True)
             started = time.perf_counter()
             execute(executor, todo, ctx, store, progress=not args.no_progress)
             if todo:
@@ -114,8 +113,8 @@ def run(name: str, suite, config: dict, config_path: Path, argv: list[str]) -> i
     wanted_ids = {t.trial_id for t in selected}
     ok = sum(r["status"] == "ok" for r in results)
     path = reports.write_report(out_dir, config.get("title", getattr(suite, "TITLE", name)), body, command,
-                                {"executor": args.executor, "workers": executor.workers, "threads": args.threads,
-                                 "device": args.device, "ok": ok, "total": len(results)})
+                                {"executor": executor.describe(), "device": args.device, "ok": ok,
+                                 "total": len(results)})
     print(f"[{name}] wrote {path}, {out_dir / 'trials.jsonl'}", flush=True)
     bad = [r for r in results if r["trial"] in wanted_ids and r["status"] != "ok"]
     if bad:
