@@ -117,6 +117,20 @@ def _npy_header(array: np.ndarray) -> bytes:
     return _npy_header_for(np.lib.format.dtype_to_descr(array.dtype), array.shape)
 
 
+def _unwritable(root: Path) -> str:
+    """Why nothing can be written under ``root``, when the file system says so (SQLite only says
+    "unable to open database file")."""
+    try:
+        fs = os.statvfs(root)
+    except OSError:
+        return ""
+    if fs.f_flag & os.ST_RDONLY:
+        return " (the file system is read-only)"
+    if fs.f_bavail == 0:
+        return " (no space left on the disk)"
+    return ""
+
+
 @dataclass
 class Capture:
     """One recorded request (a batch of feature vectors) and what the cloud answered."""
@@ -210,7 +224,7 @@ class CaptureStore:
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise SplitlabError(f"cannot open capture store {index}: {exc}") from exc
+            raise SplitlabError(f"cannot open capture store {index}: {exc}{_unwritable(self.root)}") from exc
         self._seq = 0
         self._segment: tuple[str, SegmentFile] | None = None  # (relative path, open file) being appended
         self._stage = None  # the staging buffer every segment borrows in turn (see attacker/segment_file.py)
