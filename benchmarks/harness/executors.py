@@ -105,7 +105,7 @@ class LocalExecutor:
             return
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(trials)),
                                    mp_context=multiprocessing.get_context("spawn"))
-        with pool:
+        try:
             futures = {pool.submit(run_trial, t.to_dict(), asdict(ctx)): t for t in trials}
             for future in as_completed(futures):
                 try:
@@ -113,6 +113,8 @@ class LocalExecutor:
                 except Exception as exc:  # noqa: BLE001 - a worker killed (out of memory, a signal)
                     outcome = failed(f"worker process died: {type(exc).__name__}: {exc}")
                 yield futures[future], outcome
+        finally:  # interrupted (Ctrl-C): trials not started yet are dropped, not run
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RayExecutor:
@@ -155,9 +157,9 @@ class RayExecutor:
         except ImportError:
             raise SplitlabError("--executor ray needs Ray: pip install 'splitlab[ray]'") from None
         started_here = self._init(ray)
+        refs = {}
         try:
             task = ray.remote(run_trial)
-            refs = {}
             for t in trials:
                 options = dict(num_cpus=self.threads, num_gpus=1 if t.device == "cuda" else 0, max_retries=0)
                 refs[task.options(**options).remote(t.to_dict(), asdict(ctx))] = t
@@ -171,6 +173,8 @@ class RayExecutor:
                         outcome = failed(f"Ray task failed: {type(exc).__name__}: {exc}")
                     yield trial, outcome
         finally:
+            for ref in refs:  # interrupted: a cluster would otherwise run the rest for nobody
+                ray.cancel(ref, force=True)
             if started_here:
                 ray.shutdown()
 
