@@ -68,7 +68,7 @@ def he_cifar_cnn(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float 
     The convolutions start from He (Kaiming) normal initialisation, fan-out mode as in torchvision's
     VGG. With PyTorch's default the signal shrinks at every layer of this batch-norm-free stack
     (relu32 carries ~1/70 of the energy) and training crawled: 62 % after 10 epochs, against the
-    75 % target (benchmarks/results/training.md).
+    75 % target (benchmarks/results/training/report.md).
     """
     c = input_shape[0]
     layers: OrderedDict[str, nn.Module] = OrderedDict()
