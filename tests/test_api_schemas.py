@@ -16,11 +16,16 @@ experiment runs during the fuzz.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
+from test_lab_api import AUTH, SPEC, make_app
 
 from edge_client.client import CloudClient
 from edge_client.edge import Edge
@@ -30,47 +35,39 @@ from fixtures_grpc import digits_server  # noqa: F401
 
 STATE_DEPENDENT = {"POST /v1/infer", "POST /v1/experiments"}
 
-
-def run_all_checks(schema, max_examples: int, **call) -> list[str]:
-    """Every operation of ``schema`` under hypothesis; the failures (one report per operation)."""
-    failures = []
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        excluded = [positive_data_acceptance] if operation.label in STATE_DEPENDENT else []
-
-        @given(case=st.one_of([operation.as_strategy(mode) for mode in schemathesis.GenerationMode]))
-        @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
-        def check(case):
-            case.call_and_validate(excluded_checks=excluded, **call)
-
-        try:
-            check()
-        except BaseException as exc:  # noqa: BLE001 - schemathesis raises a failure group
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            failures.append(f"{operation.label}:\n{exc}")
-    return failures
+# Both apps are built at import (schemathesis parametrizes at collection). The cloud's address is
+# known only once the module's server starts, so the edge starts with a client to nowhere and the
+# ``edge_on_cloud`` fixture points it at the real cloud. Their folders are removed at exit.
+_DIR = Path(tempfile.mkdtemp(prefix="splitlab-api-schemas-"))
+atexit.register(shutil.rmtree, _DIR, True)
+EDGE = Edge(CloudClient("127.0.0.1:9"), HeadCache(_DIR / "heads"))
+edge_schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(EDGE, max_upload_mb=0.05))
+lab_schema = schemathesis.openapi.from_asgi("/v1/openapi.json", make_app(_DIR))
 
 
 @pytest.fixture(scope="module")
-def edge_app(digits_server, tmp_path_factory):
-    client = CloudClient(digits_server.address)
-    yield create_app(Edge(client, HeadCache(tmp_path_factory.mktemp("schema-heads"))), max_upload_mb=0.05)
-    client.close()
+def edge_on_cloud(digits_server):
+    nowhere, EDGE.client = EDGE.client, CloudClient(digits_server.address)
+    nowhere.close()
+    yield
+    EDGE.client.close()
 
 
-def test_edge_api_conforms_to_its_document(edge_app):
-    failures = run_all_checks(schemathesis.openapi.from_asgi("/openapi.json", edge_app), max_examples=40)
-    assert not failures, "\n\n".join(failures)
+def call_with_all_checks(case, **kwargs) -> None:
+    excluded = [positive_data_acceptance] if case.operation.label in STATE_DEPENDENT else []
+    case.call_and_validate(excluded_checks=excluded, **kwargs)
 
 
-def test_lab_api_conforms_to_its_document(tmp_path):
-    from test_lab_api import AUTH, make_app
+@edge_schema.parametrize()
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+def test_edge_api_conforms_to_its_document(case, edge_on_cloud):
+    call_with_all_checks(case)
 
-    app = make_app(tmp_path)
-    failures = run_all_checks(schemathesis.openapi.from_asgi("/v1/openapi.json", app), max_examples=25, headers=AUTH)
-    assert not failures, "\n\n".join(failures)
+
+@lab_schema.parametrize()
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+def test_lab_api_conforms_to_its_document(case):
+    call_with_all_checks(case, headers=AUTH)
 
 
 CHOICES = {"arch": ["lenet5", None, ...], "model_id": ["lenet5-digits", None, ...], "dataset": ["digits", None, ...],
@@ -85,7 +82,6 @@ def test_lab_schema_says_where_the_model_comes_from_exactly_as_the_service_check
 
     import jsonschema_rs
     from fastapi.testclient import TestClient
-    from test_lab_api import AUTH, SPEC, make_app
 
     with TestClient(make_app(tmp_path, artifacts=lenet_digits.root)) as client:
         doc = client.get("/v1/openapi.json").json()

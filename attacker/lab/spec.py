@@ -60,10 +60,15 @@ def loc_str(loc) -> str:
     return out or "body"
 
 
+# Types as the JSON schema states them: strict, so that false is not a seed and "2" not a count
+# (pydantic's lax mode accepted both, and a schema-driven client rightly calls that a bug).
+SPEC_CONFIG = ConfigDict(extra="forbid", strict=True)
+
+
 class TrainSpec(BaseModel):
     """Training budget and training-time defence (dropout, weight decay)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
     epochs: int = Field(2, ge=1, description="training epochs (limit: --max-epochs)")
     limit: int | None = Field(None, ge=1, description="train on at most this many member images")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each FC layer (defence)")
@@ -73,7 +78,7 @@ class TrainSpec(BaseModel):
 class AttackSpec(BaseModel):
     """One attack: its name, its knowledge setting and optional parameters of the attack."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
     name: Literal[ATTACK_NAMES]  # type: ignore[valid-type]
     aux: str | None = Field(None, validate_default=True,
                             description="auxiliary data: blackbox same-set | same-distribution | random-noise "
@@ -144,7 +149,7 @@ AttackItem = Annotated[AttackSpec, BeforeValidator(
 class NoiseDefense(BaseModel):
     """Gaussian noise N(0, sigma^2) added to the features at the edge (inside the exported head)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = SPEC_CONFIG
     type: Literal["noise"]
     sigma: float = Field(ge=0.0, le=100.0)
 
@@ -167,7 +172,7 @@ MODEL_SOURCE = {"oneOf": [
 class ExperimentSpec(BaseModel):
     """A split-point experiment: which model, which cuts, which attacks, how many private images."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={**MODEL_SOURCE, "examples": [{
+    model_config = ConfigDict(**SPEC_CONFIG, json_schema_extra={**MODEL_SOURCE, "examples": [{
         "arch": "lenet5", "dataset": "digits", "train": {"epochs": 2},
         "split_points": ["conv1"], "attacks": [{"name": "whitebox", "params": {"iterations": 300}}],
         "samples": 10, "seed": 0}]})
