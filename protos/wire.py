@@ -6,8 +6,8 @@ Bytes are little-endian, C order. :func:`decode` validates everything a peer cou
 raises :class:`WireError` with a message naming the problem. The checks run on the header alone
 (dtype, shape, byte count) before any array exists, so a hostile header (a huge, negative or
 overflowing shape, more dimensions than numpy has) costs nothing, and what decoding allocates is
-bounded by the bytes actually received (at most twice them, for float16 -> float32); the messages
-abbreviate long shapes so that an error cannot be bigger than a gRPC status may carry.
+bounded by the bytes actually received (4 bytes of float32 per byte, for int8 and uint8); the
+messages abbreviate long shapes so that an error cannot be bigger than a gRPC status may carry.
 
 Large tensors are the hot path of split inference, so copies are counted:
 
