@@ -29,25 +29,24 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from ..base import AttackParameterError, AttackParams, check_choice, check_positive_int
+from ..base import AttackParameterError, check_choice, check_positive_int
 from .base import MembershipAttack
 from .knowledge import MembershipKnowledge
 from .signals import logit
-from .shadows import shadow_halves
+from .shadows import ShadowParams, shadow_halves
 
 VARIANCES = ("fixed", "per-example")
 MIN_STD = 1e-6
 
 
 @dataclass
-class LiRAParams(AttackParams):
+class LiRAParams(ShadowParams):
     reference_models: int = 16
     online: bool = False
     variance: str = "fixed"
-    shadow_size: int | None = None   # members per reference model; default: half the aux data (offline)
-    seed: int = 0
 
     def validate(self) -> None:
+        super().validate()
         check_positive_int("reference_models", self.reference_models, 2)
         if not isinstance(self.online, bool):
             raise AttackParameterError(f"online must be true or false, got {self.online!r}")
@@ -58,9 +57,6 @@ class LiRAParams(AttackParams):
         if self.online and self.variance == "per-example" and self.reference_models < 4:
             raise AttackParameterError("per-example variance online needs reference_models >= 4 "
                                        "(two IN and two OUT models per sample)")
-        if self.shadow_size is not None:
-            check_positive_int("shadow_size", self.shadow_size)
-        check_positive_int("seed", self.seed, 0)
 
 
 def _moments(signals: np.ndarray, mask: np.ndarray, fixed: bool) -> tuple[np.ndarray, np.ndarray]:

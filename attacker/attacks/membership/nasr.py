@@ -36,41 +36,29 @@ import torch
 from torch import nn
 
 from ...membership_metrics import membership_metrics
-from ..base import AttackParameterError, AttackParams, check_choice, check_positive, check_positive_int
+from ..base import AttackParameterError, check_choice, check_positive_int
 from .base import MembershipAttack
 from .knowledge import WhiteBoxMembershipKnowledge
-from .shadows import shadow_halves
+from .shadows import AttackNetworkParams, shadow_signals
 
 GRADIENTS = ("full", "norm", "none")
 
 
 @dataclass
-class NasrParams(AttackParams):
+class NasrParams(AttackNetworkParams):
     gradient_layers: int = 1         # how many of the last parameterised layers' gradients are used
     gradients: str = "full"          # "full" gradients, their "norm" per layer, or "none" (white-box outputs)
-    shadow_models: int = 4           # shadows whose members and non-members train the attack network
-    shadow_size: int | None = None   # shadow members (as many non-members); default: half the aux data
     hidden: int = 64                 # width of each component and of the encoder
     epochs: int = 60
     batch_size: int = 64
-    lr: float = 1e-3
     weight_decay: float = 1e-3
-    seed: int = 0
     device: str = "cpu"
 
     def validate(self) -> None:
+        super().validate()
         check_positive_int("gradient_layers", self.gradient_layers)
-        check_positive_int("shadow_models", self.shadow_models)
         check_choice("gradients", self.gradients, GRADIENTS)
-        if self.shadow_size is not None:
-            check_positive_int("shadow_size", self.shadow_size)
-        for name in ("hidden", "epochs", "batch_size"):
-            check_positive_int(name, getattr(self, name))
-        check_positive("lr", self.lr)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_positive_int("seed", self.seed, 0)
-        if self.device not in ("cpu", "cuda"):
-            raise AttackParameterError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check_choice("device", self.device, ("cpu", "cuda"))
 
 
 def last_layers(model: nn.Module, count: int) -> list[str]:
@@ -142,32 +130,27 @@ class NasrAttack(MembershipAttack):
     Params = NasrParams
     Knowledge = WhiteBoxMembershipKnowledge
 
-    def _inputs(self, models: list[nn.Module], x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, list[int]]:
-        """The attack network's input rows and the width of each component block."""
+    def _inputs(self, models: list[nn.Module], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The attack network's input rows; ``self._widths`` gets the width of each component block."""
         p = self.params
         blocks = [np.eye(self.knowledge.num_classes, dtype=np.float32)[y]]  # the label, once
         for model in models:
             feats = white_box_features(model, x, y, p.gradient_layers, p.gradients, p.device)
             blocks += list(feats.values())
-        return np.concatenate(blocks, 1), [b.shape[1] for b in blocks]
+        self._widths = [b.shape[1] for b in blocks]
+        return np.concatenate(blocks, 1)
 
     def fit(self, knowledge: WhiteBoxMembershipKnowledge) -> "NasrAttack":
         from models.fit import fit
 
         super().fit(knowledge)
         p = self.params
-        rows, labels = [], []
-        for i in range(p.shadow_models):
-            inside, outside = shadow_halves(len(knowledge.aux_x), p.shadow_size, p.seed + i)
-            shadows = knowledge.shadow_snapshots(inside, p.seed + i)
-            idx = np.r_[inside, outside]
-            x, widths = self._inputs(shadows, knowledge.aux_x[idx], knowledge.aux_y[idx])
-            rows.append(x)
-            labels.append(np.r_[np.ones(len(inside)), np.zeros(len(outside))])
-        x, labels = np.concatenate(rows), np.concatenate(labels)
+        rows, labels = zip(*(shadow_signals(knowledge, self._inputs, p.shadow_size, p.seed + i,
+                                            knowledge.shadow_snapshots) for i in range(p.shadow_models)))
+        x, labels = np.concatenate(rows), np.concatenate(labels).astype(np.float32)
         self._mean, self._std = x.mean(0), x.std(0) + 1e-6
         torch.manual_seed(p.seed)
-        self.net = NasrNet(widths, p.hidden)
+        self.net = NasrNet(self._widths, p.hidden)
         result = fit(self.net, torch.from_numpy((x - self._mean) / self._std), torch.from_numpy(labels), loss=_bce,
                      epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=p.seed,
                      device=p.device, progress=False, desc="nasr attack network")
@@ -186,4 +169,4 @@ class NasrAttack(MembershipAttack):
 
     def score(self, samples) -> np.ndarray:
         x, y = self._samples(samples)
-        return self._predict(self._inputs(self.knowledge.observed, x, y)[0])
+        return self._predict(self._inputs(self.knowledge.observed, x, y))

@@ -10,10 +10,44 @@ every attack and trial (:func:`models.reference.obtain_models`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..base import AttackParameterError
+from ..base import AttackParameterError, AttackParams, check_positive, check_positive_int
 from .knowledge import MembershipKnowledge
+
+
+@dataclass
+class ShadowParams(AttackParams):
+    """Parameters of every attack that learns from shadow models: their size and the seed."""
+
+    shadow_size: int | None = None   # members per shadow (as many non-members); default: half the aux data
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.shadow_size is not None:
+            check_positive_int("shadow_size", self.shadow_size)
+        check_positive_int("seed", self.seed, 0)
+
+
+@dataclass
+class AttackNetworkParams(ShadowParams):
+    """... and of an attack network trained on the shadows' members and non-members."""
+
+    shadow_models: int = 4
+    hidden: int = 128
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-7
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("shadow_models", "hidden", "epochs", "batch_size"):
+            check_positive_int(name, getattr(self, name))
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
 
 
 def shadow_halves(count: int, size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -25,12 +59,13 @@ def shadow_halves(count: int, size: int | None, seed: int) -> tuple[np.ndarray, 
     return perm[:size], perm[size:2 * size]
 
 
-def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, seed: int):
-    """Train one shadow on half the aux data; ``features(query, x, y)`` of its members and the rest.
+def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, seed: int, train=None):
+    """Train one shadow on half the aux data; ``features(shadow, x, y)`` of its members and the rest.
 
-    Returns ``(values, is_member)`` over both halves, members first.
+    ``train(indices, seed)`` makes the shadow (default: ``knowledge.train_like_target``, a query
+    function). Returns ``(values, is_member)`` over both halves, members first.
     """
     inside, outside = shadow_halves(len(knowledge.aux_x), size, seed)
-    query = knowledge.train_like_target(inside, seed)
-    values = [features(query, knowledge.aux_x[idx], knowledge.aux_y[idx]) for idx in (inside, outside)]
+    shadow = (train or knowledge.train_like_target)(inside, seed)
+    values = [features(shadow, knowledge.aux_x[idx], knowledge.aux_y[idx]) for idx in (inside, outside)]
     return np.concatenate(values), np.r_[np.ones(len(inside), bool), np.zeros(len(outside), bool)]

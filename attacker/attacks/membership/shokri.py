@@ -24,10 +24,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from ...membership_metrics import membership_metrics
-from ..base import AttackParams, check_choice, check_positive, check_positive_int
+from ..base import check_choice
 from .base import MembershipAttack
 from .knowledge import MembershipKnowledge
-from .shadows import shadow_signals
+from .shadows import AttackNetworkParams, shadow_signals
 
 POSTERIORS = {"top3": 3, "all": None}
 
@@ -39,27 +39,14 @@ def sorted_posteriors(probs: np.ndarray, keep: int | None) -> np.ndarray:
 
 
 @dataclass
-class ShokriParams(AttackParams):
-    shadow_models: int = 4
+class ShokriParams(AttackNetworkParams):
+    """The attack MLP's settings default to the course project's (one hidden layer of 128, L2 1e-7)."""
+
     posteriors: str = "all"          # "all" or "top3"
-    shadow_size: int | None = None   # members per shadow (as many non-members); default: half the aux data
-    hidden: int = 128
-    epochs: int = 200                # the MLP's maximum iterations (epochs of Adam)
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-7       # scikit-learn's alpha (L2)
-    seed: int = 0
 
     def validate(self) -> None:
-        check_positive_int("shadow_models", self.shadow_models)
+        super().validate()
         check_choice("posteriors", self.posteriors, tuple(POSTERIORS))
-        if self.shadow_size is not None:
-            check_positive_int("shadow_size", self.shadow_size)
-        for name in ("hidden", "epochs", "batch_size"):
-            check_positive_int(name, getattr(self, name))
-        check_positive("lr", self.lr)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_positive_int("seed", self.seed, 0)
 
 
 class ShokriAttack(MembershipAttack):

@@ -16,26 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...membership_metrics import max_advantage_threshold, membership_metrics
-from ..base import AttackParams, check_choice, check_positive_int
+from ..base import check_choice
 from .base import MembershipAttack
 from .knowledge import MembershipKnowledge
-from .shadows import shadow_signals
+from .shadows import ShadowParams, shadow_signals
 from .signals import SIGNALS
 
 THRESHOLD_METRICS = ("loss", "confidence", "entropy", "modified-entropy")
 
 
 @dataclass
-class ThresholdParams(AttackParams):
+class ThresholdParams(ShadowParams):
     metric: str = "loss"
-    shadow_size: int | None = None   # shadow members (as many non-members); default: half the aux data
-    seed: int = 0
 
     def validate(self) -> None:
+        super().validate()
         check_choice("metric", self.metric, THRESHOLD_METRICS)
-        if self.shadow_size is not None:
-            check_positive_int("shadow_size", self.shadow_size)
-        check_positive_int("seed", self.seed, 0)
 
 
 class ThresholdAttack(MembershipAttack):
