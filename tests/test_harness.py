@@ -122,6 +122,7 @@ def test_suite_runs_records_failures_and_writes_outputs(local_run):
     assert all(0.5 < r["metrics"]["test_accuracy"] <= 1 and r["seconds"] > 0 for r in good)
     assert good[0]["metrics"]["test_accuracy"] != good[1]["metrics"]["test_accuracy"]  # the seed matters
     assert "no-such-arch" in rows[2]["error"]
+    assert rows[0]["versions"]["torch"] and len(rows[0]["versions"]["commit"].split("-")[0]) == 40
     text = (out / "report.md").read_text()
     accs = [r["metrics"]["test_accuracy"] for r in good]
     mean, std = report.mean_std(accs)

@@ -30,6 +30,7 @@ from models.errors import SplitlabError
 from .spec import Context, Trial
 
 EXECUTORS = ("local", "ray")
+VERSIONED = ("splitlab", "torch", "numpy", "onnxruntime", "scikit-learn", "scipy", "ray")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SPLITLAB_THREADS")
 
 
@@ -66,11 +67,10 @@ def run_trial(trial: dict, ctx: dict) -> dict:
 
     set_torch_threads(context.threads)  # a reused worker (Ray's) has torch loaded already
     from benchmarks.suites import load_suite
-    from models.training import versions
 
     spec = Trial.from_dict(trial)
     outcome = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
-               "versions": {**versions(), "platform": platform.platform()}}
+               "versions": versions()}
     t0 = time.perf_counter()
     try:
         metrics = load_suite(spec.suite).run_trial(spec, context)
@@ -80,6 +80,21 @@ def run_trial(trial: dict, ctx: dict) -> dict:
         outcome.update(status="failed", metrics={}, error=f"{type(exc).__name__}: {exc}\n{tail}")
     outcome["seconds"] = time.perf_counter() - t0
     return outcome
+
+
+def versions() -> dict:
+    """What a trial ran with: Python, the platform and the installed versions of the packages that
+    decide its numbers (read from the installed metadata: importing them would cost a worker
+    seconds)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in VERSIONED:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def failed(message: str) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import time
 from pathlib import Path
 
@@ -122,13 +123,28 @@ def run(name: str, suite, config: dict, config_path: Path, argv: list[str]) -> i
     return 1 if bad else 0
 
 
+def code_commit() -> str | None:
+    """The repository's commit (``-dirty`` with uncommitted changes), None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "")
+
+
 def execute(executor, trials, ctx: Context, store: ResultsStore, progress: bool = True) -> None:
-    """Run ``trials`` on ``executor``, recording each outcome as it arrives."""
+    """Run ``trials`` on ``executor``, recording each outcome as it arrives (with the code's commit)."""
     for t in trials:
         store.submit(t, executor.name)
+    commit = code_commit() if trials else None
     bar = tqdm(total=len(trials), unit="trial", disable=not progress or not trials)
     try:
         for trial, outcome in executor.run(trials, ctx):
+            outcome["versions"] = {**(outcome.get("versions") or {}), "commit": commit}
             store.record(trial, outcome)
             bar.update(1)
             bar.set_postfix_str(trial.label)
