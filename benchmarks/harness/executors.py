@@ -156,6 +156,7 @@ class RayExecutor:
     def _init(self, ray) -> bool:
         if ray.is_initialized():
             return False
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine
         common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                       configure_logging=True)
         if self.address:
