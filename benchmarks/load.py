@@ -160,7 +160,7 @@ def run_cell(address: str, mode: str, clients: int, feats: np.ndarray, seconds: 
 
 
 def run_load(paths: list[str], modes: list[str], clients: list[int], seconds: float, threads: int = 1,
-             window: int = 4, progress: bool = True) -> list[dict]:
+             window: int = 4, progress: bool = True, cloud_workers: int | None = None) -> list[dict]:
     """Start the cloud and the taps, run every (path, mode, K) cell, stop them; one dict per cell."""
     from attacker.sniffer import can_sniff
 
@@ -179,7 +179,8 @@ def run_load(paths: list[str], modes: list[str], clients: list[int], seconds: fl
             cloud_port = free_port()
             procs.append(start([sys.executable, "-m", "cloud_server", "--host", f"127.0.0.1,{SNIFF_HOST}",
                                 "--port", str(cloud_port), "--artifacts", str(tmp / "artifacts"),
-                                "--threads", str(threads), "--log-level", "warning"], tmp / "cloud.log", env))
+                                "--threads", str(threads), "--log-level", "warning",
+                                *(["--workers", str(cloud_workers)] if cloud_workers else [])], tmp / "cloud.log", env))
             cloud = procs[0]
             targets: dict[str, tuple[str, subprocess.Popen | None, Path | None]] = {}
             for path in paths:
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=4, help="stream mode: requests in flight per client (default 4)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("SPLITLAB_THREADS", "1")),
                    help="threads of the cloud and the taps [SPLITLAB_THREADS, default 1]")
+    p.add_argument("--cloud-workers", type=int, default=None,
+                   help="the cloud's --workers (gRPC handler threads; each open stream holds one; default the "
+                        "cloud's, 16)")
     p.add_argument("--quick", action="store_true", help="K = 1,4, direct and passive, 1 s per cell")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load.md"),
@@ -304,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--seconds must be positive, --window and --threads at least 1")
     os.environ.setdefault("SPLITLAB_THREADS", str(args.threads))
     rows = run_load(args.path, args.mode, args.clients, args.seconds, args.threads, args.window,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, cloud_workers=args.cloud_workers)
     write_report(Path(args.out), rows, argv, args.seconds, args.window)
     print(f"wrote {args.out}")
     bad = [r for r in rows if r["lost"] or r["mismatched"] or r["hung_clients"]]
