@@ -9,6 +9,7 @@ import math
 import pytest
 import yaml
 
+from benchmarks import training
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.harness import report
 from benchmarks.harness.executors import LocalExecutor, machine_cores, run_trial
@@ -140,6 +141,10 @@ def test_finished_trials_are_not_run_again(local_run, capsys):
     assert code == 0  # the selected trials are all finished
     assert "2 trial(s), 2 already finished" in capsys.readouterr().out
     assert (tmp / "out" / "trials.jsonl").read_text() == before  # nothing ran: same rows, same timings
+    # the old command still works: python -m benchmarks.training --config ... (--retrain would be --fresh)
+    assert training.main(["--config", str(config), "--artifacts", str(tmp / "art"), "--only", "lenet5",
+                          "--report-only"]) == 0
+    assert (tmp / "out" / "trials.jsonl").read_text() == before
 
 
 def test_ray_gives_the_same_metrics_as_local(local_run, tmp_path):
