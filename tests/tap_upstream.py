@@ -22,6 +22,7 @@ from concurrent import futures
 
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from protos import split_inference_pb2 as pb
@@ -120,6 +121,14 @@ def start_fake_cloud(servicer: FakeCloud, max_message: int = 64 << 20,
     port = server.add_insecure_port(f"{host}:0")
     server.start()
     return server, port
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    """A ``FakeCloud`` on a free loopback port for a test module: its address."""
+    server, port = start_fake_cloud(FakeCloud())
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
 
 
 if __name__ == "__main__":  # python tap_upstream.py HOST: serve on HOST, print the port, stop at EOF

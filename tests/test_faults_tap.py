@@ -27,16 +27,9 @@ from attacker.capture_store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from benchmarks.tap_overhead import free_port
 from edge_client.client import CloudClient, CloudError
-from tap_upstream import FakeCloud, start_fake_cloud
+from tap_upstream import upstream  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server, port = start_fake_cloud(FakeCloud())
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
 
 
 def batch(i: int, shape=(1, 4, 4, 4)) -> np.ndarray:

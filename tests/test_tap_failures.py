@@ -20,17 +20,10 @@ from attacker.capture_store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from protos import split_inference_pb2 as pb
 from protos import wire
-from tap_upstream import FakeCloud, start_fake_cloud
+from tap_upstream import upstream  # noqa: F401 - fixture
 
 INFER = "/splitlab.v1.SplitInference/Infer"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server, port = start_fake_cloud(FakeCloud())
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
 
 
 def _payload(rid: str) -> bytes:
