@@ -35,14 +35,17 @@ TARGET_KEYS = {"id", "arch", "dataset", "options", "target_test_accuracy"}
 
 
 def ensure_target(store, spec: dict, retrain: bool = False, progress: bool = True, device: str = "cpu") -> dict:
-    """Train the target described by ``spec`` (id, arch, dataset, options) unless it is stored."""
+    """Train the target described by ``spec`` (id, arch, dataset, options) unless it is stored with
+    these options (stored with others: an error naming them, never a silent reuse)."""
+    from models.reference import obtain_model
     from models.training import TrainOptions, train
 
     model_id = spec["id"]
-    if store.model_dir(model_id).exists() and not retrain:
-        return store.manifest(model_id)
     options = {"device": device, **spec.get("options", {})}
-    model, manifest = train(TrainOptions(arch=spec["arch"], dataset=spec["dataset"], **options), progress=progress)
+    opts = TrainOptions(arch=spec["arch"], dataset=spec["dataset"], **options)
+    if not retrain:
+        return obtain_model(store, opts, device, progress=progress, model_id=model_id)[1]
+    model, manifest = train(opts, progress=progress)
     manifest["model_id"] = model_id
     store.save_model(model_id, model.state_dict(), manifest, overwrite=retrain)
     return manifest
