@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="model id (default ARCH-DATASET-sSEED for the default options, else "
                                 "ARCH-DATASET-sSEED[-doP][-wdW]-HASH, HASH over every option that changes the weights)")
     p.add_argument("--force", action="store_true", help="replace an existing model of the same id")
+    p.add_argument("--reuse", action="store_true",
+                   help="a model stored under the id with these options is kept (exit 0, nothing trained); "
+                        "one trained with other options is still an error")
     _add_common(p)
 
     p = sub.add_parser("deploy", help="export the head to ONNX and save the tail at a split point")
@@ -122,6 +125,9 @@ def cmd_train(args) -> int:
     model_id = validate_id("model", args.id or default_model_id(opts))
     if (store.model_dir(model_id) / "manifest.json").is_file() and not args.force:
         diff = spec_differences(store.manifest(model_id), opts)
+        if args.reuse and not diff:
+            print(f"model {model_id} is already stored with these options; reusing it")
+            return 0
         what = f"with other options ({'; '.join(diff)})" if diff else "with these options"
         raise SplitlabError(f"model {model_id!r} already exists in {store.root}, trained {what}; "
                             "pass --force or --id")

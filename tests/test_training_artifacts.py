@@ -175,7 +175,11 @@ def test_cli_members_device_and_a_changed_spec_under_an_existing_id(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "on cpu" in r.stdout
     assert ArtifactStore(art).manifest("m")["members"]["indices"] == [0, 5, 9, 12, 40]
-    r = run_cli("train", "--arch", "lenet5", "--dataset", "digits", "--epochs", "2", "--id", "m", "--artifacts", art)
+    r = run_cli("train", "--arch", "lenet5", "--dataset", "digits", "--epochs", "1", "--members",
+                str(tmp_path / "members.txt"), "--id", "m", "--reuse", "--artifacts", art)
+    assert r.returncode == 0 and "already stored with these options; reusing it" in r.stdout, r.stderr
+    r = run_cli("train", "--arch", "lenet5", "--dataset", "digits", "--epochs", "2", "--id", "m", "--reuse",
+                "--artifacts", art)
     assert r.returncode == 2 and "trained with other options" in r.stderr and "epochs: stored 1, asked 2" in r.stderr
 
 
