@@ -13,6 +13,8 @@ lira        :class:`LiRAAttack`      :class:`LiRAParams`      :class:`Membership
 nasr        :class:`NasrAttack`      :class:`NasrParams`      :class:`WhiteBoxMembershipKnowledge`
 =========== ======================== ======================= ====================================
 
+Shadow draws and the parameters every shadow-trained attack shares: :mod:`.shadows`; the
+confidence signals: :mod:`.signals`; the federated and fine-tuning observations: :mod:`.observations`.
 Metrics and ROC plots: :mod:`attacker.membership_metrics`.
 """
 
@@ -25,8 +27,8 @@ from .shokri import ShokriAttack, ShokriParams, sorted_posteriors
 from .threshold import THRESHOLD_METRICS, ThresholdAttack, ThresholdParams
 
 __all__ = [
-    "LiRAAttack", "LiRAParams", "MembershipAttack", "MembershipKnowledge", "NasrAttack", "NasrParams", "ShokriAttack", "ShokriParams",
-    "THRESHOLD_METRICS", "TargetRecipe", "ThresholdAttack", "ThresholdParams", "WhiteBoxMembershipKnowledge",
-    "as_samples", "edge_scores_query", "model_query", "sorted_posteriors",
+    "LiRAAttack", "LiRAParams", "MembershipAttack", "MembershipKnowledge", "NasrAttack", "NasrParams",
+    "ShokriAttack", "ShokriParams", "THRESHOLD_METRICS", "TargetRecipe", "ThresholdAttack", "ThresholdParams",
+    "WhiteBoxMembershipKnowledge", "as_samples", "edge_scores_query", "model_query", "sorted_posteriors",
     "white_box_features",
 ]
