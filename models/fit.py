@@ -110,7 +110,9 @@ def fit_many(models: list[nn.Module], inputs: torch.Tensor, targets: torch.Tenso
     order drawn from ``seeds[k]``; the same as ``fit`` on each, up to float rounding.
 
     All subsets must have one size (every step needs one batch shape). Each model's trained
-    weights are written back into it; the models end on ``device`` in eval mode.
+    weights are written back into it; the models end on ``device`` in eval mode. With dropout
+    each model draws its own masks from torch's global generator, so the group is deterministic
+    for a global seed but its masks are not those of one-by-one training.
     """
     from torch.func import functional_call, stack_module_state, vmap
 

@@ -133,3 +133,24 @@ def test_fit_many_refuses_unequal_subsets():
     with pytest.raises(SplitlabError, match="subsets of one size"):
         fit_many([mlp(0), mlp(1)], x, y, [torch.arange(10), torch.arange(12)], [0, 1], epochs=1,
                  progress=False)
+
+
+def test_fit_many_with_dropout_and_augmentation_is_deterministic():
+    """Dropout under vmap: each model its own masks (two identical models part), and the group's
+    result is the same on every run when the global seed is."""
+    from models.training import augment_batch
+
+    x, y = data(48)
+
+    def run():
+        torch.manual_seed(0)
+        models = [build_model("lenet5", 10, (1, 28, 28), dropout=0.5) for _ in range(2)]
+        models[1].load_state_dict(models[0].state_dict())
+        same = torch.arange(48)
+        fit_many(models, x, y, [same, same], [5, 5], epochs=1, batch_size=16, augment=augment_batch,
+                 progress=False)
+        return models
+
+    a, b = run(), run()
+    assert state_gap(a[0], b[0]) == 0.0 and state_gap(a[1], b[1]) == 0.0
+    assert state_gap(a[0], a[1]) > 0
