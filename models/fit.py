@@ -13,7 +13,9 @@ their weights are stacked (``torch.func.stack_module_state``) and one ``vmap``-e
 backward pass serves all K, each on its own data subset in its own seeded order. Adam is
 element-wise and the K losses are independent, so the sum of the K losses gives each model exactly
 its own gradient and update: the result equals K calls of :func:`fit` up to float rounding
-(tested). On a GPU this turns K launches of small kernels into one of K-times larger ones.
+(tested; without dropout, whose masks are drawn differently). On a GPU this turns K launches of
+small kernels into one of K-times larger ones; on this CPU it measured slower (see
+:mod:`models.reference`).
 
 Both are deterministic for a seed on the CPU: the order of the examples and every augmentation
 draw come from a generator seeded from ``seed``; dropout draws from torch's global generator.
