@@ -239,7 +239,7 @@ def choose_base(docker: str, explicit: str | None, runner: Runner) -> tuple[str,
                          "root: run `sudo deploy/debian_base.sh` once, or pass --python-image")
     runner.run("build Debian base image", ["bash", str(DEPLOY / "debian_base.sh"), "--tag", DEBIAN_BASE],
                env={**os.environ, "DOCKER": docker}, timeout=1800)
-    return DEBIAN_BASE, f"built from Debian bookworm packages ({official} could not be pulled)"
+    return DEBIAN_BASE, f"from Debian bookworm packages: {official.split('@')[0]} could not be pulled"
 
 
 def choose_torch(variant: str, index_url: str | None) -> tuple[str, str]:
@@ -380,9 +380,12 @@ def check_variant(compose: list[str], variant: str, image_variant: str, runner: 
         step("edge-client run (README)", edge_run)
 
         def captures():
-            out = stack.exec("attacker captures", "attacker", "attacker", "captures", "--deployment",
-                             DEPLOYMENT, "--all", "--json").stdout
-            rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            proc = stack.exec("attacker captures", "attacker", "attacker", "captures", "--deployment",
+                              DEPLOYMENT, "--all", "--json", check=tapped)
+            # An empty store is an error (exit 2) that names the deployments seen: none, in direct mode.
+            if proc.returncode != 0 and "seen: none" not in proc.stdout:
+                raise StepFailed(f"exit code {proc.returncode}: {proc.stdout.strip()[-300:]}")
+            rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
             if tapped and not rows:
                 raise StepFailed("the tap recorded nothing")
             if not tapped and rows:

@@ -251,6 +251,8 @@ def _parse_with_compose_env(monkeypatch, service: dict, module: str):
         monkeypatch.setenv(name, value)
     parser = importlib.import_module(module).build_parser()
     command = service["command"]
+    # A command may start with a wrapper (the sniffer's setpriv); the service's own argv follows it.
+    command = command[command.index(module.split(".")[0].replace("_", "-")):]
     return parser, command[1:]
 
 
@@ -305,8 +307,13 @@ def test_sniff_override_eavesdrops_from_the_clouds_namespace(clean_env):
     sniffer, edge = services["sniffer"], services["edge"]
     assert edge["environment"]["SPLITLAB_CLOUD"] == "cloud:50051"  # the edge talks to the cloud itself
     assert set(edge["depends_on"]) == {"sniffer"} and edge["depends_on"]["sniffer"]["condition"] == "service_healthy"
-    assert sniffer["network_mode"] == "service:cloud" and sniffer["cap_add"] == ["NET_RAW"]
-    assert sniffer["cap_drop"] == ["ALL"] and sniffer["user"] == "root"
+    assert sniffer["network_mode"] == "service:cloud"
+    # Root only to hand NET_RAW to the image's user (who owns the capture store) as its one capability.
+    assert sniffer["cap_drop"] == ["ALL"] and sniffer["cap_add"] == ["NET_RAW", "SETUID", "SETGID"]
+    assert sniffer["user"] == "root" and "no-new-privileges:true" in sniffer["security_opt"]
+    setpriv = sniffer["command"][:sniffer["command"].index("attacker")]
+    assert setpriv == ["setpriv", "--reuid", "10001", "--regid", "10001", "--clear-groups",
+                       "--inh-caps", "+net_raw", "--ambient-caps", "+net_raw"], setpriv
     env = sniffer["environment"]
     assert env["SPLITLAB_TAP_MODE"] == "sniff" and env["SPLITLAB_TAP_INTERFACE"] == "eth0"
     assert env["SPLITLAB_TAP_UPSTREAM"].endswith(":50051") and env["SPLITLAB_STORE"] == "/captures"
