@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.log_level != "debug":  # httpx logs every request at info: one line per black-box query
+            logging.getLogger("httpx").setLevel(logging.WARNING)
         _threads(args)
         return COMMANDS[args.command](args)
     except SplitlabError as exc:
