@@ -37,6 +37,10 @@ def test_knowledge_holds_no_member_list(target):
     # the auxiliary data is disjoint from every candidate (members and non-members alike)
     aux = {a.tobytes() for a in k.aux_x}
     assert not aux & {c.tobytes() for c in target["samples"][0]}
+    # shadows train on as many samples as the target (the recipe), and on all the members they are given
+    assert k.trainer.train_size == TARGET.limit == k.shadow_size() and k.shadow_size(150) == 150
+    spec = k.trainer.spec(np.arange(150), 3)
+    assert spec.limit is None and len(spec.members) == 150 and spec.seed == 3 and spec.epochs == TARGET.epochs
 
 
 @pytest.mark.parametrize("metric", THRESHOLD_METRICS)

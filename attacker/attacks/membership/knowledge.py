@@ -15,9 +15,10 @@
   aux subset, ``train_like_target(...)`` wraps that model as a query function.
   ``shadow_model_on(images, labels, seed)`` trains on any images of the attacker's *population*:
   LiRA's online attack trains reference models on random halves of a population that includes
-  the candidate samples' images (not their membership, which is what is being inferred). Models
-  come from :func:`models.reference.obtain_models` (where available): trained once, stored under
-  their full spec and shared by every trial and attack.
+  the candidate samples' images (not their membership, which is what is being inferred). With an
+  artifact store, models come from :func:`models.reference.obtain_models`: trained once, stored
+  under their full spec and shared by every trial and attack. A shadow trains on as many samples
+  as the target did (the recipe includes the training-set size) unless an attack asks otherwise.
 
 ``knowledge_for(attack, KnowledgeSource(deployment_id, artifacts=store, edge_url=...))`` builds
 either from a deployment: the recipe is the options in the target's manifest (never its member
@@ -148,6 +149,14 @@ class MembershipKnowledge(Knowledge):
             raise AttackParameterError(f"indices must be a non-empty list of positions in the {len(self.aux_x)} "
                                        "auxiliary samples")
         return self.shadow_model_on(self.aux_x[idx], self.aux_y[idx], seed)
+
+    def shadow_size(self, requested: int | None = None) -> int:
+        """Members per shadow: ``requested``, else the target's training-set size (part of the
+        recipe) where the aux data holds twice that, else half the aux data."""
+        if requested:
+            return int(requested)
+        half = len(self.aux_x) // 2
+        return min(half, getattr(self.trainer, "train_size", None) or half)
 
     def train_like_target(self, indices, seed: int) -> QueryFn:
         return model_query(self.shadow_model(indices, seed), self.device)
@@ -319,8 +328,19 @@ class TargetRecipe:
             out.append(i)
         return np.asarray(out, dtype=np.int64)
 
+    @property
+    def train_size(self) -> int:
+        """How many samples the target trained on (the scheme's members, cut at ``limit``)."""
+        from models.splits import privacy_splits
+
+        members = self.options.members or privacy_splits(len(self.dataset.x_train), self.options.seed,
+                                                         self.options.scheme)["target_train"]
+        return len(members[: self.options.limit] if self.options.limit else members)
+
     def spec(self, members: np.ndarray, seed: int):
-        return dataclasses.replace(self.options, members=tuple(int(i) for i in np.sort(members)), seed=int(seed))
+        """The target's options on these members (all of them: the target's ``limit`` is dropped)."""
+        return dataclasses.replace(self.options, members=tuple(int(i) for i in np.sort(members)), seed=int(seed),
+                                   limit=None)
 
     def __call__(self, images: np.ndarray, labels: np.ndarray, seed: int) -> nn.Module:
         members = np.sort(self.indices_of(images, labels))

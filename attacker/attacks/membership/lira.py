@@ -82,7 +82,8 @@ class LiRAAttack(MembershipAttack):
         self._references = []
         if not p.online:  # reference j is shadow j of the other attacks (same members and seed: shared)
             n = len(knowledge.aux_x)
-            self._references = [knowledge.train_like_target(shadow_halves(n, p.shadow_size, p.seed + j)[0], p.seed + j)
+            size = knowledge.shadow_size(p.shadow_size)
+            self._references = [knowledge.train_like_target(shadow_halves(n, size, p.seed + j)[0], p.seed + j)
                                 for j in range(p.reference_models)]
         self._stats = {"reference_models": p.reference_models, "online": p.online}
         return self
@@ -104,7 +105,7 @@ class LiRAAttack(MembershipAttack):
         """Signals (models, samples) of reference models trained on complementary population halves."""
         p, k = self.params, self.knowledge
         rng = np.random.default_rng(p.seed)
-        size = p.shadow_size or len(k.aux_x) // 2
+        size = k.shadow_size(p.shadow_size)
         extra = max(0, 2 * size - len(x))
         if extra > len(k.aux_x):
             raise AttackParameterError(f"shadow_size {size} needs {extra} auxiliary samples besides the "

@@ -22,7 +22,7 @@ from .knowledge import MembershipKnowledge
 class ShadowParams(AttackParams):
     """Parameters of every attack that learns from shadow models: their size and the seed."""
 
-    shadow_size: int | None = None   # members per shadow (as many non-members); default: half the aux data
+    shadow_size: int | None = None   # members per shadow (as many non-members); default: knowledge.shadow_size()
     seed: int = 0
 
     def validate(self) -> None:
@@ -50,9 +50,8 @@ class AttackNetworkParams(ShadowParams):
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
 
 
-def shadow_halves(count: int, size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def shadow_halves(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint random (members, non-members) positions in ``count`` aux samples, ``size`` each."""
-    size = size or count // 2
     if 2 * size > count:
         raise AttackParameterError(f"shadow_size {size} needs {2 * size} auxiliary samples, the attacker has {count}")
     perm = np.random.default_rng(seed).permutation(count)
@@ -65,7 +64,7 @@ def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, s
     ``train(indices, seed)`` makes the shadow (default: ``knowledge.train_like_target``, a query
     function). Returns ``(values, is_member)`` over both halves, members first.
     """
-    inside, outside = shadow_halves(len(knowledge.aux_x), size, seed)
+    inside, outside = shadow_halves(len(knowledge.aux_x), knowledge.shadow_size(size), seed)
     shadow = (train or knowledge.train_like_target)(inside, seed)
     values = [features(shadow, knowledge.aux_x[idx], knowledge.aux_y[idx]) for idx in (inside, outside)]
     return np.concatenate(values), np.r_[np.ones(len(inside), bool), np.zeros(len(outside), bool)]
