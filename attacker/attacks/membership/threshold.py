@@ -4,8 +4,9 @@ The simplest membership attack: compute one confidence signal per sample from th
 answer (the loss, the top probability, the entropy or the modified entropy; see :mod:`.signals`)
 and call every sample above a threshold a member. The ranking needs no training at all; the
 threshold does, and choosing it on the target's own members would be cheating. Here it is chosen
-on a shadow model the attacker trains with the target's recipe on half of its auxiliary data: the
-threshold that best separates the shadow's members from the other half (maximum TPR - FPR). It
+on a shadow model the attacker trains with the target's recipe on part of its auxiliary data (as
+many samples as the target trained on): the threshold that best separates the shadow's members
+from as many held-out samples (maximum TPR - FPR). It
 transfers to the target when shadow and target overfit alike, which is the attack's assumption.
 """
 
