@@ -10,12 +10,12 @@ here; the paper uses convolutions over the gradient matrices) whose outputs are 
 encoded into a membership probability.
 
 The paper trains the attack network on a known subset of the target's members (its supervised
-setting). Here the attacker knows none of them: it trains a shadow with the target's recipe on
-random halves of its auxiliary data (``shadow_models`` of them) and learns the attack network on
-the shadows' gradients, as Shokri et
-al. do with posteriors, then applies it to the target's weights. ``gradients="none"`` keeps
-only the outputs, loss and label (the paper's "white-box (outputs)" column), which with the
-black-box attacks on the same target gives its comparison; ``gradients="norm"`` keeps each
+setting). Here the attacker knows none of them: it trains ``shadow_models`` shadows with the
+target's recipe on random parts of its auxiliary data and learns the attack network on the
+shadows' gradients, as Shokri et al. do with posteriors, then applies it to the target's weights.
+The score is the attack network's logit (> 0: member). ``gradients="none"`` keeps only the
+outputs, loss and label (the paper's "white-box (outputs)" column), which with the black-box
+attacks on the same target gives its comparison; ``gradients="norm"`` keeps each
 layer's gradient norm instead of the whole gradient, which is what a small attacker can afford
 when it watches many observations (a few hundred shadow samples cannot train an attack network
 on thousands of gradient entries per observation without overfitting it).
@@ -24,7 +24,8 @@ Several observations (:class:`.knowledge.WhiteBoxMembershipKnowledge` ``observed
 features of every observed model are concatenated, each observation with its own components. In
 the federated setting the passive global attacker sees the model after several epochs (attack
 accuracy grows with the epochs observed); in the fine-tuning setting it sees the model before and
-after fine-tuning. The shadow is observed at the same points (``shadow_snapshots``).
+after fine-tuning. The shadow is observed at the same points (``shadow_snapshots``; see
+:mod:`.observations`).
 """
 
 from __future__ import annotations
