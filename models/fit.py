@@ -177,6 +177,8 @@ def _loop(step, params, tracks, n, inputs, targets, set_train, epochs, batch_siz
           device, progress, desc, leave, on_step, on_epoch) -> list[FitResult]:
     """Adam + cosine decay over ``epochs`` passes of ``n`` examples for every track at once;
     ``step(batches)`` returns the tracks' losses as a tensor of shape [K]."""
+    if not params:
+        raise SplitlabError(f"{desc}: nothing to train (every parameter has requires_grad=False)")
     optim = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     total = max(1, epochs * math.ceil(n / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=total)

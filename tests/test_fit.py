@@ -98,6 +98,8 @@ def test_hooks_zero_epochs_and_errors():
         fit(model, x, y, loss="hinge", epochs=1, progress=False)
     with pytest.raises(SplitlabError, match="39 inputs for 40 targets"):
         fit(model, x[:39], y, epochs=1, progress=False)
+    with pytest.raises(SplitlabError, match="probe: nothing to train"):
+        fit(model.requires_grad_(False), x, y, epochs=1, progress=False, desc="probe")
 
 
 @pytest.mark.parametrize("arch", ["lenet5", "mia-cnn"])
