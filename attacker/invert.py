@@ -11,7 +11,9 @@ Methods and what each needs (the knowledge its threat model allows, nothing more
 Captures: --capture ID (repeatable), --last N (default 8), or --follow (attack live traffic as it
 arrives: the store is polled every --poll seconds; stop with Ctrl-C, --max-batches or --duration).
 Attack parameters: --param NAME=VALUE (repeatable; see the attack's docstring, e.g. iterations=500,
-tv_weight=0.05, epochs=10, shadow=different), validated before anything runs.
+tv_weight=0.05, epochs=10, shadow=different), validated before anything runs. --device cpu|cuda
+(env SPLITLAB_DEVICE, default cpu) is where the attack computes; CUDA asked for where torch has
+none falls back to the CPU with a message.
 
 Auxiliary data: --aux-data DATASET[:PART][:COUNT] (PART train|test, default train; e.g.
 mnist:train:5000) or noise[:COUNT] / uniform-noise[:COUNT]; --aux-setting labels it for the record.
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.env import DEVICES
 from models.errors import SplitlabError
 
 from .attacks.knowledge import HEAD_SOURCES
@@ -70,6 +73,8 @@ def add_arguments(p) -> None:
     p.add_argument("--duration", type=float, help="--follow: stop after this many seconds")
     p.add_argument("--query-timeout", type=float, default=10.0,
                    help="--edge: seconds to wait for the tap to record a query's features (default 10)")
+    p.add_argument("--device", choices=DEVICES,
+                   help="where the attack computes (env SPLITLAB_DEVICE, default cpu; same as --param device=...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -263,7 +268,8 @@ class Runner:
         summary = {"method": self.args.method, "deployment": self.args.deployment,
                    "params": self.attack.params.as_dict() if hasattr(self.attack.params, "as_dict") else {},
                    "images": sum(b["images"] for b in self.batches), "batches": self.batches,
-                   "fit_seconds": getattr(self.attack, "fit_seconds", None)}
+                   "fit_seconds": getattr(self.attack, "fit_seconds", None),
+                   "device": getattr(self.attack, "device", None)}
         if self.psnr:
             summary.update(psnr_mean=float(np.mean(self.psnr)), psnr_std=float(np.std(self.psnr)),
                            ssim_mean=float(np.mean(self.ssim)), ssim_std=float(np.std(self.ssim)),
@@ -313,8 +319,12 @@ def run_invert(args) -> int:
             raise SplitlabError(f"--{flag.replace('_', '-')} needs --follow and a positive value")
     progress = not args.no_progress
     params = parse_params(args.param)
-    if "progress" in attack_class(args.method).Params.field_names():
+    fields = attack_class(args.method).Params.field_names()
+    if "progress" in fields:
         params.setdefault("progress", progress)
+    if args.device and "device" in fields:
+        if params.setdefault("device", args.device) != args.device:
+            raise SplitlabError(f"--device {args.device} and --param device={params['device']} disagree")
     attack = create(args.method, params)  # validates the parameters before anything heavy runs
     kcls = knowledge_class(attack)
     if kcls.AUX != "none":

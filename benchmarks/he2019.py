@@ -2,6 +2,7 @@
 
     python -m benchmarks run benchmarks/configs/he2019.yaml [--only mnist] [--attacks whitebox,...]
                                                            [--fresh] [--report-only] [--threads N]
+                                                           [--device cpu|cuda]
 
 For each dataset of the config it trains the target or reuses the stored model with the config's
 id (``benchmarks.training.ensure_target``), picks the evaluation images (one or more per class,
@@ -38,6 +39,7 @@ from attacker.attacks import KnowledgeSource, create, knowledge_for, noise_image
 from attacker.attacks.registry import resolve
 from attacker.metrics import PSNR_CAP, image_metrics
 from models import ArtifactStore, SplitlabError, load_dataset, split_model, to_tensor
+from models.env import DEVICES, resolve_device
 from models.loading import load_model
 from models.onnx_runtime import set_torch_threads
 
@@ -159,10 +161,15 @@ def suite_attacks(requested) -> list[str]:
     return out
 
 
-def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool) -> tuple[dict, torch.Tensor]:
-    """One table cell: the attack fitted on what the setting's threat model knows of the target in hand."""
+def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool,
+             device: str | None = None) -> tuple[dict, torch.Tensor]:
+    """One table cell: the attack fitted on what the setting's threat model knows of the target in hand.
+
+    ``device`` is where the attack computes (None: ``$SPLITLAB_DEVICE``, else the CPU); it is not part
+    of the cell's cache key (the same cell on another device differs by rounding only).
+    """
     chosen = SETTINGS[attack][setting]
-    obj = create(attack, _merge(params, chosen.params(ctx["split"])), progress=progress)
+    obj = create(attack, _merge(params, chosen.params(ctx["split"])), progress=progress, device=device)
     x, y = ctx["aux"][chosen.aux] if chosen.aux else (None, None)
     source = KnowledgeSource(head=ctx["head"], tail=ctx["tail"], record=ctx["record"], aux_images=x, aux_labels=y,
                              aux_setting=chosen.aux)
@@ -171,7 +178,7 @@ def run_cell(attack: str, setting: str, ctx: dict, params: dict, progress: bool)
     started = time.perf_counter()
     rec = obj.reconstruct(ctx["features"])
     stats.update(fit_seconds=obj.fit_seconds or 0.0, reconstruct_seconds=time.perf_counter() - started,
-                 threads=torch.get_num_threads())
+                 threads=torch.get_num_threads(), device=obj.device)
     resolved = getattr(obj, "resolved", None)
     if resolved is not None:
         stats.update(iterations=resolved.iterations, ms_per_iteration=1000 * stats["reconstruct_seconds"] / resolved.iterations,
@@ -281,12 +288,16 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore cached cell results")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from cached cells")
     parser.add_argument("--threads", type=int, default=config.get("threads", int(os.environ.get("SPLITLAB_THREADS", 1))))
+    parser.add_argument("--device", choices=DEVICES, default=config.get("device"),
+                        help="where targets train and attacks compute (env SPLITLAB_DEVICE, default cpu; CUDA "
+                             "asked for without a GPU falls back to the CPU with a message)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--target-id", action="append", default=[], metavar="DATASET=MODEL_ID",
                         help="use this stored model as the dataset's target (else trained under that id)")
     parser.add_argument("--artifacts", default=config.get("artifacts", os.environ.get("SPLITLAB_ARTIFACTS", "artifacts")))
     args = parser.parse_args(argv)
     set_torch_threads(args.threads)
+    device = resolve_device(args.device, program="he2019")
     progress = not args.no_progress
     store = ArtifactStore(args.artifacts)
     cache = Path(config.get("cache", Path(args.artifacts) / "benchmarks" / config_path.stem))
@@ -305,7 +316,8 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
         ds = load_dataset(spec["dataset"])
         run_it = not args.report_only and (not only or name in only)
         if run_it or store.model_dir(spec["id"]).exists():
-            manifest = ensure_target(store, spec, progress=progress) if run_it else store.manifest(spec["id"])
+            manifest = (ensure_target(store, spec, progress=progress, device=device) if run_it
+                        else store.manifest(spec["id"]))
         else:
             continue
         model, manifest = load_model(store, spec["id"])
@@ -342,7 +354,7 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
                         rec = torch.from_numpy(np.load(stem.with_suffix(".npy")))
                     elif run_it and (wanted_splits is None or split in wanted_splits):
                         print(f"[he2019] {name} {split} {attack} {setting} ...", flush=True)
-                        r, rec = run_cell(attack, setting, ctx, params, progress)
+                        r, rec = run_cell(attack, setting, ctx, params, progress, device)
                         r["key"] = key
                         cached.write_text(json.dumps(r, indent=1))
                         np.save(stem.with_suffix(".npy"), rec.numpy())
@@ -364,17 +376,18 @@ def run(config: dict, config_path: Path, argv: list[str]) -> int:
             dest.write_bytes(fig.read_bytes())
         placed.append(dest)
     command = "python -m benchmarks run " + shlex.join([str(config_path), *argv])
-    write_report(out, config, results, targets, evals, placed, command, args.threads)
+    write_report(out, config, results, targets, evals, placed, command, args.threads, device)
     (cache / "results.json").write_text(json.dumps({" ".join(k): v for k, v in results.items()}, indent=1))
     print(f"wrote {out}")
     return 0
 
 
-def write_report(out: Path, config: dict, results: dict, targets, evals, figures, command: str, threads: int) -> None:
+def write_report(out: Path, config: dict, results: dict, targets, evals, figures, command: str, threads: int,
+                 device: str = "cpu") -> None:
     lines = [f"# {config.get('title', 'He et al. 2019 model inversion: reproduction')}", "",
              f"Command: `{command}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), torch {torch.__version__}, "
-             f"{threads} torch thread(s), no GPU.  ",
+             f"{threads} torch thread(s), " + ("attacks on the GPU (cuda).  " if device == "cuda" else "no GPU.  "),
              "Targets: " + "; ".join(targets) + ".  ",
              "Evaluation images: " + "; ".join(evals) + ".", "",
              "Each cell: ours as mean ± std over the evaluation images, the paper's figure in parentheses. "

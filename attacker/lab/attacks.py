@@ -68,6 +68,8 @@ def attack_params_error(attack: AttackSpec) -> str | None:
 
     if "progress" in attack.params:
         return "progress is set by the lab (no progress bars in a service)"
+    if "device" in attack.params:
+        return "device is the service's choice (attacker serve --device, env SPLITLAB_DEVICE), not an experiment's"
     if attack.name == "queryfree":
         if "shadow" in attack.params:
             return "give the shadow structure as the attack's 'shadow' setting, not in params"

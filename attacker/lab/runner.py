@@ -55,6 +55,7 @@ class RunnerConfig:
     data_root: str | None = None
     limits: Limits = field(default_factory=Limits)
     flush: Callable[[], object] | None = None   # the in-process tap's recorder flush
+    device: str | None = None                   # where attacks compute (None: each attack's default)
     capture_timeout: float = 20.0
 
 
@@ -196,9 +197,11 @@ class _Run:
 
     # --- attacks -----------------------------------------------------------------------------------
     def _attack(self, attack: AttackSpec, split, dep, manifest, ds, captures, channel, features, s):
-        from ..attacks import KnowledgeSource, create, knowledge_for
+        from ..attacks import KnowledgeSource, attack_class, create, knowledge_for
 
         params = attack_params(attack, split, self.cfg.limits)
+        if self.cfg.device is not None and "device" in attack_class(attack.name).Params.field_names():
+            params["device"] = self.cfg.device  # the service's choice (attacker serve --device)
         obj = create(attack.name, params)
         info: dict = {"params": {k: v for k, v in params.items() if k != "progress"}}
         query = channel.query_function(dep["deployment_id"], f"{self.prefix}-{s}-{attack.label}", self.ctx.check)

@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from models.env import DEVICES
 from models.env import env_default as _env
 from models.errors import SplitlabError
 
@@ -69,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="dataset root searched first (env SPLITLAB_DATA)")
     api.add_argument("--lab-dir", default=_env("SPLITLAB_LAB_DIR", None),
                      help="experiment database and images (env SPLITLAB_LAB_DIR, default STORE/lab)")
+    api.add_argument("--device", choices=DEVICES, default=None,
+                     help="where the experiments' attacks compute (env SPLITLAB_DEVICE, default cpu; CUDA asked "
+                          "for without a GPU falls back to the CPU with a message)")
     api.add_argument("--workers", type=int, default=_env("SPLITLAB_LAB_WORKERS", 1, int),
                      help="experiments run at once (env SPLITLAB_LAB_WORKERS, default 1; 0 queues without "
                           "running, for maintenance)")
@@ -111,6 +115,7 @@ def run_serve(args) -> int:
         raise SplitlabError(f"attacker serve runs its tap in passive or proxy mode, got {args.mode!r} (from "
                             "SPLITLAB_TAP_MODE?); for a sniff tap run `attacker tap --mode sniff` beside "
                             "`attacker serve --no-tap` on the same --store")
+    from models.env import resolve_device
     from models.graceful import run_uvicorn
     from models.onnx_runtime import set_torch_threads
 
@@ -126,6 +131,7 @@ def run_serve(args) -> int:
     if not 0 <= args.api_port < 65536:
         raise SplitlabError(f"--api-port must be in 0..65535, got {args.api_port}")
     set_torch_threads(args.threads)
+    device = resolve_device(args.device, program="attacker serve")
     token = os.environ.get("SPLITLAB_API_TOKEN") or None
     host, warning = bind_host(args.api_host, token)
     store_dir = Path(args.store)
@@ -152,7 +158,7 @@ def run_serve(args) -> int:
         CaptureStore(store_dir).close()  # create it, so that experiments can read it
     runner = ExperimentRunner(RunnerConfig(
         artifacts=artifacts, captures=store_dir, edge_url=args.edge, data_root=args.data_root, limits=limits,
-        flush=(lambda: tap.flush(10.0)) if tap is not None else None))
+        device=device, flush=(lambda: tap.flush(10.0)) if tap is not None else None))
     config = LabConfig(lab_dir=lab_dir, artifacts=artifacts, data_root=args.data_root, token=token, limits=limits,
                        workers=args.workers, edge_url=args.edge, tap_status=tap.stats if tap is not None else None)
     app = create_app(config, runner)

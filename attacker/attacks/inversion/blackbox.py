@@ -42,9 +42,12 @@ trained at all when the linear inverse is already within 60 dB (MSE 1e-6) of the
 35 dB after 10 epochs); least squares solves it at once (see ``benchmarks/results/he2019.md``).
 Other skips (with upsampling, or linear for flat features) are trained with the body.
 
-Training: Adam (``lr``, cosine decay), mini-batches of ``batch_size``, ``epochs`` passes over the
-auxiliary set. Features are queried once and cached when they fit in ``max_cache_mb``; otherwise
-each mini-batch is queried again (more queries, same result).
+Training: the testbed's one loop (:func:`models.fit.fit`: Adam with ``lr``, cosine decay,
+mini-batches of ``batch_size`` in an order seeded by ``seed``, ``epochs`` passes over the auxiliary
+set). Features are queried once and cached when they fit in ``max_cache_mb``; otherwise each
+mini-batch is queried again (more queries, same result). On ``device="cuda"`` the network, the
+cached features and the auxiliary images move to the GPU; the least-squares fit of the skip path
+stays on the CPU (float64 normal equations, solved once before training).
 """
 
 from __future__ import annotations
@@ -55,10 +58,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..base import AttackParams, as_float_tensor, check_choice, check_positive, check_positive_int
-from .base import InversionAttack
+from models.fit import fit as train_network
+
+from ..base import as_float_tensor, check_choice, check_positive, check_positive_int
+from .base import InversionAttack, InversionParams
 from .knowledge import BlackBoxKnowledge
 
 
@@ -206,7 +210,7 @@ def inverse_network(feature_shape, input_shape, width: int = 64) -> InverseNet:
 
 
 @dataclass
-class BlackBoxParams(AttackParams):
+class BlackBoxParams(InversionParams):
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
@@ -220,6 +224,7 @@ class BlackBoxParams(AttackParams):
     progress: bool = True
 
     def validate(self) -> None:
+        super().validate()
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
@@ -230,6 +235,11 @@ class BlackBoxParams(AttackParams):
         check_positive_int("query_batch", self.query_batch)
         check_positive("max_cache_mb", self.max_cache_mb, allow_zero=True)
         check_positive_int("seed", self.seed, minimum=0)
+
+
+def _sum_of_squares(output: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """He et al.'s training loss: ||g(f1(x)) - x||^2 per image, averaged over the batch."""
+    return (output - images).pow(2).flatten(1).sum(1).mean()
 
 
 class BlackBoxAttack(InversionAttack):
@@ -260,7 +270,6 @@ class BlackBoxAttack(InversionAttack):
         if per_image_mb * len(aux) <= p.max_cache_mb:
             cached = torch.cat([self._query(aux[i:i + p.query_batch]) for i in range(0, len(aux), p.query_batch)])
         torch.manual_seed(p.seed)
-        gen = torch.Generator().manual_seed(p.seed)
         net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
         self.skip_mse, self.body_kept = None, None
         fit_feats = cached
@@ -276,36 +285,18 @@ class BlackBoxAttack(InversionAttack):
             last = net.body[-1]
             nn.init.zeros_(last.weight)  # g starts as the fitted linear inverse
             nn.init.zeros_(last.bias)
-        opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=p.lr, weight_decay=p.weight_decay)
         # a linear inverse that is already exact to 60 dB leaves the body nothing to learn but noise
         epochs = 0 if self.skip_mse is not None and self.skip_mse < LINEAR_ENOUGH else p.epochs
-        steps = max(1, epochs * math.ceil(len(aux) / p.batch_size))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        bar = tqdm(total=steps, desc=f"blackbox inverse net ({knowledge.setting})", unit="batch",
-                   disable=not p.progress, leave=False, mininterval=0.5)
-        net.train()
-        loss = torch.tensor(float("nan") if self.skip_mse is None else self.skip_mse)
-        for _ in range(epochs):
-            order = torch.randperm(len(aux), generator=gen)
-            for i in range(0, len(order), p.batch_size):
-                idx = order[i:i + p.batch_size]
-                xb = aux[idx]
-                fb = cached[idx] if cached is not None else self._query(xb)
-                opt.zero_grad(set_to_none=True)
-                loss = (net(fb) - xb).pow(2).flatten(1).sum(1).mean()
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        bar.close()
-        net.eval()
+        inputs = cached if cached is not None else (lambda idx: self._query(aux[idx]))
+        result = train_network(net, inputs, aux, loss=_sum_of_squares, epochs=epochs, batch_size=p.batch_size,
+                               lr=p.lr, weight_decay=p.weight_decay, seed=p.seed, device=self.device,
+                               progress=p.progress, desc=f"blackbox inverse net ({knowledge.setting})", leave=False)
         if self.skip_mse is not None:
             self.body_kept = False
         if self.skip_mse is not None and epochs:  # keep the body only if it beats the linear inverse
             with torch.no_grad():
                 k = min(512, len(fit_feats))
-                sample, feats = aux[:k], fit_feats[:k]
+                sample, feats = aux[:k].to(self.device), fit_feats[:k].to(self.device)
                 with_body = (net(feats) - sample).pow(2).mean().item()
                 skip_only = (net.skip(feats) - sample).pow(2).mean().item()
             if skip_only <= with_body:
@@ -313,7 +304,7 @@ class BlackBoxAttack(InversionAttack):
                 nn.init.zeros_(net.body[-1].bias)
             self.body_kept = skip_only > with_body
         self.inverse_net = net
-        self.final_loss = float(loss.item())
+        self.final_loss = result.last_loss if result.steps else float("nan" if self.skip_mse is None else self.skip_mse)
         self.fit_seconds = time.perf_counter() - started
         return self
 
@@ -326,4 +317,5 @@ class BlackBoxAttack(InversionAttack):
         self._require_fit("reconstruct")
         feats = as_float_tensor("features", features, self.feature_shape)
         with torch.no_grad():
-            return torch.cat([self.inverse_net(feats[i:i + 256]) for i in range(0, len(feats), 256)]).clamp_(0, 1)
+            return torch.cat([self.inverse_net(feats[i:i + 256].to(self.device)).cpu()
+                              for i in range(0, len(feats), 256)]).clamp_(0, 1)

@@ -1,8 +1,9 @@
 """Query-free model inversion: a shadow head trained through the frozen tail (He et al. 2019, Alg. 3).
 
 The cloud knows the tail f2 and has labelled auxiliary data, but cannot query the edge. It trains a
-shadow head g so that f2(g(x)) classifies the auxiliary data (cross-entropy, f2 frozen), then runs
-the white-box rMLE attack (:mod:`.whitebox`) with g in place of the unknown head.
+shadow head g so that f2(g(x)) classifies the auxiliary data (cross-entropy, f2 frozen; the
+testbed's one training loop, :func:`models.fit.fit`), then runs the white-box rMLE attack
+(:mod:`.whitebox`) with g in place of the unknown head, on the attack's ``device`` (both stages).
 
 Shadow structures (:func:`shadow_head`):
 
@@ -26,18 +27,17 @@ Shadows of a ``relu`` split end in ReLU (the tail expects non-negative features)
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..base import (AttackParameterError, AttackParams, as_float_tensor, check_choice, check_positive,
-                    check_positive_int)
-from .base import InversionAttack
+from models.fit import fit as train_network
+
+from ..base import AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int
+from .base import InversionAttack, InversionParams, placed
 from .knowledge import QueryFreeKnowledge, probe_feature_shape
 from .whitebox import WhiteBoxParams, rmle_invert
 
@@ -95,7 +95,7 @@ def queryfree_whitebox(params: WhiteBoxParams, split: str | None) -> WhiteBoxPar
 
 
 @dataclass
-class QueryFreeParams(AttackParams):
+class QueryFreeParams(InversionParams):
     shadow: str = "same"            # "same" or "different" structure (see module docstring)
     epochs: int = 10
     batch_size: int = 128
@@ -110,6 +110,7 @@ class QueryFreeParams(AttackParams):
         super().__post_init__()
 
     def validate(self) -> None:
+        super().validate()
         check_choice("shadow", self.shadow, ("same", "different"))
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
@@ -118,6 +119,9 @@ class QueryFreeParams(AttackParams):
         if not isinstance(self.whitebox, WhiteBoxParams):
             raise AttackParameterError(f"whitebox must be WhiteBoxParams or a dict, got {type(self.whitebox).__name__}")
         self.whitebox.validate()
+        if self.whitebox.device is not None:
+            raise AttackParameterError(f"whitebox.device ({self.whitebox.device!r}): the inversion runs where the shadow "
+                                       "head is; set the query-free attack's own device instead")
 
 
 class QueryFreeAttack(InversionAttack):
@@ -136,32 +140,18 @@ class QueryFreeAttack(InversionAttack):
         got = probe_feature_shape(shadow, knowledge.input_shape)
         if got != tuple(knowledge.feature_shape):
             raise AttackParameterError(f"the {p.shadow} shadow head outputs {got}, the tail takes {knowledge.feature_shape}")
-        x, y, tail = knowledge.aux_images, knowledge.aux_labels, knowledge.tail
-        gen = torch.Generator().manual_seed(p.seed)
-        opt = torch.optim.Adam(shadow.parameters(), lr=p.lr)
-        steps = p.epochs * math.ceil(len(x) / p.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        loss_fn = nn.CrossEntropyLoss()
-        bar = tqdm(total=steps, desc=f"queryfree shadow ({p.shadow})", unit="batch", disable=not p.progress,
-                   leave=False, mininterval=0.5)
-        shadow.train()
-        for _ in range(p.epochs):
-            order = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(order), p.batch_size):
-                idx = order[i:i + p.batch_size]
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(tail(shadow(x[idx])), y[idx])
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        bar.close()
-        shadow.eval()
+        x, y = knowledge.aux_images, knowledge.aux_labels
+        tail = placed(knowledge.tail, self.device)
+
+        def through_tail(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(tail(features), labels)
+
+        train_network(shadow, x, y, loss=through_tail, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
+                      device=self.device, progress=p.progress, desc=f"queryfree shadow ({p.shadow})", leave=False)
         for q in shadow.parameters():
             q.requires_grad_(False)
         with torch.no_grad():
-            correct = sum(int((tail(shadow(x[i:i + 512])).argmax(1) == y[i:i + 512]).sum())
+            correct = sum(int((tail(shadow(x[i:i + 512].to(self.device))).argmax(1).cpu() == y[i:i + 512]).sum())
                           for i in range(0, len(x), 512))
         self.shadow = shadow
         self.shadow_accuracy = correct / len(x)

@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..base import (AttackParameterError, AttackParams, as_float_tensor, check_choice, check_positive,
-                    check_positive_int, check_unit_interval)
-from .base import InversionAttack
+from ..base import (AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int,
+                    check_unit_interval)
+from .base import InversionAttack, InversionParams, module_device, placed
 from .knowledge import WhiteBoxKnowledge
 
 # Defaults per split point: first layers are nearly invertible (no prior needed, accuracy is
@@ -67,7 +67,7 @@ FALLBACK_DEFAULTS = _MIDDLE
 
 
 @dataclass
-class WhiteBoxParams(AttackParams):
+class WhiteBoxParams(InversionParams):
     """Parameters of rMLE; ``None`` means the split point's default (:data:`SPLIT_DEFAULTS`)."""
 
     iterations: int | None = None
@@ -83,6 +83,7 @@ class WhiteBoxParams(AttackParams):
     progress: bool = True
 
     def validate(self) -> None:
+        super().validate()
         if self.iterations is not None:
             check_positive_int("iterations", self.iterations)
         if self.lr is not None:
@@ -119,21 +120,24 @@ def rmle_invert(head: nn.Module, features: torch.Tensor, input_shape, params: Wh
                 desc: str = "whitebox") -> tuple[torch.Tensor, dict]:
     """Invert ``features`` (N, *feature_shape) through ``head``; params must be resolved.
 
-    Returns the images (N, C, H, W) in [0, 1] and statistics (final per-image feature loss, seconds).
+    The pixels are optimised where ``head`` is (its device); ``features`` may be anywhere. Returns
+    the images (N, C, H, W) in [0, 1] as a CPU tensor and statistics (final per-image feature loss,
+    seconds).
     """
     if params.iterations is None or params.lr is None or params.tv_weight is None:
         raise AttackParameterError("rmle_invert needs resolved parameters (call params.resolved(split))")
     started = time.perf_counter()
+    device = module_device(head)
     outputs, losses = [], []
     n = len(features)
     chunks = range(0, n, params.batch_size)
     bar = tqdm(total=params.iterations * len(chunks), desc=desc, unit="it", disable=not params.progress,
                leave=False, mininterval=0.5)
     for start in chunks:
-        target = features[start:start + params.batch_size]
+        target = features[start:start + params.batch_size].to(device)
         x, loss = _invert_chunk(head, target, tuple(input_shape), params, bar)
-        outputs.append(x)
-        losses.append(loss)
+        outputs.append(x.cpu())
+        losses.append(loss.cpu())
     bar.close()
     stats = {"seconds": time.perf_counter() - started, "iterations": params.iterations,
              "feature_loss": torch.cat(losses).tolist()}
@@ -141,18 +145,16 @@ def rmle_invert(head: nn.Module, features: torch.Tensor, input_shape, params: Wh
 
 
 def _invert_chunk(head, target, input_shape, p: WhiteBoxParams, bar) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(target)
+    n, device = len(target), target.device
     flat_target = target.flatten(1)
     if p.feature_loss == "relative":
         scale = flat_target.pow(2).sum(1).clamp_min(1e-12)
     else:
-        scale = torch.full((n,), float(flat_target.shape[1]))
-    if p.parametrization == "sigmoid":
-        var = torch.full((n, *input_shape), math.log(p.init / (1 - p.init)), requires_grad=True)
-    else:
-        var = torch.full((n, *input_shape), float(p.init), requires_grad=True)
+        scale = torch.full((n,), float(flat_target.shape[1]), device=device)
+    start = math.log(p.init / (1 - p.init)) if p.parametrization == "sigmoid" else float(p.init)
+    var = torch.full((n, *input_shape), start, device=device, requires_grad=True)
     opt = torch.optim.Adam([var], lr=p.lr, eps=p.adam_eps)
-    feat = torch.zeros(n)
+    feat = torch.zeros(n, device=device)
     for t in range(p.iterations):
         if p.lr_decay == "cosine":
             for group in opt.param_groups:
@@ -184,6 +186,7 @@ class WhiteBoxAttack(InversionAttack):
     def fit(self, knowledge: WhiteBoxKnowledge) -> "WhiteBoxAttack":
         super().fit(knowledge)
         self.resolved = self.params.resolved(knowledge.split)
+        self.head = placed(knowledge.head, self.device)
         self.fit_seconds = 0.0
         return self
 
@@ -191,6 +194,6 @@ class WhiteBoxAttack(InversionAttack):
         self._require_fit("reconstruct")
         k = self.knowledge
         target = as_float_tensor("features", features, k.feature_shape)
-        images, self.last_stats = rmle_invert(k.head, target, k.input_shape, self.resolved,
+        images, self.last_stats = rmle_invert(self.head, target, k.input_shape, self.resolved,
                                               desc=f"whitebox {k.split or ''}".strip())
         return images
