@@ -54,7 +54,9 @@ Trainer = Callable[[np.ndarray, np.ndarray, int], nn.Module]
 
 def model_query(model: nn.Module, device: str = "cpu", batch: int = 512) -> QueryFn:
     """In-process query of a torch classifier: images -> float64 softmax probabilities."""
-    model = model.eval().to(device)
+    from ..inversion.base import placed
+
+    model = placed(model, device).eval()  # a copy where it is elsewhere: the caller's model stays put
 
     def query(images) -> np.ndarray:
         x = torch.as_tensor(np.asarray(images, dtype=np.float32))

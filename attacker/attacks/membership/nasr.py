@@ -36,8 +36,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.env import DEVICES, resolve_device
+
 from ...membership_metrics import membership_metrics
 from ..base import AttackParameterError, check_choice, check_positive_int
+from ..inversion.base import placed
 from .base import MembershipAttack
 from .knowledge import WhiteBoxMembershipKnowledge
 from .shadows import AttackNetworkParams, shadow_signals
@@ -53,13 +56,13 @@ class NasrParams(AttackNetworkParams):
     epochs: int = 60
     batch_size: int = 64
     weight_decay: float = 1e-3
-    device: str = "cpu"
+    device: str | None = None        # where the features and the network are computed; None: $SPLITLAB_DEVICE
 
     def validate(self) -> None:
         super().validate()
         check_positive_int("gradient_layers", self.gradient_layers)
         check_choice("gradients", self.gradients, GRADIENTS)
-        check_choice("device", self.device, ("cpu", "cuda"))
+        check_choice("device", self.device, (None, *DEVICES))
 
 
 def last_layers(model: nn.Module, count: int) -> list[str]:
@@ -79,7 +82,7 @@ def white_box_features(model: nn.Module, x: np.ndarray, y: np.ndarray, gradient_
     ``gradient`` (flattened, when ``gradients="full"``)."""
     from torch.func import functional_call, grad, vmap
 
-    model = model.eval().to(device)
+    model = placed(model, device).eval()  # a copy where it is elsewhere: the caller's model stays put
     params = {k: v.detach() for k, v in model.named_parameters()}
     names = last_layers(model, gradient_layers)
 
@@ -136,7 +139,7 @@ class NasrAttack(MembershipAttack):
         p = self.params
         blocks = [np.eye(self.knowledge.num_classes, dtype=np.float32)[y]]  # the label, once
         for model in models:
-            feats = white_box_features(model, x, y, p.gradient_layers, p.gradients, p.device)
+            feats = white_box_features(model, x, y, p.gradient_layers, p.gradients, self.device)
             blocks += list(feats.values())
         self._widths = [b.shape[1] for b in blocks]
         return np.concatenate(blocks, 1)
@@ -146,6 +149,7 @@ class NasrAttack(MembershipAttack):
 
         super().fit(knowledge)
         p = self.params
+        self.device = resolve_device(p.device, program=f"attacker {self.key()}")
         rows, labels = zip(*(shadow_signals(knowledge, self._inputs, p.shadow_size, p.seed + i,
                                             knowledge.shadow_snapshots) for i in range(p.shadow_models)))
         x, labels = np.concatenate(rows), np.concatenate(labels).astype(np.float32)
@@ -154,13 +158,13 @@ class NasrAttack(MembershipAttack):
         self.net = NasrNet(self._widths, p.hidden)
         result = fit(self.net, torch.from_numpy((x - self._mean) / self._std), torch.from_numpy(labels), loss=_bce,
                      epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, seed=p.seed,
-                     device=p.device, progress=False, desc="nasr attack network")
+                     device=self.device, progress=False, desc="nasr attack network")
         self.net.cpu().eval()
         self.threshold = 0.0  # the logit of probability 0.5
         train = membership_metrics(self._predict(x), labels.astype(bool), self.threshold)
         self._stats = {"attack_train_auc": train["auc"], "attack_train_accuracy": train["accuracy"],
                        "attack_final_loss": result.last_loss, "features": int(x.shape[1]),
-                       "observations": len(knowledge.observed)}
+                       "observations": len(knowledge.observed), "device": self.device}
         return self
 
     def _predict(self, x: np.ndarray) -> np.ndarray:
