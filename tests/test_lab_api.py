@@ -108,6 +108,7 @@ INVALID = [
     (("attacks",), [{"name": "whitebox", "params": {"lr": -1}}], "attacks[0].params.lr"),
     (("attacks",), [{"name": "whitebox", "params": {"warp": 1}}], "attacks[0].params.warp"),
     (("attacks",), [{"name": "blackbox", "params": {"epochs": 500}}], "attacks[0].params.epochs"),
+    (("attacks",), [{"name": "blackbox", "params": {"device": "cuda"}}], "attacks[0].params.device"),  # the service's
     (("attacks",), [{"name": "blackbox", "aux_images": 10**6}], "attacks[0].aux_images"),
     (("attacks",), [{"name": "queryfree", "params": {"whitebox": {"iterations": 10**6}}}],
      "attacks[0].params.whitebox.iterations"),

@@ -21,6 +21,9 @@ Knowledge per attack (``attacker.attacks.inversion.knowledge``):
   Gaussian noise images (``random-noise``);
 * queryfree - the tail from the artifact store and labelled auxiliary images (no queries).
 
+The attacks compute on the service's device (``attacker serve --device``, env ``SPLITLAB_DEVICE``,
+settled once at start-up); an experiment's spec may not choose it.
+
 Progress (step, fraction) and partial results are stored after every step; between steps the
 runner checks for cancellation.
 """
