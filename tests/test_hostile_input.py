@@ -272,7 +272,12 @@ def test_huge_fields_get_their_status_not_a_trailer_overflow(stub, request_):
 def test_fuzz_harness_runs_and_reports(tmp_path):
     """A few seconds of atheris: executions and coverage counted, no crash, report written; and
     --replay runs one saved input."""
-    pytest.importorskip("atheris")
+    try:
+        import atheris  # noqa: F401
+    except ImportError:  # no wheel off Linux x86-64 (pyproject's marker); CI must run it
+        from system_prereqs import in_ci
+
+        (pytest.fail if in_ci() else pytest.skip)("atheris is not installed (wheels exist for Linux x86-64 only)")
     out = tmp_path / "fuzz.md"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.fuzz_parser", "--seconds", "3", "--out", str(out),
                            "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True, timeout=300)
