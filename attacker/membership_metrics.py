@@ -14,7 +14,10 @@ describe it, and the literature mixes them:
   attacks; Shokri's classifier at probability 0.5) passes it as ``threshold`` and the figures are
   honest. Without one, the threshold that maximises the advantage on the evaluated scores is used
   (``threshold_source: "max-advantage"``): an upper bound on what any threshold achieves, not
-  something an attacker could pick without the membership labels.
+  something an attacker could pick without the membership labels. ``macro_precision``,
+  ``macro_recall`` and ``macro_f1`` average each over the two classes (member, non-member;
+  scikit-learn's ``average="macro"``): the course project's tables report these (an F1 below both
+  its precision and recall gives them away).
 
 ``plot_roc`` draws several attacks' curves on log-log axes, which shows the low-FPR regime that a
 linear ROC squeezes into its corner.
@@ -81,6 +84,8 @@ def membership_metrics(scores, is_member, threshold: float | None = None) -> dic
         "precision": float(precision_score(m, pred, zero_division=0)),
         "recall": float(recall_score(m, pred, zero_division=0)),
         "f1": float(f1_score(m, pred, zero_division=0)),
+        **{f"macro_{name}": float(score(m, pred, average="macro", zero_division=0))
+           for name, score in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score))},
         "advantage": float(tp_rate - fp_rate),
         "threshold": float(threshold),
         "threshold_source": source,
