@@ -6,10 +6,12 @@ When the store (``$SPLITLAB_ARTIFACTS``) already holds a deployment, it does not
 has been initialised before, or you mounted your own artifacts. Otherwise it trains one model and
 deploys it at the configured split points through the ``python -m models`` command line:
 
-    python -m models train --arch ARCH --dataset DATASET --epochs N --seed S --scheme SCHEME --id ID
+    python -m models train --arch ARCH --dataset DATASET --epochs N --seed S --scheme SCHEME --id ID --reuse
     python -m models deploy ID --split S1 --split S2 ...
 
-A model left by an interrupted earlier run is reused rather than trained again. Settings, all from
+A model left by an interrupted earlier run is reused rather than trained again, but only when it
+was trained with these settings (``train --reuse`` compares the stored spec; a leftover model of
+the same id with other options fails the step, naming the differences). Settings, all from
 the environment (docker-compose.yml passes them through from .env):
 
     SPLITLAB_INIT_ARCH        lenet5
@@ -59,13 +61,12 @@ def plan(env: dict[str, str]) -> tuple[Path, str, list[str], list[list[str]]]:
     model_id = env.get("SPLITLAB_INIT_MODEL_ID", "").strip() or f"{arch}-{dataset}-s{seed}"
     splits = [s for s in re.split(r"[\s,]+", setting(env, "SPLITLAB_INIT_SPLITS")) if s]
     py = [sys.executable, "-m", "models"]
-    commands = []
-    if not (root / "models" / model_id / "manifest.json").is_file():
-        commands.append(py + ["train", "--arch", arch, "--dataset", dataset,
-                              "--epochs", setting(env, "SPLITLAB_INIT_EPOCHS"), "--seed", seed,
-                              "--scheme", setting(env, "SPLITLAB_INIT_SCHEME"), "--id", model_id,
-                              "--artifacts", str(root)]
-                        + shlex.split(setting(env, "SPLITLAB_INIT_TRAIN_ARGS")))
+    # --reuse: a stored model of this id is reused only if its spec is this one (else train fails)
+    commands = [py + ["train", "--arch", arch, "--dataset", dataset,
+                      "--epochs", setting(env, "SPLITLAB_INIT_EPOCHS"), "--seed", seed,
+                      "--scheme", setting(env, "SPLITLAB_INIT_SCHEME"), "--id", model_id, "--reuse",
+                      "--artifacts", str(root)]
+                + shlex.split(setting(env, "SPLITLAB_INIT_TRAIN_ARGS"))]
     deploy = py + ["deploy", model_id, "--artifacts", str(root)]
     for split in splits:
         deploy += ["--split", split]

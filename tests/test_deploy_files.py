@@ -768,7 +768,7 @@ def test_bootstrap_plans_the_default_model(tmp_path, monkeypatch, capsys, model)
     code, out = _bootstrap(tmp_path, monkeypatch, capsys)
     assert code == 0
     assert ("-m models train --arch lenet5 --dataset digits --epochs 20 --seed 0 --scheme full "
-            f"--id lenet5-digits-s0 --artifacts {tmp_path}") in out
+            f"--id lenet5-digits-s0 --reuse --artifacts {tmp_path}") in out
     assert f"-m models deploy lenet5-digits-s0 --artifacts {tmp_path} --split conv1 --split relu2" in out
     # the compose defaults and the script's own defaults agree
     init_env = model["services"]["init"]["environment"]
@@ -783,12 +783,24 @@ def test_bootstrap_settings_and_resume(tmp_path, monkeypatch, capsys):
     code, out = _bootstrap(tmp_path, monkeypatch, capsys, SPLITLAB_INIT_MODEL_ID="m1",
                            SPLITLAB_INIT_SPLITS="pool1,fc1")
     assert code == 0
-    assert "models train" not in out, "a model left by an interrupted run is reused"
+    assert "--id m1 --reuse" in out, "a model left by an interrupted run is reused if its spec is this one"
     assert "models deploy m1" in out and "--split pool1 --split fc1" in out
     code, out = _bootstrap(tmp_path / "fresh", monkeypatch, capsys, SPLITLAB_INIT_ARCH="he-cifar-cnn",
                            SPLITLAB_INIT_DATASET="cifar10", SPLITLAB_INIT_TRAIN_ARGS="--limit 500 --augment")
     assert "--arch he-cifar-cnn --dataset cifar10" in out and "--id he-cifar-cnn-cifar10-s0" in out
     assert "--limit 500 --augment" in out
+
+
+def test_bootstrap_refuses_a_leftover_model_of_another_spec(tmp_path, monkeypatch, capfd):
+    (tmp_path / "models" / "m1").mkdir(parents=True)
+    (tmp_path / "models" / "m1" / "manifest.json").write_text('{"spec": {"arch": "lenet5", "epochs": 1}}')
+    bootstrap = _load("bootstrap")
+    monkeypatch.setenv("SPLITLAB_ARTIFACTS", str(tmp_path))
+    monkeypatch.setenv("SPLITLAB_INIT_MODEL_ID", "m1")
+    code = bootstrap.main([])
+    err = capfd.readouterr().err
+    assert code != 0 and "other options" in err and "epochs: stored 1, asked 20" in err
+    assert not (tmp_path / "deployments").exists(), "nothing is deployed from the wrong model"
 
 
 def test_bootstrap_leaves_a_used_store_alone(tmp_path, monkeypatch, capsys):
