@@ -77,6 +77,7 @@ def deploy(store: ArtifactStore, model_id: str, split: str, deployment_id: str |
         "input_shape": list(input_shape),
         "feature_shape": list(feature_shape),
         "dropout": manifest["options"].get("dropout", 0.0),
+        "dp_compatible": bool(manifest.get("dp_compatible", False)),
         "preprocessing": manifest["preprocessing"],
         "head_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "onnx_max_abs_diff": diff,
