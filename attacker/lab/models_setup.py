@@ -26,7 +26,6 @@ from models import ArtifactStore, SplitlabError, deployment_id_for
 from models.deploy import deploy, export_head_onnx
 from models.loading import load_model
 from models.split import split_model
-from models.training import TrainOptions, train
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -42,28 +41,31 @@ def lab_model_id(arch: str, dataset: str, train_spec: dict, seed: int) -> str:
     return f"lab-{arch}-{dataset}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def ensure_model(store: ArtifactStore, spec: dict, data_root=None) -> tuple[str, dict, bool]:
-    """(model id, manifest, reused?) for the spec: the given ``model_id``, or one trained for it."""
+def lab_train_options(arch: str, dataset: str, train_spec: dict, seed: int):
+    """The ``TrainOptions`` of an experiment's training spec (its optional keys at their defaults)."""
+    from models.training import TrainOptions
+
+    optional = {k: train_spec[k] for k in ("limit", "dropout", "weight_decay", "lr", "batch_size")
+                if train_spec.get(k) is not None}
+    return TrainOptions(arch=arch, dataset=dataset, epochs=train_spec["epochs"], seed=seed, **optional)
+
+
+def ensure_model(store: ArtifactStore, spec: dict, data_root=None, seed: int | None = None,
+                 device: str = "cpu") -> tuple[str, dict, bool]:
+    """(model id, manifest, reused?) for the spec: the given ``model_id``, or one trained for it
+    (with ``seed``, default the spec's). A model stored under the lab's id is reused only when it
+    was trained with this spec (:func:`models.reference.obtain_model` refuses another one)."""
+    from models.reference import obtain_model
+
     if spec.get("model_id"):
         return spec["model_id"], store.manifest(spec["model_id"]), True
+    seed = spec["seed"] if seed is None else seed
     train_spec = spec["train"]
-    model_id = lab_model_id(spec["arch"], spec["dataset"], train_spec, spec["seed"])
-    with _lock(f"model:{store.root}:{model_id}"):
-        if (store.model_dir(model_id) / "manifest.json").is_file():
-            return model_id, store.manifest(model_id), True
-        opts = TrainOptions(arch=spec["arch"], dataset=spec["dataset"], epochs=train_spec["epochs"],
-                            limit=train_spec.get("limit"), dropout=train_spec.get("dropout", 0.0),
-                            weight_decay=train_spec.get("weight_decay", 0.0), seed=spec["seed"])
-        model, manifest = train(opts, data_root, progress=False)
-        manifest["model_id"] = model_id
-        manifest["trained_by"] = "splitlab lab API"
-        try:
-            store.save_model(model_id, model.state_dict(), manifest)
-        except SplitlabError:  # another process trained the same model meanwhile: use theirs
-            if not (store.model_dir(model_id) / "manifest.json").is_file():
-                raise
-            return model_id, store.manifest(model_id), True
-        return model_id, manifest, False
+    model_id = lab_model_id(spec["arch"], spec["dataset"], train_spec, seed)
+    reused = (store.model_dir(model_id) / "manifest.json").is_file()
+    opts = lab_train_options(spec["arch"], spec["dataset"], train_spec, seed)
+    _, manifest = obtain_model(store, opts, device, progress=False, model_id=model_id, data_root=data_root)
+    return model_id, manifest, reused
 
 
 class GaussianNoise(nn.Module):
