@@ -30,6 +30,14 @@ train-test gap is the overfitting the attacks feed on) and the target queries ma
         label: threshold-loss          # optional; default the attack's short name
         params: {metric: loss}         # the attack's parameters; 'seed' and 'device' default to the trial's
         aux_limit: 400                 # optional: use only this many of the attacker's samples
+    published:                         # optional: a paper's figures, reported beside ours
+      - {source: "003 Table 3, case 3", target: mia-cnn-mnist, attack: shokri-all,
+         accuracy: 0.5158, macro_f1: 0.51}      # any metric key of the trials (fractions)
+
+The report's second table gives the figures at the attack's own threshold as the course project's
+tables do (``003_7cab5165b2ec823a.txt``): the attack's accuracy on its shadow data (train) and on
+the target's members and non-members (test), and precision, recall and F1 averaged over the two
+classes (its F1 is below both its precision and its recall in some rows: macro averages).
 """
 
 from __future__ import annotations
@@ -47,8 +55,13 @@ NAME = "membership"
 TITLE = "Membership inference"
 TARGET_KEYS = {"name", "arch", "dataset", "options"}
 ATTACK_KEYS = {"name", "label", "params", "aux_limit"}
+PUBLISHED_KEYS = {"source", "target", "attack"}
 COLUMNS = [("AUC", "auc"), ("TPR @ 1% FPR", "tpr_at_1pct_fpr"), ("TPR @ 0.1% FPR", "tpr_at_0_1pct_fpr"),
            ("balanced acc", "balanced_accuracy"), ("advantage", "advantage")]
+# At the attack's own threshold, as the course project's Tables 1-4 give them (macro averages).
+THRESHOLD_COLUMNS = [("target train acc", "target_train_accuracy"), ("target test acc", "target_test_accuracy"),
+                     ("attack train acc", "fit_attack_train_accuracy"), ("attack test acc", "accuracy"),
+                     ("precision", "macro_precision"), ("recall", "macro_recall"), ("F1", "macro_f1")]
 
 
 def trials(config: dict) -> list[Trial]:
@@ -73,7 +86,24 @@ def trials(config: dict) -> list[Trial]:
         attacks.append((spec.get("label") or cls.name, attack))
     if not targets or not attacks:
         raise SplitlabError("a membership config needs 'targets' and 'attacks' (lists)")
+    published_rows(config, {name for name, _ in targets}, {label for label, _ in attacks})
     return expand(NAME, targets, attacks, seeds_of(config))
+
+
+def published_rows(config: dict, targets: set[str], attacks: set[str]) -> list[dict]:
+    """The config's ``published`` figures, each naming one of its targets and attack labels."""
+    rows = config.get("published") or []
+    if not isinstance(rows, list):
+        raise SplitlabError(f"'published' must be a list of rows, got {rows!r}")
+    metric_names = {key for _, key in COLUMNS + THRESHOLD_COLUMNS}
+    for row in rows:
+        row = checked_entry("published row", row, PUBLISHED_KEYS, PUBLISHED_KEYS | metric_names)
+        if row["target"] not in targets or row["attack"] not in attacks:
+            raise SplitlabError(f"published row {row['source']!r}: target {row['target']!r} and attack "
+                                f"{row['attack']!r} must be a target name and an attack label of the config")
+        if not all(isinstance(row[k], (int, float)) for k in set(row) & metric_names):
+            raise SplitlabError(f"published row {row['source']!r}: metric values must be numbers")
+    return rows
 
 
 def evaluation_samples(dataset, manifest: dict, counts: dict, seed: int):
@@ -131,23 +161,50 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
 
 def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     groups = group(results, lambda r: (r["label"].rsplit(" seed ", 1)[0], r["attack"]["name"]))
+    body = ranking_table(groups)
+    body += ["", "At the attack's own threshold (Shokri's and Nasr's attack networks at probability 0.5, the threshold "
+             "attack's from its shadow; LiRA chooses none, so its rows are at the best threshold on the evaluated "
+             "scores, an upper bound), as the course project's tables give them: the target's accuracies, attack train "
+             "accuracy on the shadow models' members and non-members, test accuracy, precision, recall and F1 "
+             "(macro averages over members and non-members) on the target's evaluation samples.", ""]
+    body += table(["target / attack", "seeds", *(c for c, _ in THRESHOLD_COLUMNS)],
+                  [[label, len(rs), *(fmt(values(rs, key), 3) for _, key in THRESHOLD_COLUMNS)]
+                   for (label, _), rs in groups.items()])
+    body += published_table(groups, config.get("published") or [])
+    if ok(results):
+        plot(groups, out_dir / "membership.png")
+        body += ["", "![AUC and TPR at 1% FPR per attack, mean and std over seeds](membership.png)"]
+    return body
+
+
+def published_table(groups: dict, published: list[dict]) -> list[str]:
+    """Each published row beside ours (same target and attack label, mean over seeds): ``ours / paper``."""
+    if not published:
+        return []
+    by_label = {label: rs for (label, _), rs in groups.items()}
+    header = {key: caption for caption, key in COLUMNS + THRESHOLD_COLUMNS}
+    keys = [key for key in header if any(key in row for row in published)]
+    rows = []
+    for row in published:
+        ours = by_label.get(f"{row['target']} {row['attack']}", [])
+        cells = [f"{fmt(values(ours, k), 3) if ours else '-'} / {row[k]:.3f}" if k in row else "" for k in keys]
+        rows.append([row["source"], f"{row['target']} {row['attack']}", *cells])
+    return ["", "Ours / the paper's, per published row (ours: mean over seeds; `-`: no result yet).", "",
+            *table(["paper", "target / attack", *(header[k] for k in keys)], rows)]
+
+
+def ranking_table(groups: dict) -> list[str]:
     rows = []
     for (label, name), rs in groups.items():
         m = rs[0]["metrics"]
         rows.append([label, name, len(rs), *(fmt(values(rs, key), 3) for _, key in COLUMNS),
-                     fmt(values(rs, "target_train_accuracy"), 3), fmt(values(rs, "target_test_accuracy"), 3),
                      f"{m['members']} / {m['non_members']}", fmt(values(rs, "target_queries"), 0),
                      fmt(values(rs, "fit_seconds"), 1), fmt(values(rs, "score_seconds"), 1)])
     body = ["Each row: one attack on one target, mean ± std over the seeds (each seed trains its own target, "
             "draws its own evaluation samples and seeds the attack). TPR at a low FPR is the highest TPR the ROC "
             "reaches at or below it; balanced accuracy and advantage are at the threshold the attack chose on its "
-            "own shadow data (`attacker/membership_metrics.py`). Target accuracy: train / test of the attacked "
-            "model, whose gap is the overfitting the attacks exploit.", ""]
-    body += table(["target / attack", "attack", "seeds", *(c for c, _ in COLUMNS), "target train acc",
-                   "target test acc", "members / non-members", "target queries", "fit s", "score s"], rows)
-    if ok(results):
-        plot(groups, out_dir / "membership.png")
-        body += ["", "![AUC and TPR at 1% FPR per attack, mean and std over seeds](membership.png)"]
+            "own shadow data (`attacker/membership_metrics.py`).", ""]
+    body += table(["target / attack", "attack", "seeds", *(c for c, _ in COLUMNS), "members / non-members", "target queries", "fit s", "score s"], rows)
     return body
 
 
