@@ -125,14 +125,14 @@ class CloudServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         deployments = len(self.registry.store.list_deployments())
+        if not deployments:  # logged before "serving", which tests and scripts wait for
+            log(logger, logging.WARNING, "artifact store is empty", deployments=self.registry.deployments_root,
+                hint="deployments written there later (python -m models deploy, the lab) are served without "
+                     "a restart; until then every call gets NOT_FOUND")
         log(logger, logging.INFO, "serving", address=",".join(f"{h}:{self.port}" for h in self.hosts),
             artifacts=str(self.registry.store.root), deployments=deployments,
             max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads,
             runtime=self.config.runtime)
-        if not deployments:
-            log(logger, logging.WARNING, "artifact store is empty", deployments=self.registry.deployments_root,
-                hint="deployments written there later (python -m models deploy, the lab) are served without "
-                     "a restart; until then every call gets NOT_FOUND")
         return self
 
     def stop(self, grace: float | None = None) -> None:
