@@ -3,6 +3,12 @@
 The head is exported with a dynamic batch axis and checked against torch with ONNX Runtime on real
 images from the model's dataset (plus random inputs); if the two differ by more than ``tolerance``
 the deployment is refused and nothing is written.
+
+A feature defence (:mod:`models.defences.features`) is part of the head: the defended head is
+exported, checked and written by the same single ``write_folder`` call as the tail and
+``deployment.json``, so no deployment is ever on disk without its defence, not even after a crash.
+What the defence costs is measured here too: the tail's accuracy on held-out test images with
+clean and with defended features, recorded in ``deployment.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import numpy as np
 import torch
 
 from .artifacts import ArtifactStore, deployment_id_for, validate_id
+from .defences import features as fdef
 from .errors import SplitlabError
 from .loading import load_model
 from .onnx_runtime import head_session
@@ -23,6 +30,8 @@ from .split import split_model
 from .zoo import check_split_point, feature_shapes
 
 TOLERANCE = 1e-4
+CALIBRATION_IMAGES = 256   # training images that set a quantize defence's range
+ACCURACY_IMAGES = 512      # held-out test images the defended tail accuracy is measured on
 
 
 def export_head_onnx(head: torch.nn.Module, input_shape) -> bytes:
@@ -49,40 +58,57 @@ def check_head(onnx_bytes: bytes, head: torch.nn.Module, inputs: torch.Tensor) -
 
 
 def deploy(store: ArtifactStore, model_id: str, split: str, deployment_id: str | None = None,
-           overwrite: bool = False, data_root=None, check_inputs: torch.Tensor | None = None) -> dict:
-    """Write ``deployments/<id>/`` for ``model_id`` cut at ``split``; returns the deployment record."""
+           overwrite: bool = False, data_root=None, check_inputs: torch.Tensor | None = None,
+           defence=None) -> dict:
+    """Write ``deployments/<id>/`` for ``model_id`` cut at ``split``; returns the deployment record.
+
+    ``defence``: a feature defence chain (a spec string such as ``gaussian:sigma=0.1``, JSON objects,
+    or :mod:`models.defences.features` specs); the default id then ends with ``--<defence label>``.
+    """
+    chain = fdef.defences(defence)
     model, manifest = load_model(store, model_id)
     check_split_point(model, split, manifest["arch"])
-    dep_id = validate_id("deployment", deployment_id or deployment_id_for(model_id, split))
+    input_shape = tuple(manifest["input_shape"])
+    ds = _dataset(manifest, data_root) if check_inputs is None or chain else None
+    calibration = _calibration(ds, chain, check_inputs, manifest)
+    defended = fdef.defended_head(model, split, chain, input_shape, calibration)
+    suffix = f"--{fdef.label(defended.defences)}" if chain else ""
+    dep_id = validate_id("deployment", deployment_id or deployment_id_for(model_id, split, suffix))
     final = store.deployment_dir(dep_id)
     if final.exists() and not overwrite:
         raise SplitlabError(f"deployment {dep_id!r} already exists in {final.parent}; pass --force to replace it")
-    input_shape = tuple(manifest["input_shape"])
-    head, tail = split_model(model, split)
-    onnx_bytes = export_head_onnx(head, input_shape)
+    point = defended.split
+    head, tail = split_model(model, point)
     if check_inputs is None:
-        check_inputs = _check_inputs(manifest, data_root)
+        check_inputs = _check_inputs(manifest, ds)
+    onnx_bytes = export_head_onnx(head, input_shape)
     diff = check_head(onnx_bytes, head, check_inputs)
     if not diff <= TOLERANCE:
         raise SplitlabError(f"ONNX Runtime's head differs from torch's by {diff:.3g} (> {TOLERANCE}); "
                             "deployment refused")
-    feature_shape = feature_shapes(model, input_shape)[split]
+    feature_shape = feature_shapes(model, input_shape)[point]
     record = {
         "deployment_id": dep_id,
         "model_id": model_id,
         "arch": manifest["arch"],
         "dataset": manifest["dataset"],
-        "split": split,
+        "split": point,
         "num_classes": manifest["num_classes"],
         "input_shape": list(input_shape),
         "feature_shape": list(feature_shape),
         "dropout": manifest["options"].get("dropout", 0.0),
         "dp_compatible": bool(manifest.get("dp_compatible", False)),
         "preprocessing": manifest["preprocessing"],
-        "head_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "feature_defense": fdef.to_json(defended.defences),
         "onnx_max_abs_diff": diff,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if chain:
+        onnx_bytes_clean, onnx_bytes = onnx_bytes, _defended_onnx(defended, input_shape, check_inputs)
+        record["requested_split"] = split
+        record["clean_head_sha256"] = hashlib.sha256(onnx_bytes_clean).hexdigest()
+        record["accuracy"] = _accuracy(model, defended.module, tail, ds)
+    record["head_sha256"] = hashlib.sha256(onnx_bytes).hexdigest()
     store.write_folder(final, {
         "head.onnx": onnx_bytes,
         "tail.pt": lambda p: torch.save(tail.state_dict(), p),
@@ -91,14 +117,66 @@ def deploy(store: ArtifactStore, model_id: str, split: str, deployment_id: str |
     return record
 
 
-def _check_inputs(manifest: dict, data_root) -> torch.Tensor:
+def _defended_onnx(defended: "fdef.DefendedHead", input_shape, inputs: torch.Tensor) -> bytes:
+    """The defended head's ONNX bytes (defences in its metadata), run once by ONNX Runtime; a head
+    without random layers must match torch (to within one quantisation step)."""
+    onnx_bytes = fdef.tag_onnx(export_head_onnx(defended.module, input_shape), defended.defences)
+    got = head_session(onnx_bytes).run(None, {"input": inputs.numpy()})[0]
+    with torch.no_grad():
+        expected = defended.module(inputs).numpy()
+    if got.shape != expected.shape or not np.isfinite(got).all():
+        raise SplitlabError(f"the defended head's ONNX output ({got.shape}) is not finite or differs in shape from "
+                            f"torch's {expected.shape}; deployment refused")
+    if not any(d.random for d in defended.defences):
+        steps = [(d.hi - d.lo) / (d.levels - 1) for d in defended.defences if isinstance(d, fdef.Quantize)]
+        tolerance = max([TOLERANCE] + [s * 1.001 for s in steps])
+        diff = float(np.max(np.abs(got - expected)))
+        if not diff <= tolerance:
+            raise SplitlabError(f"ONNX Runtime's defended head differs from torch's by {diff:.3g} (> {tolerance:.3g}); "
+                                "deployment refused")
+    return onnx_bytes
+
+
+def _accuracy(model, head: torch.nn.Module, tail: torch.nn.Module, ds) -> dict | None:
+    """The tail's accuracy on held-out test images, with clean and with defended features."""
+    if ds is None:
+        return None
+    from .datasets import to_tensor
+
+    x, y = to_tensor(ds.x_test[:ACCURACY_IMAGES]), torch.as_tensor(np.asarray(ds.y_test[:ACCURACY_IMAGES]))
+    with torch.no_grad():
+        clean = float((model.eval()(x).argmax(1) == y).float().mean())
+        defended = float((tail.eval()(head(x)).argmax(1) == y).float().mean())
+    return {"images": len(y), "clean": clean, "defended": defended, "split": "test"}
+
+
+def _dataset(manifest: dict, data_root):
+    """The model's dataset, or None where it is not available (checks then use noise images)."""
+    from .datasets import load_dataset
+
+    try:
+        return load_dataset(manifest["dataset"], data_root)
+    except SplitlabError:
+        return None
+
+
+def _calibration(ds, chain, check_inputs, manifest) -> torch.Tensor | None:
+    """Images that set a quantize defence's range: training images, else the check inputs."""
+    if not any(isinstance(d, fdef.Quantize) and d.lo is None for d in chain):
+        return None
+    if ds is not None:
+        from .datasets import to_tensor
+
+        return to_tensor(ds.x_train[:CALIBRATION_IMAGES])
+    return check_inputs if check_inputs is not None else _check_inputs(manifest, None)
+
+
+def _check_inputs(manifest: dict, ds) -> torch.Tensor:
     """Eight test images of the model's dataset (when available) and eight uniform-noise images."""
     gen = torch.Generator().manual_seed(0)
     noise = torch.rand(8, *manifest["input_shape"], generator=gen)
-    try:
-        from .datasets import load_dataset, to_tensor
-
-        ds = load_dataset(manifest["dataset"], data_root)
-        return torch.cat([to_tensor(ds.x_test[:8]), noise])
-    except SplitlabError:
+    if ds is None:
         return noise
+    from .datasets import to_tensor
+
+    return torch.cat([to_tensor(ds.x_test[:8]), noise])
