@@ -7,12 +7,18 @@ their ratio, and how far the two sets of models are apart (largest logit differe
 images, prediction agreement): the two must train the same models.
 
     python -m benchmarks.reference_training [--dataset mnist] [--models 16] [--pool 4000] [--epochs 2]
-        [--arch lenet5] [--device cpu|cuda] [--threads 1]
+        [--arch lenet5] [--device cpu|cuda] [--threads 1] [--out FILE.md]
+
+``--out`` also writes the lines to a Markdown report with the command, the machine and its load
+average at the start and the end (timings on a shared machine depend on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -45,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu or cuda [SPLITLAB_DEVICE, default cpu]")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=None, help="also write the results to this Markdown file")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
     set_torch_threads(args.threads)
     device = resolve_device(args.device, "reference_training")
     ds = load_dataset(args.dataset)
@@ -64,13 +77,20 @@ def main(argv: list[str] | None = None) -> int:
             acc = np.mean([m["test_accuracy"] for _, m in got])
             # the group's time once when together, else each model's; the rest is evaluation and storing
             fitting = got[0][1]["train_seconds"] if together else sum(m["train_seconds"] for _, m in got)
-        print(f"{'together (vmap)' if together else 'one by one':<16} {seconds[together]:7.1f} s "
-              f"(training {fitting:6.1f} s)  mean test accuracy {acc:.4f}", flush=True)
+        say(f"{'together (vmap)' if together else 'one by one':<16} {seconds[together]:7.1f} s "
+            f"(training {fitting:6.1f} s)  mean test accuracy {acc:.4f}")
     gap = (logits[False] - logits[True]).abs().max().item()
     agree = (logits[False].argmax(-1) == logits[True].argmax(-1)).float().mean().item()
-    print(f"{args.models} x {args.arch} on {args.dataset}, {args.pool // 2} images each, {args.epochs} epochs, "
-          f"{device}, {args.threads} thread(s): vmap {seconds[False] / seconds[True]:.2f}x the speed of one by one; "
-          f"max logit difference {gap:.1e}, predictions agree {agree:.4f}")
+    say(f"{args.models} x {args.arch} on {args.dataset}, {args.pool // 2} images each, {args.epochs} epochs, "
+        f"{device}, {args.threads} thread(s): vmap {seconds[False] / seconds[True]:.2f}x the speed of one by one; "
+        f"max logit difference {gap:.1e}, predictions agree {agree:.4f}")
+    if args.out:
+        command = "python -m benchmarks.reference_training " + shlex.join(sys.argv[1:] if argv is None else argv)
+        load = ", ".join(f"{a:.1f} -> {b:.1f}" for a, b in zip(load_before, os.getloadavg()))
+        with open(args.out, "w") as f:
+            f.write(f"# Reference models: one by one vs vmapped ({args.arch}, {device})\n\nCommand: `{command}`  \n"
+                    f"Machine: {platform.machine()}, {os.cpu_count()} cores; load average (1, 5, 15 min) at the "
+                    f"start -> end: {load}.\n\n```\n" + "\n".join(lines) + "\n```\n")
     return 0
 
 
