@@ -275,12 +275,16 @@ def build_image(docker: str, args, runner: Runner) -> str:
 
     def build():
         started = time.monotonic()
-        runner.run("docker build", cmd, env=env, timeout=args.build_timeout)
+        log = runner.run("docker build", cmd, env=env, timeout=args.build_timeout).stdout
         seconds = time.monotonic() - started
         size = int(subprocess.run([docker, "image", "inspect", "-f", "{{.Size}}", tag],
                                   capture_output=True, text=True, check=True).stdout)
-        runner.report.header.append(f"image `{tag}`: {size / 1e9:.2f} GB, build {seconds:.0f} s"
-                                    + (" (network host: the engine has no bridge)" if no_bridge else ""))
+        # BuildKit's plain progress marks each step taken from the cache: a build time means little
+        # without knowing how much of it was cached.
+        cached = len(set(re.findall(r"^(#\d+) CACHED", log, re.M)))
+        runner.report.header.append(f"image `{tag}`: {size / 1e9:.2f} GB, build {seconds:.0f} s "
+                                    f"({cached} steps from the cache"
+                                    + ("; network host: the engine has no bridge)" if no_bridge else ")"))
         return f"{tag}, {size / 1e9:.2f} GB", tag
 
     return runner.step("build image", build)
