@@ -141,8 +141,17 @@ class MembershipKnowledge(Knowledge):
 
     def shadow_model_on(self, images, labels, seed: int) -> nn.Module:
         """A model trained with the target's recipe on ``images`` (the attacker's population)."""
-        x, y = as_samples((images, labels), self.input_shape, self.num_classes)
-        return self._require_trainer()(x, y, int(seed))
+        return self.shadow_models_on([(images, labels, seed)])[0]
+
+    def shadow_models_on(self, sets) -> list[nn.Module]:
+        """Models trained with the target's recipe, one per ``(images, labels, seed)`` of ``sets``,
+        asked for together: a recipe that can (:meth:`TargetRecipe.many`) trains them in one call,
+        so on CUDA same-sized ones train side by side."""
+        trainer = self._require_trainer()
+        sets = [(*as_samples((x, y), self.input_shape, self.num_classes), int(seed)) for x, y, seed in sets]
+        if hasattr(trainer, "many"):
+            return trainer.many(sets)
+        return [trainer(x, y, seed) for x, y, seed in sets]
 
     def shadow_model(self, indices, seed: int) -> nn.Module:
         """A model trained with the target's recipe on ``aux[indices]``."""
@@ -165,6 +174,10 @@ class MembershipKnowledge(Knowledge):
 
     def train_like_target_on(self, images, labels, seed: int) -> QueryFn:
         return model_query(self.shadow_model_on(images, labels, seed), self.device)
+
+    def train_many_like_target(self, sets) -> list[QueryFn]:
+        """Query functions of :meth:`shadow_models_on` ``(images, labels, seed)`` sets."""
+        return [model_query(m, self.device) for m in self.shadow_models_on(sets)]
 
     # --- builders --------------------------------------------------------------------------------
 
@@ -345,22 +358,33 @@ class TargetRecipe:
                                    limit=None)
 
     def __call__(self, images: np.ndarray, labels: np.ndarray, seed: int) -> nn.Module:
-        members = np.sort(self.indices_of(images, labels))
-        key = (members.tobytes(), int(seed))
-        if key not in self._cache:
-            self._cache[key] = self._train(members, seed)
-        return self._cache[key]
+        return self.many([(images, labels, seed)])[0]
 
-    def _train(self, members: np.ndarray, seed: int) -> nn.Module:
-        spec = self.spec(members, seed)
+    def many(self, sets) -> list[nn.Module]:
+        """One model per ``(images, labels, seed)``; those not yet in hand are asked for in one
+        :func:`models.reference.obtain_models` call (which trains same-budget ones together on CUDA)."""
+        keys = []
+        for images, labels, seed in sets:
+            members = np.sort(self.indices_of(images, labels))
+            keys.append((members.tobytes(), int(seed)))
+        todo = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        specs = [self.spec(np.frombuffer(members, dtype=np.int64), seed) for members, seed in todo]
+        for key, model in zip(todo, self._train(specs)):
+            self._cache[key] = model
+        return [self._cache[k] for k in keys]
+
+    def _train(self, specs: list) -> list[nn.Module]:
+        if not specs:
+            return []
         if self.store is None:  # nothing to share them through: trained here, kept for this recipe
             from models.training import train
 
-            return train(dataclasses.replace(spec, device=self.device), progress=False, dataset=self.dataset)[0].eval()
+            return [train(dataclasses.replace(spec, device=self.device), progress=False, dataset=self.dataset)[0].eval()
+                    for spec in specs]
         from models.reference import obtain_models
 
-        [(model, _)] = obtain_models(self.store, [spec], self.device, progress=False, dataset=self.dataset)
-        return model.eval()
+        return [model.eval() for model, _ in obtain_models(self.store, specs, self.device, progress=False,
+                                                           dataset=self.dataset)]
 
 
 def attacker_side(dataset, options, store, aux_limit: int | None, device: str):

@@ -17,6 +17,9 @@ Gaussian across models) on each candidate sample:
   (it is what is being inferred), as in the paper; the reference models depend on the candidates,
   so they are trained in ``score``.
 
+The K reference models are asked for in one call (:meth:`.knowledge.MembershipKnowledge.shadow_models_on`),
+so the artifact store trains the missing ones together on CUDA (:func:`models.reference.obtain_models`).
+
 ``variance="per-example"`` estimates sigma per sample across the reference models;
 ``"fixed"`` uses one global sigma (the standard deviation of all the signals, as in the authors'
 code), which the paper recommends below about 64 reference models.
@@ -83,8 +86,9 @@ class LiRAAttack(MembershipAttack):
         if not p.online:  # reference j is shadow j of the other attacks (same members and seed: shared)
             n = len(knowledge.aux_x)
             size = knowledge.shadow_size(p.shadow_size)
-            self._references = [knowledge.train_like_target(shadow_halves(n, size, p.seed + j)[0], p.seed + j)
-                                for j in range(p.reference_models)]
+            members = [shadow_halves(n, size, p.seed + j)[0] for j in range(p.reference_models)]
+            self._references = knowledge.train_many_like_target(
+                [(knowledge.aux_x[m], knowledge.aux_y[m], p.seed + j) for j, m in enumerate(members)])
         self._stats = {"reference_models": p.reference_models, "online": p.online}
         return self
 
@@ -112,12 +116,12 @@ class LiRAAttack(MembershipAttack):
                                        f"{len(x)} candidates; the attacker has {len(k.aux_x)}")
         aux = rng.choice(len(k.aux_x), extra, replace=False)
         pop_x, pop_y = np.concatenate([x, k.aux_x[aux]]), np.concatenate([y, k.aux_y[aux]])
-        signals, inside = [], []
+        masks, seeds = [], []
         for j in range(p.reference_models // 2):
             half = np.zeros(len(pop_x), bool)
             half[rng.permutation(len(pop_x))[: len(pop_x) // 2]] = True
-            for mask, seed in ((half, p.seed + 2 * j), (~half, p.seed + 2 * j + 1)):
-                query = k.train_like_target_on(pop_x[mask], pop_y[mask], seed)
-                signals.append(logit(query(x), y))
-                inside.append(mask[: len(x)])
-        return np.stack(signals), np.stack(inside)
+            masks += [half, ~half]
+            seeds += [p.seed + 2 * j, p.seed + 2 * j + 1]
+        queries = k.train_many_like_target([(pop_x[m], pop_y[m], s) for m, s in zip(masks, seeds)])
+        signals = [logit(query(x), y) for query in queries]
+        return np.stack(signals), np.stack([m[: len(x)] for m in masks])

@@ -41,10 +41,12 @@ def _epochs(observe: Sequence[int], total: int) -> list[int]:
 
 def train_observed(spec, dataset, observe: Sequence[int]) -> list[nn.Module]:
     """Train per ``spec`` (a ``TrainOptions``) and return the model after each epoch in ``observe``."""
+    from models.env import resolve_device
     from models.fit import fit
     from models.training import augment_batch, prepare
 
     wanted = _epochs(observe, spec.epochs)
+    device = resolve_device(spec.device, "membership observations")  # CUDA asked for, none here: the CPU
     job = prepare(spec, dataset)
     seen: list[nn.Module] = []
 
@@ -53,7 +55,7 @@ def train_observed(spec, dataset, observe: Sequence[int]) -> list[nn.Module]:
             seen.append(copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval())
 
     fit(job.model, *job.train_tensors(), epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-        weight_decay=spec.weight_decay, seed=spec.seed, device=spec.device,
+        weight_decay=spec.weight_decay, seed=spec.seed, device=device,
         augment=augment_batch if spec.augment else None, channels_last=len(dataset.input_shape) == 3,
         progress=False, on_epoch=keep)
     return seen
