@@ -45,8 +45,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
@@ -106,27 +104,8 @@ def published_rows(config: dict, targets: set[str], attacks: set[str]) -> list[d
     return rows
 
 
-def evaluation_samples(dataset, manifest: dict, counts: dict, seed: int):
-    """``(x, y, is_member)``: members and held-out non-members of the target, drawn by ``seed``."""
-    from models.datasets import to_tensor
-
-    rng = np.random.default_rng(seed)
-    picks = []
-    for part, count in (("members", counts["members"]), ("non_members", counts["non_members"])):
-        info = manifest[part]
-        if info["split"] != "train":
-            raise SplitlabError(f"the target's {part} are in its {info['split']} split; membership trials need a "
-                                "privacy-scheme target (members and non-members from the train split)")
-        pool = np.asarray(info["indices"])
-        if count > len(pool):
-            raise SplitlabError(f"evaluation asks for {count} {part}, the target has {len(pool)}")
-        picks.append(np.sort(rng.choice(pool, count, replace=False)))
-    idx = np.concatenate(picks)
-    is_member = np.r_[np.ones(len(picks[0]), bool), np.zeros(len(picks[1]), bool)]
-    return to_tensor(dataset.x_train[idx]).numpy(), dataset.y_train[idx].astype(np.int64), is_member
-
-
 def run_trial(trial: Trial, ctx: Context) -> dict:
+    from attacker.attacks.membership.evaluation import evaluation_samples
     from attacker.attacks.registry import attack_class
     from attacker.membership_metrics import membership_metrics
     from models import ArtifactStore, load_dataset
