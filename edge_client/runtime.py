@@ -125,16 +125,20 @@ def onnxruntime_runner(onnx_bytes: bytes, device: str = "cpu", threads: int = 1,
 
 
 def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", threads: int = 1) -> HeadRunner:
-    """The head rebuilt in torch from the architecture and the ONNX file's weights.
+    """The head rebuilt in torch from the architecture, the ONNX file's weights and the feature
+    defences recorded in its metadata (:mod:`models.defences.features`).
 
-    The rebuilt head is checked against ONNX Runtime on random inputs; a head that torch cannot
-    reproduce (for instance one with a feature defence baked into the graph) is refused.
+    The rebuilt head is checked against ONNX Runtime on random inputs: its values when the head
+    draws no randomness (to within one step of a quantize defence), only its output shape when it
+    adds noise or dropout (the draws differ; the weights are still the ONNX file's own, loaded
+    strictly). A head that torch cannot reproduce is refused with a message naming its defence.
     """
     import onnx
     import torch
     from onnx import numpy_helper
 
-    from models import build_model, split_model
+    from models import build_model
+    from models.defences import features as fdef
     from models.onnx_runtime import head_session, set_torch_threads
 
     notes = []
@@ -148,8 +152,10 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
             notes.append("CUDA unavailable, fell back to CPU")
     set_torch_threads(threads)
     input_shape = tuple(int(s) for s in head_meta["input_shape"])
+    chain = fdef.onnx_defences(onnx_bytes)
     model = build_model(head_meta["arch"], int(head_meta["num_classes"]), input_shape)
-    head, _ = split_model(model, head_meta["split"])
+    defended = fdef.rebuild_head(model, head_meta["split"], chain, input_shape)
+    head = defended.module
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
                for i in onnx.load_from_string(onnx_bytes).graph.initializer}
     try:
@@ -162,9 +168,14 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
     expected = head_session(onnx_bytes, threads).run(None, {"input": probe})[0]
     with torch.inference_mode():
         got = head(torch.from_numpy(probe)).numpy()
-    if got.shape != expected.shape or not np.allclose(got, expected, atol=1e-4, rtol=1e-4):
-        raise SplitlabError("--runtime torch does not reproduce this head (the ONNX graph holds more than the "
-                            "architecture's layers, e.g. a feature defence); use --runtime onnxruntime")
+    named = f" with its feature defence {fdef.label(chain)}" if chain else ""
+    tolerance = fdef.comparison_tolerance(chain, 1e-4)
+    if got.shape != expected.shape or (tolerance is not None and not np.allclose(got, expected, atol=tolerance,
+                                                                                 rtol=1e-4)):
+        raise SplitlabError(f"--runtime torch does not reproduce this head{named} (the ONNX graph holds more than "
+                            "the architecture's layers and its recorded defences); use --runtime onnxruntime")
+    if chain:
+        notes.append(f"feature defence {fdef.label(chain)} rebuilt in torch")
     head = head.to(used)
 
     def run(x):

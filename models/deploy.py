@@ -72,8 +72,7 @@ def deploy(store: ArtifactStore, model_id: str, split: str, deployment_id: str |
     ds = _dataset(manifest, data_root) if check_inputs is None or chain else None
     calibration = _calibration(ds, chain, check_inputs, manifest)
     defended = fdef.defended_head(model, split, chain, input_shape, calibration)
-    suffix = f"--{fdef.label(defended.defences)}" if chain else ""
-    dep_id = validate_id("deployment", deployment_id or deployment_id_for(model_id, split, suffix))
+    dep_id = validate_id("deployment", deployment_id or deployment_id_for(model_id, split, fdef.id_suffix(chain)))
     final = store.deployment_dir(dep_id)
     if final.exists() and not overwrite:
         raise SplitlabError(f"deployment {dep_id!r} already exists in {final.parent}; pass --force to replace it")
@@ -127,9 +126,8 @@ def _defended_onnx(defended: "fdef.DefendedHead", input_shape, inputs: torch.Ten
     if got.shape != expected.shape or not np.isfinite(got).all():
         raise SplitlabError(f"the defended head's ONNX output ({got.shape}) is not finite or differs in shape from "
                             f"torch's {expected.shape}; deployment refused")
-    if not any(d.random for d in defended.defences):
-        steps = [(d.hi - d.lo) / (d.levels - 1) for d in defended.defences if isinstance(d, fdef.Quantize)]
-        tolerance = max([TOLERANCE] + [s * 1.001 for s in steps])
+    tolerance = fdef.comparison_tolerance(defended.defences, TOLERANCE)
+    if tolerance is not None:
         diff = float(np.max(np.abs(got - expected)))
         if not diff <= tolerance:
             raise SplitlabError(f"ONNX Runtime's defended head differs from torch's by {diff:.3g} (> {tolerance:.3g}); "

@@ -171,7 +171,7 @@ def lab(tmp_path_factory):
 
 
 def test_lifecycle_with_real_reconstructions(lab):
-    from attacker.capture_store import CaptureStore
+    from attacker.captures.store import CaptureStore
     from models import ArtifactStore, load_dataset, to_tensor
     from models.loading import load_model
     from PIL import Image
@@ -308,7 +308,7 @@ def check_noise_defence(lab, res, sigma):
     head's plus N(0, sigma^2), and the white-box attack (clean head) no longer recovers the images."""
     import torch
 
-    from attacker.capture_store import CaptureStore
+    from attacker.captures.store import CaptureStore
     from models import ArtifactStore, load_dataset, to_tensor
     from models.loading import load_model
     from models.split import split_model
@@ -317,7 +317,8 @@ def check_noise_defence(lab, res, sigma):
     (row,) = res["rows"]
     store = ArtifactStore(lab.artifacts)
     dep = store.deployment(split["deployment_id"])
-    assert split["deployment_id"].endswith("--noise0.3") and dep["feature_defense"] == {"type": "noise", "sigma": sigma}
+    assert split["deployment_id"].endswith("--gaussian0.3")  # the lab's old {"type": "noise"} is an alias
+    assert dep["feature_defense"] == [{"type": "gaussian", "sigma": sigma}]
     head, _ = split_model(load_model(store, dep["model_id"])[0], "conv1")
     x = to_tensor(load_dataset("digits").x_test[res["private_images"]["indices"]])
     with torch.no_grad():

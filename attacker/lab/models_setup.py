@@ -5,10 +5,10 @@ dataset, training budget and defence, seed), so a second experiment with the sam
 and the re-run of an interrupted one, reuse it instead of training again. Deployments are reused
 the same way (``<model_id>--<split>[--<defence>]``).
 
-A feature-space defence (Gaussian noise on the features) runs at the edge as part of the head: the
-deployment is made and checked as usual (head vs ONNX Runtime), then its ``head.onnx`` is replaced
-by the export of ``head -> noise`` and ``deployment.json`` records the defence. The edge downloads
-that head like any other, so the noise is added on the device before anything leaves it.
+A feature defence (any of :mod:`models.defences.features`) is part of the deployment: ``deploy``
+exports it in ``head.onnx`` and records it in ``deployment.json`` in one atomic write, and the
+deployment id ends with its label. The edge downloads that head like any other, so the defence runs
+on the device before anything leaves it.
 """
 
 from __future__ import annotations
@@ -68,50 +68,17 @@ def ensure_model(store: ArtifactStore, spec: dict, data_root=None, seed: int | N
     return model_id, manifest, reused
 
 
-class GaussianNoise(nn.Module):
-    """Adds N(0, sigma^2) noise to its input (in eval mode too: it is a defence, not a regulariser)."""
-
-    def __init__(self, sigma: float):
-        super().__init__()
-        self.sigma = float(sigma)
-
-    def forward(self, x):
-        return x + self.sigma * torch.randn_like(x)
-
-
-def ensure_deployment(store: ArtifactStore, model_id: str, split: str, defense: dict | None = None,
+def ensure_deployment(store: ArtifactStore, model_id: str, split: str, defense=None,
                       data_root=None) -> tuple[dict, bool]:
-    """(deployment record, reused?) of ``model_id`` at ``split`` with the feature defence, if any."""
-    suffix = f"--noise{float(defense['sigma']):g}" if defense else ""
-    dep_id = deployment_id_for(model_id, split, suffix)
+    """(deployment record, reused?) of ``model_id`` at ``split`` with the feature defence(s), if any."""
+    chain = fdef.defences(defense)
+    dep_id = deployment_id_for(model_id, split, fdef.id_suffix(chain))
     with _lock(f"deployment:{store.root}:{dep_id}"):
         if (store.deployment_dir(dep_id) / "deployment.json").is_file():
             return store.deployment(dep_id), True
         try:
-            record = deploy(store, model_id, split, dep_id, data_root=data_root)
+            return deploy(store, model_id, split, dep_id, data_root=data_root, defence=chain), False
         except SplitlabError:
             if (store.deployment_dir(dep_id) / "deployment.json").is_file():
                 return store.deployment(dep_id), True
             raise
-        if defense:
-            record = _add_noise(store, record, float(defense["sigma"]))
-        return record, False
-
-
-def _add_noise(store: ArtifactStore, record: dict, sigma: float) -> dict:
-    model, manifest = load_model(store, record["model_id"])
-    head, _ = split_model(model, record["split"])
-    onnx_bytes = export_head_onnx(nn.Sequential(head, GaussianNoise(sigma)), tuple(manifest["input_shape"]))
-    folder = Path(store.deployment_dir(record["deployment_id"]))
-    record = dict(record, feature_defense={"type": "noise", "sigma": sigma},
-                  head_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-                  clean_head_sha256=record["head_sha256"])
-    _replace(folder / "head.onnx", onnx_bytes)
-    _replace(folder / "deployment.json", json.dumps(record, indent=2, sort_keys=True).encode())
-    return record
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

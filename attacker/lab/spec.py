@@ -14,17 +14,19 @@ Example::
     {"arch": "lenet5", "dataset": "digits", "train": {"epochs": 2},
      "split_points": ["conv1", "relu2"],
      "attacks": ["whitebox", {"name": "blackbox", "aux": "same-distribution"}],
-     "feature_defense": {"type": "noise", "sigma": 0.1}, "samples": 10, "seed": 0}
+     "feature_defense": {"type": "gaussian", "sigma": 0.1}, "samples": 10, "seed": 0}
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
+                      model_validator)
 
 from models import DATASET_NAMES, architecture_names
+from models.defences import features as fdef
 
 from ..attacks.registry import names
 from .limits import Limits  # noqa: F401  (re-exported: the budget the checks below enforce)
@@ -146,16 +148,26 @@ AttackItem = Annotated[AttackSpec, BeforeValidator(
     _attack_from_name, json_schema_input_type=Union[Literal[ATTACK_NAMES], AttackSpec])]  # type: ignore[valid-type]
 
 
-class NoiseDefense(BaseModel):
-    """Gaussian noise N(0, sigma^2) added to the features at the edge (inside the exported head)."""
+def _defence_schema() -> dict:
+    """The JSON schema of one feature defence object, from the dataclasses of models.defences.features."""
+    from pydantic import TypeAdapter
 
-    model_config = SPEC_CONFIG
-    type: Literal["noise"]
-    sigma: float = Field(ge=0.0, le=100.0)
+    variants = []
+    for name, cls in fdef.DEFENCES.items():
+        schema = TypeAdapter(cls).json_schema()
+        schema["additionalProperties"] = False
+        schema["properties"]["type"] = {"const": name} if name not in fdef.ALIASES.values() else \
+            {"enum": [name] + [a for a, b in fdef.ALIASES.items() if b == name]}
+        for param in fdef.REQUIRED.get(name, ()):
+            schema["properties"][param].pop("default", None)
+        schema["required"] = ["type", *fdef.REQUIRED.get(name, ())]
+        variants.append(schema)
+    return {"oneOf": variants}
 
-    @property
-    def label(self) -> str:
-        return f"noise{self.sigma:g}"
+
+_DEFENCE = _defence_schema()
+FeatureDefense = Annotated[Union[dict[str, Any], list[dict[str, Any]]], WithJsonSchema(
+    {"anyOf": [_DEFENCE, {"type": "array", "items": _DEFENCE}]})]
 
 
 _GIVEN, _ABSENT = {"not": {"type": "null"}}, {"type": "null"}  # a key that is absent or null is not given
@@ -169,7 +181,25 @@ MODEL_SOURCE = {"oneOf": [
 ]}
 
 
-class ExperimentSpec(BaseModel):
+class ModelSource(BaseModel):
+    """Where an experiment's model comes from: trained for it (arch, dataset, train) or stored (model_id)."""
+
+    model_config = SPEC_CONFIG
+    TRAIN: ClassVar[type] = TrainSpec  # the train spec filled in with its defaults when arch is given
+
+    arch: ArchName | None = Field(None, description="architecture to train (or give model_id)")
+    model_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 description="an existing trained model in the artifact store")
+    dataset: DatasetName | None = Field(None, description="dataset (with model_id: defaults to the model's)")
+
+    @model_validator(mode="after")
+    def _default_train(self):
+        if self.arch is not None and self.model_id is None and self.train is None:
+            self.train = self.TRAIN()
+        return self
+
+
+class ExperimentSpec(ModelSource):
     """A split-point experiment: which model, which cuts, which attacks, how many private images."""
 
     model_config = ConfigDict(**SPEC_CONFIG, json_schema_extra={**MODEL_SOURCE, "examples": [{
@@ -177,15 +207,16 @@ class ExperimentSpec(BaseModel):
         "split_points": ["conv1"], "attacks": [{"name": "whitebox", "params": {"iterations": 300}}],
         "samples": 10, "seed": 0}]})
 
-    arch: ArchName | None = Field(None, description="architecture to train (or give model_id)")
-    model_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-                                 description="an existing trained model in the artifact store")
-    dataset: DatasetName | None = Field(None, description="dataset (with model_id: defaults to the model's)")
+    kind: Literal["inversion"] = Field("inversion", description="split-point inversion (the default kind)")
     train: TrainSpec | None = Field(None, description="training budget and defence (only with arch)")
     split_points: list[str] = Field(min_length=1, description="split points to deploy and attack")
     attacks: list[AttackItem] = Field(
         min_length=1, description='attacks: a name ("whitebox") or an object ({"name": "blackbox", "aux": ...})')
-    feature_defense: NoiseDefense | None = Field(None, description="feature-space defence at the edge")
+    feature_defense: FeatureDefense | None = Field(
+        None, description="feature defence(s) exported in the edge's head, applied in order: gaussian (sigma; "
+                          "'noise' is an alias), laplace (scale), dropout (p), quantize (bits; lo/hi calibrated "
+                          "when absent), deeper (layers or to: a later split point), nonlinear (kind, seed); "
+                          "see models/defences/features.py")
     samples: int = Field(10, ge=1, description="private images sent through the edge (limit: --max-samples)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
@@ -208,30 +239,24 @@ class ExperimentSpec(BaseModel):
             seen.add(point)
         return value
 
-    @model_validator(mode="after")
-    def _default_train(self):
-        if self.arch is not None and self.model_id is None and self.train is None:
-            self.train = TrainSpec()
-        return self
-
 
 @functools.lru_cache(maxsize=16)
-def dataset_info(name: str, root: str | None) -> tuple[tuple[int, int, int], int, int]:
-    """(input shape, number of classes, test images) of a dataset; raises SplitlabError if missing."""
+def dataset_info(name: str, root: str | None) -> tuple[tuple[int, int, int], int, int, int]:
+    """(input shape, number of classes, test images, training images) of a dataset; raises
+    SplitlabError if missing."""
     from models import load_dataset
 
     ds = load_dataset(name, root)
-    return ds.input_shape, ds.num_classes, len(ds.x_test)
+    return ds.input_shape, ds.num_classes, len(ds.x_test), len(ds.x_train)
 
 
-def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=None) -> dict:
-    """Semantic checks; returns what was resolved (arch, dataset, input shape); raises SpecError."""
-    from models import ArtifactStore, SplitlabError, build_model
-
-    from .attacks import shadow_error
+def check_model_source(spec: ModelSource, limits: Limits, artifacts=None) -> tuple[str, str, dict | None, list]:
+    """(arch, dataset, stored manifest or None, errors so far): one source of the model, the stored
+    model's, the training budget within the limits. Raises SpecError when the source is unclear."""
+    from models import ArtifactStore, SplitlabError
 
     errors: list[tuple[tuple, str]] = []
-    arch, dataset = spec.arch, spec.dataset
+    arch, dataset, manifest = spec.arch, spec.dataset, None
     if arch is None and spec.model_id is None:
         errors.append((("arch",), "give arch (to train a model) or model_id (to reuse a stored one)"))
     if arch is not None and spec.model_id is not None:
@@ -254,9 +279,6 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
             errors.append((("dataset",), f"model {spec.model_id!r} was trained on {manifest['dataset']!r}, "
                                          f"not {dataset!r}"))
         dataset = manifest["dataset"]
-    if spec.samples > limits.max_samples:
-        errors.append((("samples",), f"{spec.samples} images is over the limit of {limits.max_samples} "
-                                     "(--max-samples / SPLITLAB_LAB_MAX_SAMPLES)"))
     if spec.train is not None:
         if spec.train.epochs > limits.max_epochs:
             errors.append((("train", "epochs"), f"{spec.train.epochs} epochs is over the limit of "
@@ -264,6 +286,19 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
         if spec.train.limit is not None and spec.train.limit > limits.max_train_images:
             errors.append((("train", "limit"), f"{spec.train.limit} training images is over the limit of "
                                                f"{limits.max_train_images} (--max-train-images)"))
+    return arch, dataset, manifest, errors
+
+
+def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=None) -> dict:
+    """Semantic checks; returns what was resolved (arch, dataset, input shape); raises SpecError."""
+    from models import SplitlabError, build_model
+
+    from .attacks import shadow_error
+
+    arch, dataset, _, errors = check_model_source(spec, limits, artifacts)
+    if spec.samples > limits.max_samples:
+        errors.append((("samples",), f"{spec.samples} images is over the limit of {limits.max_samples} "
+                                     "(--max-samples / SPLITLAB_LAB_MAX_SAMPLES)"))
     if len(spec.split_points) > limits.max_split_points:
         errors.append((("split_points",), f"{len(spec.split_points)} split points is over the limit of "
                                           f"{limits.max_split_points}"))
@@ -272,7 +307,7 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
 
     input_shape = None
     try:
-        input_shape, num_classes, n_test = dataset_info(dataset, str(data_root) if data_root else None)
+        input_shape, num_classes, n_test, _ = dataset_info(dataset, str(data_root) if data_root else None)
     except SplitlabError as exc:
         errors.append((("dataset",), str(exc)))
     else:
@@ -289,6 +324,7 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
             if point not in points:
                 errors.append((("split_points", i), f"{arch} has no split point {point!r}; "
                                                     f"choose from: {', '.join(points)}"))
+    errors.extend(check_feature_defense(spec.feature_defense, spec.split_points if points else [], points))
     for i, attack in enumerate(spec.attacks):
         if attack.aux_images is not None and attack.aux_images > limits.max_aux_images:
             errors.append((("attacks", i, "aux_images"), f"{attack.aux_images} auxiliary images is over the limit "
@@ -302,6 +338,33 @@ def check_spec(spec: ExperimentSpec, limits: Limits, artifacts=None, data_root=N
     if errors:
         raise SpecError(errors)
     return {"arch": arch, "dataset": dataset, "input_shape": list(input_shape)}
+
+
+def check_feature_defense(value, split_points: list[str], points: list[str]) -> list[tuple[tuple, str]]:
+    """Each defence object valid, and a ``deeper`` one reachable from every split point."""
+    if value is None:
+        return []
+    items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+    errors, chain = [], []
+    for i, item in items:
+        loc = ("feature_defense",) + (() if i is None else (i,))
+        try:
+            chain.append(fdef.from_json(item))
+        except fdef.DefenceError as exc:
+            errors.append((loc + ((exc.param,) if exc.param else ()), str(exc)))
+            continue
+        if isinstance(chain[-1], fdef.Deeper):
+            for point in split_points:
+                try:
+                    chain[-1].resolve(points, point)
+                except fdef.DefenceError as exc:
+                    errors.append((loc + (exc.param,), f"split point {point}: {exc}"))
+    if not errors:
+        try:
+            fdef.check_chain(chain)
+        except fdef.DefenceError as exc:
+            errors.append((("feature_defense",), str(exc)))
+    return errors
 
 
 def check_attack_params(attack: AttackSpec, limits: Limits) -> list[tuple[tuple, str]]:

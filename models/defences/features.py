@@ -49,22 +49,31 @@ NONLINEAR_KINDS = ("tanh", "relu", "gelu")
 
 
 class DefenceError(SplitlabError, ValueError):
-    """A defence spec that cannot be used; the message names the defence and the parameter."""
+    """A defence spec that cannot be used; the message names the defence and the parameter
+    (``param``, when there is one: the lab reports it as the field's location)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 def _number(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DefenceError(f"{name} must be a finite number, got {value!r}")
+        raise DefenceError(f"{name} must be a finite number, got {value!r}", _param(name))
     if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
         raise DefenceError(f"{name} must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, "
-                           f"got {value!r}")
+                           f"got {value!r}", _param(name))
     return float(value)
 
 
 def _integer(name: str, value, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise DefenceError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        raise DefenceError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}", _param(name))
     return value
+
+
+def _param(name: str) -> str:
+    return name.partition(": ")[2]
 
 
 # --- the modules exported in the head -------------------------------------------------------------
@@ -216,18 +225,19 @@ class Quantize(FeatureDefence):
     def __post_init__(self):
         _integer("quantize: bits", self.bits, 1, 16)
         if (self.lo is None) != (self.hi is None):
-            raise DefenceError("quantize: give both lo and hi, or neither (calibrated at deploy time)")
+            raise DefenceError("quantize: give both lo and hi, or neither (calibrated at deploy time)",
+                               "lo" if self.lo is None else "hi")
         if self.lo is not None:
             lo = _number("quantize: lo", self.lo, -1e30, 1e30)
             hi = _number("quantize: hi", self.hi, -1e30, 1e30)
             if not hi > lo:
-                raise DefenceError(f"quantize: hi must be greater than lo, got lo={lo:g}, hi={hi:g}")
+                raise DefenceError(f"quantize: hi must be greater than lo, got lo={lo:g}, hi={hi:g}", "hi")
             object.__setattr__(self, "lo", lo)
             object.__setattr__(self, "hi", hi)
 
     @property
     def label(self) -> str:
-        return f"quantize{self.bits}"
+        return f"quantize{self.bits}" + (f"-lo{self.lo:g}-hi{self.hi:g}" if self.lo is not None else "")
 
     @property
     def levels(self) -> int:
@@ -250,11 +260,11 @@ class Deeper(FeatureDefence):
 
     def __post_init__(self):
         if self.layers is None and self.to is None:
-            raise DefenceError("deeper: give layers=N (split points further) or to=POINT")
+            raise DefenceError("deeper: give layers=N (split points further) or to=POINT", "layers")
         if self.layers is not None:
             _integer("deeper: layers", self.layers, 1, 1000)
         if self.to is not None and (not isinstance(self.to, str) or not self.to):
-            raise DefenceError(f"deeper: to must be a split point name, got {self.to!r}")
+            raise DefenceError(f"deeper: to must be a split point name, got {self.to!r}", "to")
 
     @property
     def label(self) -> str:
@@ -265,16 +275,17 @@ class Deeper(FeatureDefence):
         start = points.index(split)
         if self.to is not None:
             if self.to not in points:
-                raise DefenceError(f"deeper: unknown split point {self.to!r}; choose one of: {', '.join(points)}")
+                raise DefenceError(f"deeper: unknown split point {self.to!r}; choose one of: {', '.join(points)}", "to")
             layers = points.index(self.to) - start
             if layers < 1:
-                raise DefenceError(f"deeper: {self.to!r} is not after the split point {split!r}")
+                raise DefenceError(f"deeper: {self.to!r} is not after the split point {split!r}", "to")
             if self.layers is not None and self.layers != layers:
-                raise DefenceError(f"deeper: to={self.to} is {layers} split points after {split}, not {self.layers}")
+                raise DefenceError(f"deeper: to={self.to} is {layers} split points after {split}, not {self.layers}",
+                                   "layers")
             return replace(self, layers=layers)
         if start + self.layers >= len(points):
             raise DefenceError(f"deeper: {split!r} has only {len(points) - 1 - start} split points after it, "
-                               f"asked for {self.layers}")
+                               f"asked for {self.layers}", "layers")
         return replace(self, to=points[start + self.layers])
 
     def module(self, channels):
@@ -292,7 +303,7 @@ class Nonlinear(FeatureDefence):
 
     def __post_init__(self):
         if self.kind not in NONLINEAR_KINDS:
-            raise DefenceError(f"nonlinear: kind must be one of {', '.join(NONLINEAR_KINDS)}, got {self.kind!r}")
+            raise DefenceError(f"nonlinear: kind must be one of {', '.join(NONLINEAR_KINDS)}, got {self.kind!r}", "kind")
         _integer("nonlinear: seed", self.seed, 0, 2**31 - 1)
 
     @property
@@ -305,24 +316,27 @@ class Nonlinear(FeatureDefence):
 
 DEFENCES: dict[str, type[FeatureDefence]] = {c.type: c for c in (Gaussian, Laplace, Dropout, Quantize, Deeper, Nonlinear)}
 ALIASES = {"noise": "gaussian"}  # the lab's original {"type": "noise", "sigma": ...}
+REQUIRED = {"gaussian": ("sigma",), "laplace": ("scale",), "dropout": ("p",), "quantize": ("bits",)}
 
 
 # --- parsing --------------------------------------------------------------------------------------
 
-def _from_dict(obj: dict) -> FeatureDefence:
+def from_json(obj: dict) -> FeatureDefence:
     if not isinstance(obj, dict):
         raise DefenceError(f"a defence is an object with a 'type', got {obj!r}")
-    kind = ALIASES.get(obj.get("type"), obj.get("type"))
+    kind = obj.get("type")
+    kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
     if kind not in DEFENCES:
-        raise DefenceError(f"unknown feature defence {obj.get('type')!r}; choose one of {', '.join(DEFENCES)}")
+        raise DefenceError(f"unknown feature defence {obj.get('type')!r}; choose one of {', '.join(DEFENCES)}", "type")
     cls = DEFENCES[kind]
     names = {f.name for f in fields(cls)} - {"type"}
     extra = sorted(set(obj) - names - {"type"})
     if extra:
-        raise DefenceError(f"{kind}: unknown parameter(s) {', '.join(extra)}; it takes {', '.join(sorted(names))}")
-    required = {"gaussian": "sigma", "laplace": "scale", "dropout": "p", "quantize": "bits"}.get(kind)
-    if required and required not in obj:
-        raise DefenceError(f"{kind}: missing parameter {required}")
+        raise DefenceError(f"{kind}: unknown parameter(s) {', '.join(extra)}; it takes {', '.join(sorted(names))}",
+                           extra[0])
+    for name in REQUIRED.get(kind, ()):
+        if name not in obj:
+            raise DefenceError(f"{kind}: missing parameter {name}", name)
     return cls(**{k: v for k, v in obj.items() if k != "type"})
 
 
@@ -349,7 +363,7 @@ def parse_spec(text: str) -> tuple[FeatureDefence, ...]:
             if not eq or not key.strip():
                 raise DefenceError(f"{name}: expected KEY=VALUE, got {item!r} (in {text!r})")
             obj[key.strip()] = _value(value.strip())
-        out.append(_from_dict(obj))
+        out.append(from_json(obj))
     return check_chain(out)
 
 
@@ -363,7 +377,7 @@ def defences(value) -> tuple[FeatureDefence, ...]:
         value = [value]
     if not isinstance(value, (list, tuple)):
         raise DefenceError(f"a feature defence is a spec string, an object or a list of objects, got {value!r}")
-    return check_chain([v if isinstance(v, FeatureDefence) else _from_dict(v) for v in value])
+    return check_chain([v if isinstance(v, FeatureDefence) else from_json(v) for v in value])
 
 
 def check_chain(chain) -> tuple[FeatureDefence, ...]:
@@ -373,8 +387,13 @@ def check_chain(chain) -> tuple[FeatureDefence, ...]:
 
 
 def label(chain) -> str:
-    """``gaussian0.1-quantize4``; ``''`` when undefended (deployment ids end with ``--<label>``)."""
+    """``gaussian0.1-quantize4``; ``''`` when undefended."""
     return "-".join(d.label for d in chain)
+
+
+def id_suffix(chain) -> str:
+    """What a deployment id ends with for the requested chain: ``--gaussian0.1``; ``''`` when undefended."""
+    return f"--{label(chain)}" if chain else ""
 
 
 def to_json(chain) -> list[dict]:
@@ -447,6 +466,16 @@ def whitebox_head(defended: DefendedHead) -> nn.Sequential:
                 continue
         kept[name] = layer
     return nn.Sequential(kept).eval()
+
+
+def comparison_tolerance(chain, tolerance: float) -> float | None:
+    """How far two runtimes' outputs of a defended head may differ: None when it draws randomness
+    (no value comparison), else ``tolerance``, or one quantisation step (a value on a rounding
+    boundary may round either way)."""
+    if any(d.random for d in chain):
+        return None
+    steps = [(d.hi - d.lo) / (d.levels - 1) for d in chain if isinstance(d, Quantize)]
+    return max([tolerance] + [s * 1.001 for s in steps])
 
 
 def tag_onnx(onnx_bytes: bytes, chain) -> bytes:

@@ -6,10 +6,11 @@ Each builds itself from a :class:`~attacker.attacks.knowledge.KnowledgeSource` w
 
 * :class:`WhiteBoxKnowledge` - the head itself (structure and weights): a head in hand, the
   ``GetHead`` payload the tap captured (ONNX bytes, turned into a differentiable module, see
-  ``heads``), or the artifact store (the model provider attacks: its clean head, which knows
-  nothing of a feature defence's noise). A captured head is passed over when the deployment has a
-  feature defence (it carries the noise), and when it cannot be made differentiable the artifact
-  store is used instead where there is one.
+  ``heads``), or the artifact store (the model provider attacks: its head with the deterministic,
+  differentiable parts of a feature defence - a deeper cut, an extra activation - but nothing of
+  its noise, dropout or rounding). A captured head is passed over when the deployment has a feature
+  defence with such random or non-differentiable parts, and when it cannot be made differentiable
+  the artifact store is used instead where there is one.
 * :class:`BlackBoxKnowledge` - a query function ``images (N, C, H, W) -> features`` (live: chosen
   inputs sent to the edge's public ``/v1/infer`` with the features read at the tap; offline: the
   head run locally, see :mod:`attacker.attacks.queries`) and auxiliary images: the target's
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.defences import features as fdef
 from models.errors import SplitlabError
 
 from ..base import AttackParameterError, as_float_tensor
@@ -131,7 +133,8 @@ class WhiteBoxKnowledge(Knowledge):
             return cls(source.head, source.input_shape(), record.get("split"), origin="the head in hand")
         dep = source.deployment_id
         heads = source.captures.heads(dep) if source.captures is not None else []
-        if source.head_from == "capture" or (source.head_from == "auto" and heads and not record.get("feature_defense")):
+        hidden = fdef.hides_from_whitebox(fdef.record_defences(record))
+        if source.head_from == "capture" or (source.head_from == "auto" and heads and not hidden):
             if not heads:
                 raise KnowledgeError(f"no GetHead payload for {dep!r} was captured (the edge fetched its head before "
                                      "the tap ran, or from its cache); take the head from the artifact store instead")
@@ -170,13 +173,13 @@ class WhiteBoxKnowledge(Knowledge):
         if not (model_id and model_id in source.artifacts.list_models()):
             return cls.from_store(source.artifacts, source.deployment_id)
         from models.loading import load_model
-        from models.split import split_model
 
         model, _ = load_model(source.artifacts, model_id)
-        head, _ = split_model(model, record["split"])
+        chain = fdef.record_defences(record)
+        head = fdef.whitebox_head(fdef.rebuild_head(model, record["split"], chain, tuple(record["input_shape"])))
         origin = "the clean head from the artifact store (model provider)"
-        if record.get("feature_defense"):
-            origin += "; the noise of the defence is unknown to it"
+        if fdef.hides_from_whitebox(chain):
+            origin += f"; the noise of the defence ({fdef.label(chain)}) is unknown to it"
         return cls(head, tuple(record["input_shape"]), record["split"], "artifact store", origin=origin)
 
 
