@@ -17,6 +17,7 @@ from models import SplitlabError
 from models.env import cuda_fallback_message, torch_cuda_status
 
 RUNTIMES = ("onnxruntime", "torch")
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 DEVICES = ("cpu", "cuda")
 
 
@@ -156,8 +157,12 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
     model = build_model(head_meta["arch"], int(head_meta["num_classes"]), input_shape)
     defended = fdef.rebuild_head(model, head_meta["split"], chain, input_shape)
     head = defended.module
-    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
-               for i in onnx.load_from_string(onnx_bytes).graph.initializer}
+    graph = onnx.load_from_string(onnx_bytes).graph
+    random_ops = sorted({n.op_type for n in graph.node} & RANDOM_OPS)
+    if random_ops and not any(d.random for d in chain):
+        raise SplitlabError(f"--runtime torch cannot rebuild this head: it draws random numbers ({', '.join(random_ops)}: "
+                            "a feature defence) that its metadata does not describe; use --runtime onnxruntime")
+    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     try:
         head.load_state_dict({k: weights[k] for k in head.state_dict()}, strict=True)
     except (KeyError, RuntimeError) as exc:

@@ -181,6 +181,21 @@ def test_the_torch_runtime_matches_onnx_runtime_statistically(lenet_digits, defe
     assert "feature defence gaussian0.5 rebuilt in torch" in runner.description
 
 
+@pytest.mark.parametrize("name", ["gaussian", "nonlinear"])
+def test_the_torch_runtime_refuses_a_defended_head_without_its_metadata(lenet_digits, defended, name):
+    import onnx
+
+    from edge_client.runtime import make_runner
+
+    rec = defended[name]
+    model = onnx.load_from_string((lenet_digits.deployment_dir(rec["deployment_id"]) / "head.onnx").read_bytes())
+    del model.metadata_props[:]
+    stripped = model.SerializeToString()
+    make_runner(stripped, rec)  # ONNX Runtime runs the graph as it is
+    with pytest.raises(SplitlabError, match="use --runtime onnxruntime"):
+        make_runner(stripped, rec, runtime="torch")
+
+
 # --- atomicity -------------------------------------------------------------------------------------
 
 def test_a_crash_while_writing_leaves_no_deployment(lenet_digits, monkeypatch):
