@@ -230,3 +230,24 @@ def test_noise_lowers_naive_whitebox_psnr_on_the_same_images(lenet_digits, defen
         scores[dep] = image_metrics(attack.reconstruct(sent), x)["psnr_mean"]
     clean, noisy = scores.values()
     assert clean > noisy + 3, scores
+
+
+# --- the lab ---------------------------------------------------------------------------------------
+
+def test_the_lab_takes_every_defence_and_names_the_bad_field(lenet_digits, defended):
+    from attacker.lab.models_setup import ensure_deployment
+    from attacker.lab.spec import ExperimentSpec, Limits, SpecError, check_spec
+
+    base = {"arch": "lenet5", "dataset": "digits", "split_points": ["conv1"], "attacks": ["whitebox"]}
+    chain = [{"type": "deeper", "to": "relu2"}, {"type": "nonlinear", "kind": "gelu"}, {"type": "quantize", "bits": 4},
+             {"type": "laplace", "scale": 0.1}, {"type": "dropout", "p": 0.2}, {"type": "noise", "sigma": 0.1}]
+    check_spec(ExperimentSpec.model_validate(base | {"feature_defense": chain}), Limits())
+    bad = [{"type": "dropout", "p": 2}, {"type": "deeper", "to": "conv1"}, {"type": "quantize", "bits": "4"}]
+    with pytest.raises(SpecError) as err:
+        check_spec(ExperimentSpec.model_validate(base | {"feature_defense": bad}), Limits())
+    assert [loc for loc, _ in err.value.errors] == [("feature_defense", 0, "p"), ("feature_defense", 1, "to"),
+                                                    ("feature_defense", 2, "bits")]
+    assert "'conv1' is not after the split point 'conv1'" in str(err.value)
+    # the lab's original noise object deploys as (and reuses) the gaussian deployment
+    record, reused = ensure_deployment(lenet_digits, MODEL, "conv1", {"type": "noise", "sigma": 0.5})
+    assert reused and record["deployment_id"] == defended["gaussian"]["deployment_id"]

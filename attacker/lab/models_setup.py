@@ -15,17 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
-from pathlib import Path
-
-import torch
-from torch import nn
 
 from models import ArtifactStore, SplitlabError, deployment_id_for
-from models.deploy import deploy, export_head_onnx
-from models.loading import load_model
-from models.split import split_model
+from models.defences import features as fdef
+from models.deploy import deploy
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
