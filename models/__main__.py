@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_id")
     p.add_argument("--split", required=True, action="append",
                    help="split point (repeat for several; 'all' for every split point)")
-    p.add_argument("--id", help="deployment id (default MODEL_ID--SPLIT); only with one --split")
+    p.add_argument("--id", help="deployment id (default MODEL_ID--SPLIT[--DEFENCE]); only with one --split")
+    p.add_argument("--defence", "--feature-defense", dest="defence", metavar="SPEC",
+                   help="feature defence exported in the head, e.g. gaussian:sigma=0.1, laplace:scale=0.1, "
+                        "dropout:p=0.3, quantize:bits=4, deeper:layers=2 | deeper:to=relu2, nonlinear:kind=tanh; "
+                        "chain with '+' (see models/defences/features.py)")
     p.add_argument("--force", action="store_true", help="replace an existing deployment")
     _add_common(p)
 
@@ -157,9 +161,11 @@ def read_indices(path: str) -> list[int]:
 
 def cmd_deploy(args) -> int:
     from .artifacts import ArtifactStore
+    from .defences.features import defences, label, record_defences
     from .deploy import deploy
 
     _threads(args)
+    chain = defences(args.defence)  # a bad spec fails before any model is loaded
     store = ArtifactStore(args.artifacts)
     splits = args.split
     if splits == ["all"]:
@@ -169,14 +175,19 @@ def cmd_deploy(args) -> int:
     if args.id and len(splits) > 1:
         raise SplitlabError("--id names one deployment; give a single --split with it")
     for split in splits:
-        rec = deploy(store, args.model_id, split, args.id, args.force, args.data_root)
+        rec = deploy(store, args.model_id, split, args.id, args.force, args.data_root, defence=chain)
         print(f"deployment {rec['deployment_id']}: features {'x'.join(map(str, rec['feature_shape']))}, "
               f"ONNX vs torch max abs diff {rec['onnx_max_abs_diff']:.2e}")
+        if rec.get("accuracy"):
+            acc = rec["accuracy"]
+            print(f"  defence {label(record_defences(rec))}: split {rec['split']}, tail accuracy {acc['defended']:.4f} "
+                  f"(clean {acc['clean']:.4f}) on {acc['images']} test images")
     return 0
 
 
 def cmd_models(args) -> int:
     from .artifacts import ArtifactStore
+    from .defences.features import label, record_defences
 
     store = ArtifactStore(args.artifacts)
     for model_id in store.list_models():
@@ -184,7 +195,8 @@ def cmd_models(args) -> int:
         print(f"model {model_id}: {m['arch']} on {m['dataset']}, test accuracy {m['test_accuracy']:.4f}")
     for dep_id in store.list_deployments():
         d = store.deployment(dep_id)
-        print(f"deployment {dep_id}: split {d['split']}, features {d['feature_shape']}")
+        defence = f", defence {label(record_defences(d))}" if d.get("feature_defense") else ""
+        print(f"deployment {dep_id}: split {d['split']}, features {d['feature_shape']}{defence}")
     return 0
 
 
