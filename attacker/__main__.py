@@ -22,8 +22,8 @@ import sys
 from models.env import env_default
 from models.errors import SplitlabError
 
-from .capture_store import default_store_dir
-from .priority import PRIORITIES
+from .captures.store import default_store_dir
+from .tap.priority import PRIORITIES
 
 TAP_MODES = ["passive", "proxy", "sniff"]
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
-    from .tap import __doc__ as tap_doc
+    from .tap.service import __doc__ as tap_doc
 
     p = sub.add_parser("tap", help="transparent gRPC proxy that records the edge-cloud traffic",
                        description=tap_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,13 +194,13 @@ def cmd_tap(args) -> int:
 
 
 def cmd_captures(args) -> int:
-    from .captures_cli import show_captures
+    from .captures.cli import show_captures
 
     return show_captures(args)
 
 
 def cmd_truth(args) -> int:
-    from .capture_store import CaptureStore, load_ground_truth_file
+    from .captures.store import CaptureStore, load_ground_truth_file
 
     truth = load_ground_truth_file(args.file)
     store = CaptureStore(args.store, create=False)

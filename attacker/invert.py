@@ -41,7 +41,7 @@ from models.errors import SplitlabError
 
 from .attacks.knowledge import HEAD_SOURCES
 from .attacks.registry import names
-from .capture_store import Capture, CaptureStore, load_ground_truth_file
+from .captures.store import Capture, CaptureStore, load_ground_truth_file
 
 AUX_SETTINGS = ("same-set", "same-distribution", "random-noise", "other")
 

@@ -162,7 +162,7 @@ def run_cell(address: str, mode: str, clients: int, feats: np.ndarray, seconds: 
 def run_load(paths: list[str], modes: list[str], clients: list[int], seconds: float, threads: int = 1,
              window: int = 4, progress: bool = True, cloud_workers: int | None = None) -> list[dict]:
     """Start the cloud and the taps, run every (path, mode, K) cell, stop them; one dict per cell."""
-    from attacker.sniffer import can_sniff
+    from attacker.tap.sniffer import can_sniff
 
     if "sniff" in paths and not can_sniff():
         print("sniff left out: it needs CAP_NET_RAW (run as root)", flush=True)

@@ -72,7 +72,7 @@ def settled_counts(stores: dict[str, Path], quiet: float = 3.0,
     """For each store: its captures once its tap has stopped adding to them (recorders may lag the
     traffic), and the ``time.monotonic()`` at which that count last changed (when it caught up).
     The stores are watched together, so one tap's lag does not show as another's."""
-    from attacker.capture_store import CaptureStore
+    from attacker.captures.store import CaptureStore
 
     end = time.monotonic() + timeout
     seen = {name: (-1, time.monotonic()) for name in stores}
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=int, action="append", help="run only workload number N (0-based; repeatable)")
     p.add_argument("--placement", choices=["shared", "separate"], default="shared",
                    help="shared: all processes on all cores; separate: the taps on their own cores (see above)")
-    from attacker.priority import PRIORITIES
+    from attacker.tap.priority import PRIORITIES
 
     p.add_argument("--priority", choices=PRIORITIES, default="normal",
                    help="the recording taps' --priority (idle: they record only on cores the victims leave free)")
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             targets = {"direct": upstream}
             pids_by_target = {}
             stores = {}  # target -> its capture store, for the targets that record
-            from attacker.sniffer import can_sniff
+            from attacker.tap.sniffer import can_sniff
 
             taps = {k: v for k, v in TAPS.items() if k != SNIFF or can_sniff()}
             if SNIFF not in taps:

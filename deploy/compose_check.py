@@ -397,7 +397,7 @@ def check_variant(compose: list[str], variant: str, image_variant: str, runner: 
             if not tapped:
                 return "none: the edge bypasses the tap"
             heads = stack.exec("captured heads", "attacker", "python", "-c",
-                               "from attacker.capture_store import CaptureStore as S;"
+                               "from attacker.captures.store import CaptureStore as S;"
                                "print(len(S('/captures').heads()))").stdout.strip()
             who = "the relay tap" if variant == "relay" else "the sniffer (NET_RAW, cloud's namespace)"
             return f"{len(rows)} captures by {who}, {heads} GetHead payload(s)"

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from models.datasets import load_dataset
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attacker.__main__ import main
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 
 
 @pytest.fixture()

@@ -24,7 +24,7 @@ from attacker.attacks.inversion import blackbox, queryfree
 from attacker.attacks.inversion.base import module_device, placed
 from attacker.attacks.inversion.heads import head_from_onnx
 from attacker.attacks.inversion.whitebox import WhiteBoxParams, _invert_chunk
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from models import build_model, split_model
 from models.deploy import export_head_onnx
 

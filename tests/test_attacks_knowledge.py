@@ -8,7 +8,7 @@ import torch
 
 from attacker.attacks import (AttackParameterError, BlackBoxKnowledge, KnowledgeError, KnowledgeSource,
                               QueryFreeKnowledge, WhiteBoxKnowledge, create, knowledge_for, noise_images)
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from models import SplitlabError, split_model
 from models.loading import load_model
 

@@ -7,8 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from attacker import capture_store
-from attacker.capture_store import CaptureStore, load_ground_truth_file
+from attacker.captures import store as capture_store
+from attacker.captures.store import CaptureStore, load_ground_truth_file
 from models.errors import SplitlabError
 
 
@@ -61,8 +61,8 @@ def test_retention_by_count_and_bytes_drops_oldest_and_their_segments(tmp_path, 
 
 
 def test_every_segment_is_written_through_one_staging_buffer(tmp_path, monkeypatch):
-    """A fresh buffer per segment would touch new memory for each (slow on VMs: attacker/segment_file.py)."""
-    from attacker import segment_file
+    """A fresh buffer per segment would touch new memory for each (slow on VMs: attacker/captures/segment_file.py)."""
+    from attacker.captures import segment_file
 
     monkeypatch.setattr(capture_store, "SEGMENT_BYTES", 1)  # a new segment file for every write
     mapped = []

@@ -324,7 +324,7 @@ def test_sniff_override_eavesdrops_from_the_clouds_namespace(clean_env):
 
 
 def test_sniffer_reads_the_compose_environment(clean_env, monkeypatch):
-    from attacker.sniffer import upstream_address
+    from attacker.tap.sniffer import upstream_address
 
     services = resolved(clean_env, files=(COMPOSE_FILE, SNIFF_FILE))["services"]
     parser, _ = _parse_with_compose_env(monkeypatch, services["sniffer"], "attacker.__main__")

@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from benchmarks.tap_overhead import free_port
 from edge_client.client import CloudClient, CloudError

@@ -1,4 +1,4 @@
-"""attacker.heap: a process that calls keep_freed_memory() keeps large freed blocks for reuse
+"""attacker.tap.heap: a process that calls keep_freed_memory() keeps large freed blocks for reuse
 instead of unmapping them (glibc only; skipped elsewhere)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fixtures_grpc import ROOT
 
 PROBE = """
 import sys
-from attacker.heap import keep_freed_memory
+from attacker.tap.heap import keep_freed_memory
 ok = keep_freed_memory() if sys.argv[1] == "keep" else True
 def rss():
     with open("/proc/self/statm") as fh:

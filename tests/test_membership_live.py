@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from attacker.attacks.knowledge import KnowledgeError, KnowledgeSource, knowledge_for
 from attacker.attacks.membership import MembershipKnowledge, ShokriAttack, ThresholdAttack, edge_scores_query
 from attacker.attacks.registry import create
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from fixtures_grpc import running_server
 from models import ArtifactStore, load_dataset, to_tensor

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from attacker.segment_file import BLOCK, SegmentFile
+from attacker.captures.segment_file import BLOCK, SegmentFile
 
 
 def _records(rng, sizes):
@@ -59,7 +59,7 @@ def test_a_filesystem_refusing_direct_io_is_written_the_ordinary_way(tmp_path, m
     write: either way the records are written, through the page cache."""
     import errno
 
-    from attacker import segment_file
+    from attacker.captures import segment_file
 
     real_open, real_pwrite = os.open, os.pwrite
     direct_fds = set()

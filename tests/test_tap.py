@@ -14,8 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from attacker.capture_store import CaptureStore
-from attacker.proxy import TAP_HEALTH_SERVICE
+from attacker.captures.store import CaptureStore
+from attacker.tap.proxy import TAP_HEALTH_SERVICE
 from attacker.tap import TapConfig, TapThread
 from protos import split_inference_pb2 as pb
 from protos import wire

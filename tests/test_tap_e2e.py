@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from attacker.__main__ import main
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from attacker.capture_store import CaptureStore
+from attacker.captures.store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from protos import split_inference_pb2 as pb
 from protos import wire

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from attacker.h2parse import GrpcConnection, ParseError
-from attacker.passive import Relay
+from attacker.tap.h2parse import GrpcConnection, ParseError
+from attacker.tap.relay import Relay
 from protos import split_inference_pb2 as pb
 from protos import wire
 from tap_upstream import FakeCloud, start_fake_cloud
@@ -120,7 +120,7 @@ def test_padding_priority_and_continuation_frames():
     """Frames gRPC does not send itself but HTTP/2 allows: padded DATA/HEADERS, PRIORITY, CONTINUATION."""
     from hpack import Encoder
 
-    from attacker.h2parse import PREFACE
+    from attacker.tap.h2parse import PREFACE
 
     req = pb.InferRequest(deployment_id="dep", request_id="pad-1")
     wire.encode_into(req.features, np.arange(40, dtype=np.float32).reshape(2, 20))

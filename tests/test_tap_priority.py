@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from attacker.__main__ import main as attacker_main
-from attacker.capture_store import CaptureStore
-from attacker.priority import is_idle_priority, run_at_idle_priority
-from attacker.sniffer import can_sniff
+from attacker.captures.store import CaptureStore
+from attacker.tap.priority import is_idle_priority, run_at_idle_priority
+from attacker.tap.sniffer import can_sniff
 from attacker.tap import Tap, TapConfig, TapThread
 from protos import wire
 from tap_upstream import FakeCloud, start_fake_cloud

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from attacker import passive
-from attacker.passive import Relay
+from attacker.tap import relay as passive
+from attacker.tap.relay import Relay
 from protos import split_inference_pb2 as pb
 from protos import wire
 from tap_upstream import FakeCloud, logits_for, start_fake_cloud

@@ -17,9 +17,9 @@ import grpc
 import numpy as np
 import pytest
 
-from attacker import sniffer as sniff_module
-from attacker.capture_store import CaptureStore
-from attacker.sniffer import SniffError, can_sniff, open_packet_socket, port_filter
+from attacker.tap import sniffer as sniff_module
+from attacker.captures.store import CaptureStore
+from attacker.tap.sniffer import SniffError, can_sniff, open_packet_socket, port_filter
 from attacker.tap import TapConfig, TapThread
 from protos import split_inference_pb2 as pb
 from protos import wire
@@ -189,7 +189,7 @@ def test_the_kernel_filter_keeps_data_and_syn_fin_rst_of_the_upstream_and_drops_
     """Crafted segments injected on lo reach a filtered socket only if they carry data or open or
     close a connection, and (given a host) belong to that address (the kernel runs the filter; seq
     numbers tell the packets apart)."""
-    from attacker.sniffer import ACK, FIN, RST, SYN, upstream_address
+    from attacker.tap.sniffer import ACK, FIN, RST, SYN, upstream_address
 
     port = 50999
     socks = {host: open_packet_socket("lo", port, upstream_address(host))
@@ -246,7 +246,7 @@ def _stream(events, from_client: bool) -> bytes:
 
 
 def test_segments_out_of_order_or_repeated_are_put_back_in_order():
-    from attacker.sniffer import ACK, FIN, SYN, Sniffer
+    from attacker.tap.sniffer import ACK, FIN, SYN, Sniffer
 
     out = _Collect()
     sniffer = Sniffer("lo", 50051, out)  # fed by hand: no socket needed

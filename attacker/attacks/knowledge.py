@@ -22,7 +22,7 @@ from .base import Attack
 if TYPE_CHECKING:
     from models.artifacts import ArtifactStore
 
-    from ..capture_store import CaptureStore
+    from ..captures.store import CaptureStore
 
 HEAD_SOURCES = ("auto", "capture", "artifacts")
 AUX_KINDS = ("none", "images", "labelled")

@@ -52,7 +52,7 @@ def edge_query(edge: str, deployment: str, captures, timeout: float = 10.0,
                progress: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
     """Query the edge's ``POST /v1/infer`` with chosen images; read each one's features at the tap.
 
-    ``captures`` is the tap's capture store (``attacker.capture_store.CaptureStore``); ``timeout``
+    ``captures`` is the tap's capture store (``attacker.captures.store.CaptureStore``); ``timeout``
     is how long to wait for the tap to record one query's features.
     """
     import httpx

@@ -19,7 +19,7 @@ import numpy as np
 
 from models import SplitlabError
 
-from ..capture_store import CaptureStore
+from ..captures.store import CaptureStore
 
 WIRE_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
 

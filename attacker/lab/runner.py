@@ -1,4 +1,7 @@
-"""Run one experiment end to end through the live services and score it.
+"""Run one split-point experiment end to end through the live services and score it.
+
+(Membership experiments run in :mod:`.membership_runner`; :class:`ExperimentRunner` dispatches on
+the spec's kind.)
 
 1. train the model (or reuse it: a stored ``model_id``, or the same training spec seen before);
 2. pick ``samples`` private images from the dataset's test part (seeded, spread over the classes);
@@ -41,7 +44,7 @@ import torch
 
 from models import ArtifactStore, SplitlabError, load_dataset, to_tensor
 
-from ..capture_store import CaptureStore
+from ..captures.store import CaptureStore
 from ..metrics import PSNR_CAP
 from .attacks import attack_params
 from .channel import EdgeChannel
@@ -88,35 +91,51 @@ def _finite(v):
 
 
 class ExperimentRunner:
-    """The ``run_experiment(record, context)`` callable the worker pool calls."""
+    """The ``run_experiment(record, context)`` callable the worker pool calls; the spec's kind
+    picks the run (inversion here, membership in :mod:`.membership_runner`)."""
 
     def __init__(self, config: RunnerConfig):
         self.config = config
         self.store = ArtifactStore(config.artifacts)
 
     def __call__(self, record: dict, ctx) -> dict:
+        from .kinds import kind_of
+
+        if kind_of(record["spec"]) == "membership":
+            from .membership_runner import MembershipRun
+
+            return MembershipRun(self, record, ctx).run()
         return _Run(self, record, ctx).run()
 
 
-class _Run:
-    def __init__(self, runner: ExperimentRunner, record: dict, ctx):
+class Steps:
+    """A run of ``total`` steps: each step's name and the fraction done, with the partial results,
+    reported through the worker's context (which also raises when the run is cancelled)."""
+
+    def __init__(self, runner: ExperimentRunner, record: dict, ctx, total: int, results: dict):
         self.cfg = runner.config
         self.store = runner.store
         self.record, self.ctx = record, ctx
         self.spec = record["spec"]
-        self.attacks = [AttackSpec.model_validate(a) for a in self.spec["attacks"]]
-        per_split = 2 + len(self.attacks)
-        self.total = 1 + per_split * len(self.spec["split_points"])
-        self.done = 0
-        self.results: dict = {"model": None, "baseline": None, "splits": [], "rows": [], "images": {}}
-        self.prefix = f"lab-{record['id']}-r{record['restarts']}"
+        self.total, self.done, self.results = total, 0, results
+        self.ctx_step = "starting"
 
     def step(self, text: str) -> None:
+        self.ctx_step = text
         self.ctx.progress(text, self.done / self.total, self.results)
 
     def advance(self) -> None:
         self.done += 1
         self.ctx.progress(self.ctx_step, self.done / self.total, self.results)
+
+
+class _Run(Steps):
+    def __init__(self, runner: ExperimentRunner, record: dict, ctx):
+        self.attacks = [AttackSpec.model_validate(a) for a in record["spec"]["attacks"]]
+        per_split = 2 + len(self.attacks)
+        super().__init__(runner, record, ctx, 1 + per_split * len(record["spec"]["split_points"]),
+                         {"model": None, "baseline": None, "splits": [], "rows": [], "images": {}})
+        self.prefix = f"lab-{record['id']}-r{record['restarts']}"
 
     def image(self, name: str, rows: list, caption: str) -> None:
         save_grid(self.ctx.image_dir / f"{name}.png", rows)
@@ -130,8 +149,7 @@ class _Run:
         if not cfg.edge_url:  # fail before spending time on training
             raise SplitlabError("no edge to send images through: start the service with --edge URL "
                                 "(the edge's REST address, e.g. http://localhost:8001)")
-        self.ctx_step = "model: train or reuse"
-        self.step(self.ctx_step)
+        self.step("model: train or reuse")
         model_id, manifest, reused = ensure_model(self.store, spec, cfg.data_root)
         self.results["model"] = {"model_id": model_id, "arch": manifest["arch"], "dataset": manifest["dataset"],
                                  "reused": reused, "train_accuracy": manifest.get("train_accuracy"),
@@ -161,15 +179,13 @@ class _Run:
         return self.results
 
     def _split(self, s, split, model_id, manifest, ds, pixels, labels, originals, channel, captures, image_metrics):
-        self.ctx_step = f"{split}: deploy"
-        self.step(self.ctx_step)
+        self.step(f"{split}: deploy")
         dep, dep_reused = ensure_deployment(self.store, model_id, split, self.spec.get("feature_defense"),
                                             self.cfg.data_root)
         dep_id = dep["deployment_id"]
         self.advance()
 
-        self.ctx_step = f"{split}: send {len(pixels)} private images through the edge"
-        self.step(self.ctx_step)
+        self.step(f"{split}: send {len(pixels)} private images through the edge")
         rids = [f"{self.prefix}-{s}-{i}" for i in range(len(pixels))]
         sent = channel.send(dep_id, pixels, rids, self.ctx.check)
         for i, rid in enumerate(rids):  # the experimenter knows the inputs: lets `attacker invert` score them
@@ -184,8 +200,7 @@ class _Run:
 
         features = torch.from_numpy(sent.features)
         for attack in self.attacks:
-            self.ctx_step = f"{split}: {attack.label} attack"
-            self.step(self.ctx_step)
+            self.step(f"{split}: {attack.label} attack")
             started = time.perf_counter()
             recon, info = self._attack(attack, split, dep, manifest, ds, captures, channel, features, s)
             seconds = time.perf_counter() - started

@@ -25,7 +25,7 @@ from models.env import DEVICES
 from models.env import env_default as _env
 from models.errors import SplitlabError
 
-from ..priority import PRIORITIES
+from ..tap.priority import PRIORITIES
 from .limits import Limits
 
 log = logging.getLogger("attacker.lab")
@@ -153,7 +153,7 @@ def run_serve(args) -> int:
         log.info("tap (%s mode) listening on %s (port %d) -> %s, store %s", args.mode, args.listen, port,
                  args.upstream, store_dir)
     else:
-        from ..capture_store import CaptureStore
+        from ..captures.store import CaptureStore
 
         CaptureStore(store_dir).close()  # create it, so that experiments can read it
     runner = ExperimentRunner(RunnerConfig(

@@ -4,7 +4,7 @@ Layout of ``DIR`` (``--store``, env ``SPLITLAB_STORE``, default ``./captures``):
 
     index.sqlite              WAL-mode index (tables below); safe to read while the tap writes
     arrays/<hour>/<name>.npys segment files: each capture's feature batch is one complete .npy record
-                              (header + data) appended, with direct I/O (:mod:`attacker.segment_file`),
+                              (header + data) appended, with direct I/O (:mod:`attacker.captures.segment_file`),
                               at an offset kept in the index, in the wire
                               representation (float32, float16, bfloat16 as uint16 bits, int8 with
                               its scale in the index, uint8); ``features()`` returns float32
@@ -227,7 +227,7 @@ class CaptureStore:
             raise SplitlabError(f"cannot open capture store {index}: {exc}{_unwritable(self.root)}") from exc
         self._seq = 0
         self._segment: tuple[str, SegmentFile] | None = None  # (relative path, open file) being appended
-        self._stage = None  # the staging buffer every segment borrows in turn (see attacker/segment_file.py)
+        self._stage = None  # the staging buffer every segment borrows in turn (see attacker/captures/segment_file.py)
 
     def close(self) -> None:
         with self._lock:

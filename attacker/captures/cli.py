@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 from models.errors import SplitlabError
 
-from .capture_store import CaptureStore
+from .store import CaptureStore
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -4,8 +4,8 @@ relay's GIL.
 The relay (parent) hands each chunk it relays to :meth:`RecorderProcess.chunk`, which sends it
 with a 17-byte header over a Unix socket pair with one ``sendmsg`` (no copy in Python, no lock;
 what the socket cannot take at once waits in a bounded buffer drained when the socket is writable).
-The child decodes HTTP/2 + gRPC (:mod:`attacker.h2parse`) and records through the usual
-:class:`~attacker.recorder.Recorder`. A control pipe answers ``stats`` and ``flush`` (a marker sent
+The child decodes HTTP/2 + gRPC (:mod:`attacker.tap.h2parse`) and records through the usual
+:class:`~attacker.tap.recorder.Recorder`. A control pipe answers ``stats`` and ``flush`` (a marker sent
 in-band after the chunks, so a flush covers everything relayed before it).
 
 If the buffer towards the child passes its bound, the connection being relayed stops being
@@ -58,7 +58,7 @@ class RecorderProcess:
         # A fresh interpreter (not multiprocessing, which would re-import the parent's __main__ and
         # with it torch): it imports only the decoder and the store.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "attacker.recorder_process", str(child_sock.fileno()),
+            [sys.executable, "-m", "attacker.tap.recorder_process", str(child_sock.fileno()),
              str(child_control.fileno()), json.dumps(config)],
             pass_fds=(child_sock.fileno(), child_control.fileno()), stdin=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -291,7 +291,7 @@ class _Reader:
 
 
 class ChunkDecoder:
-    """Connections' byte streams in, captures out: one :class:`~attacker.h2parse.GrpcConnection` per
+    """Connections' byte streams in, captures out: one :class:`~attacker.tap.h2parse.GrpcConnection` per
     connection, feeding ``recorder``. Used by the recorder process (the relay's chunks) and, in the
     tap's own process, by the sniffer (which is not in the traffic's path, so it needs no process of
     its own)."""

@@ -1,11 +1,11 @@
 """The sniff tap: an eavesdropper that reads copies of the packets between the edge and the cloud.
 
-Unlike the relay (:mod:`attacker.passive`), nothing passes through the attacker: the edge talks to
+Unlike the relay (:mod:`attacker.tap.relay`), nothing passes through the attacker: the edge talks to
 the cloud directly and the kernel hands this process a copy of each TCP segment to or from the
 cloud's port on one network interface (a Linux ``AF_PACKET`` socket with a kernel-side filter, so
 other traffic is never copied). The segments of each connection are put back in order and handed
 to the same decoder as the relay's chunks (``opened``/``chunk``/``closed``,
-:class:`~attacker.recorder_process.ChunkDecoder`), which decodes HTTP/2 + gRPC and records. Being out
+:class:`~attacker.tap.recorder_process.ChunkDecoder`), which decodes HTTP/2 + gRPC and records. Being out
 of the traffic's path, the sniffer decodes in its own process (no hand-off to a recorder process,
 three copies of each payload fewer than the relay). The victims do not wait for it, but the kernel
 does work for it in their context, so it asks for as little as it can:
@@ -21,7 +21,7 @@ does work for it in their context, so it asks for as little as it can:
   (``benchmarks/results/tap_overhead*.md``). The kernel queues the packets in between (64 MiB).
   After ``QUIET_AFTER`` (100 ms) without a packet the clock stops, so an idle sniffer uses no
   CPU, and the next packet wakes it and starts the clock again;
-- with ``--priority idle`` (:mod:`attacker.priority`) it reads and decodes only on cores that
+- with ``--priority idle`` (:mod:`attacker.tap.priority`) it reads and decodes only on cores that
   nothing else wants, leaving the packets in the kernel's queue until then.
 
 Needs ``CAP_NET_RAW`` (root, or ``cap_add: [NET_RAW]`` in compose) and must start before the edge

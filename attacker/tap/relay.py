@@ -6,7 +6,7 @@ other side), so everything gRPC puts on the wire passes through as it is: messag
 initial and trailing metadata, deadlines (``grpc-timeout``), keepalives, flow control, and the
 size limits the two endpoints enforce. Each chunk is also handed (before it is relayed) to a
 ``sink`` with ``opened(conn, peer)``, ``chunk(conn, from_client, data)`` and ``closed(conn)``: the
-recorder process (:mod:`attacker.recorder_process`), which decodes and records it.
+recorder process (:mod:`attacker.tap.recorder_process`), which decodes and records it.
 """
 
 from __future__ import annotations

@@ -3,19 +3,19 @@
 The edge points at the tap instead of the cloud (``--listen``); the tap passes every call of every
 method to the cloud (``--upstream``) unchanged and records each request's features, the reply,
 request id, deployment, peer and time, every ``GetHead`` payload and every ``ListDeployments``
-reply into the capture store (``--store``; see :mod:`attacker.capture_store`) off the traffic's
-path (:mod:`attacker.recorder`). Recording never blocks or fails a call: drops and failures are
+reply into the capture store (``--store``; see :mod:`attacker.captures.store`) off the traffic's
+path (:mod:`attacker.tap.recorder`). Recording never blocks or fails a call: drops and failures are
 logged and counted in ``STORE/tap-stats.json`` (and in the final line printed on exit).
 
 Two modes:
-  passive (default)  a TCP relay that passes the bytes on unchanged (:mod:`attacker.passive`) and
+  passive (default)  a TCP relay that passes the bytes on unchanged (:mod:`attacker.tap.relay`) and
                      hands a copy to a recorder process that decodes HTTP/2 + gRPC
-                     (:mod:`attacker.recorder_process`, :mod:`attacker.h2parse`): everything on the
+                     (:mod:`attacker.tap.recorder_process`, :mod:`attacker.tap.h2parse`): everything on the
                      wire passes as it is (statuses, metadata, deadlines, flow control, the
                      endpoints' own size limits), at the cost of a socket hop. The tap's own
                      grpc.health.v1 (service "" and "splitlab.attacker.Tap") and reflection are on
                      --admin (default: the listen port + 1).
-  proxy              a gRPC proxy (generic handlers, bytes in/out: :mod:`attacker.proxy`) that
+  proxy              a gRPC proxy (generic handlers, bytes in/out: :mod:`attacker.tap.proxy`) that
                      terminates each call and re-issues it upstream with the same metadata and the
                      remaining deadline, and relays status, details and metadata back; it enforces
                      --max-message-mb on both sides and serves the tap's health (service
@@ -45,7 +45,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .heap import keep_freed_memory
 from .priority import PRIORITIES, run_at_idle_priority
-from .passive import Relay
+from .relay import Relay
 from .sniffer import POLL_INTERVAL, SniffError, Sniffer
 from .proxy import HEALTH, SERVICE, TAP_HEALTH_SERVICE, ProxyHandler
 from .recorder import Recorder
@@ -74,7 +74,7 @@ class TapConfig:
     admin: str | None = None  # passive/sniff: health + reflection address (default: listen port + 1)
     interface: str = "lo"  # sniff mode: the interface to read packets on
     poll_interval: float = POLL_INTERVAL  # sniff mode: seconds between reads of the packet socket (0: on arrival)
-    priority: str = "normal"  # "idle": the recording threads run only on cores nothing else wants (attacker/priority.py)
+    priority: str = "normal"  # "idle": the recording threads run only on cores nothing else wants (attacker/tap/priority.py)
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -282,7 +282,7 @@ class TapThread:
 def serve(config: TapConfig) -> int:
     """Run the tap until SIGTERM or SIGINT; returns the process exit code."""
 
-    keep_freed_memory()  # see attacker/heap.py: fresh pages for every message slow the victims too
+    keep_freed_memory()  # see attacker/tap/heap.py: fresh pages for every message slow the victims too
 
     async def main() -> None:
         tap = Tap(config)

@@ -4,7 +4,7 @@ Its callers (the proxy's handlers, or the passive tap's decoder in the recorder 
 raw message bytes to :meth:`Recorder.submit` (no parsing, no I/O, never blocks); the writer thread
 parses them (``InferRequest`` features, the reply, ``GetHead`` payloads,
 ``ListDeployments``), matches InferStream replies to their requests by request id, and writes to the
-:class:`~attacker.capture_store.CaptureStore` in batched transactions.
+:class:`~attacker.captures.store.CaptureStore` in batched transactions.
 
 Nothing here can stop traffic: a full queue (by items or bytes) drops the event, a failing store
 (disk full, locked, unwritable, missing) fails the batch, and both are counted, logged (rate
@@ -25,7 +25,7 @@ from pathlib import Path
 from protos import split_inference_pb2 as pb
 from protos import wire
 
-from .capture_store import CaptureStore
+from ..captures.store import CaptureStore
 from .priority import run_at_idle_priority
 
 log = logging.getLogger("attacker.tap")
@@ -49,7 +49,7 @@ class Recorder:
         self.stats_file = Path(stats_file) if stats_file else self.store_dir / STATS_FILE
         self.batch = batch
         self.linger = linger  # after the first event, wait this long for more (fewer transactions)
-        self.idle_priority = idle_priority  # the writer thread runs under SCHED_IDLE (attacker/priority.py)
+        self.idle_priority = idle_priority  # the writer thread runs under SCHED_IDLE (attacker/tap/priority.py)
         self._queue: collections.deque = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition()

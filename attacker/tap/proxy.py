@@ -6,7 +6,7 @@ through unchanged, and a call the client cancels is cancelled upstream. Methods 
 protocol and ``grpc.health.v1.Health`` are forwarded with their own cardinality; any other method
 is forwarded as a bidirectional stream (which carries every cardinality on the wire).
 
-Recording hooks only hand raw bytes to the :class:`~attacker.recorder.Recorder`; all parsing happens
+Recording hooks only hand raw bytes to the :class:`~attacker.tap.recorder.Recorder`; all parsing happens
 on its writer thread. Health checks are forwarded too (the edge sees the cloud's health), except
 for the service name :data:`TAP_HEALTH_SERVICE`, which the tap answers itself.
 """

@@ -1,6 +1,6 @@
 """Passive HTTP/2 + gRPC decoding: turn the two byte streams of a TCP connection into gRPC calls.
 
-The passive tap (:mod:`attacker.passive`) copies bytes between the edge and the cloud untouched
+The passive tap (:mod:`attacker.tap.relay`) copies bytes between the edge and the cloud untouched
 and feeds a copy of each direction to a :class:`GrpcConnection`, which parses HTTP/2 frames,
 decodes header blocks with HPACK (one decoder per direction, as the endpoints do), splits DATA into
 length-prefixed gRPC messages (gzip/deflate-compressed ones are inflated) and reports what the
