@@ -27,7 +27,8 @@ from starlette.exceptions import HTTPException
 
 from . import pages
 from .schemas import ErrorBody, Experiment, ExperimentPage, Health, Status
-from .spec import ExperimentSpec, Limits, SpecError, check_spec, loc_str
+from .kinds import KINDS, ExperimentRequest, check_experiment
+from .spec import Limits, SpecError, loc_str
 from .store import ExperimentStore
 from .worker import WorkerPool
 
@@ -101,9 +102,12 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
 
     app = FastAPI(title="splitlab lab API", version="1.0.0", lifespan=lifespan,
                   openapi_url="/v1/openapi.json", docs_url="/v1/docs", redoc_url=None,
-                  description="Submit split-point experiments (train or reuse a model, deploy split points, "
-                              "send private images through the live edge and tap, attack the captured "
-                              "features) and read their results.")
+                  description="Submit experiments and read their results. Split-point experiments (kind "
+                              "inversion, the default): train or reuse a model, deploy split points, send "
+                              "private images through the live edge and tap, attack the captured features. "
+                              "Membership experiments (kind membership): train or reuse a target, run "
+                              "membership attacks against its answers (in process or through the live "
+                              "pipeline), score them on its members and held-out non-members, plot the ROC.")
     app.state.store, app.state.pool, app.state.config = store, pool, config
     app.add_middleware(BodyLimit)
     bearer = HTTPBearer(auto_error=False, description="SPLITLAB_API_TOKEN (needed for POST and DELETE)")
@@ -143,8 +147,13 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
     async def validation_error(request: Request, exc: RequestValidationError):
         errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str, bytes: lambda b: repr(b)})
         for e in errors:  # echoing whole bodies back helps nobody
+            if e.get("type") == "invalid_kind" and isinstance(e.get("input"), dict):
+                e["loc"] = ["body", "kind"]  # a kind that is not one: the field is named
             if isinstance(e.get("input"), (dict, list)):
                 e.pop("input")
+            loc = list(e.get("loc", ()))
+            if loc[:1] == ["body"] and loc[1:2] and loc[1] in KINDS:  # the union's tag: not a field
+                e["loc"] = [loc[0], *loc[2:]]
         message = "; ".join(f"{loc_str(_body_loc(e.get('loc', ())))}: {e.get('msg')}" for e in errors)
         return JSONResponse({"error": message or "invalid request", "detail": errors}, 422)
 
@@ -162,8 +171,8 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
     @app.post("/v1/experiments", status_code=202, response_model=Experiment, tags=["experiments"],
               dependencies=[Depends(require_token)], responses={400: ERRORS[400], 401: ERRORS[401], 413: ERRORS[413], 422: ERRORS[422]},
               summary="Submit an experiment; it is queued and runs in the background")
-    def submit(spec: ExperimentSpec, response: Response):
-        check_spec(spec, config.limits, config.artifacts, config.data_root)
+    def submit(spec: ExperimentRequest, response: Response):
+        check_experiment(spec, config)
         record = store.create(spec.model_dump(mode="json"))
         pool.notify()
         response.headers["Location"] = f"/v1/experiments/{record['id']}"
@@ -199,8 +208,9 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
         return view(record)
 
     @app.get("/v1/experiments/{exp_id}/images/{name}.png", tags=["experiments"],
-             responses={200: {"content": {"image/png": {}}, "description": "a PNG grid"}, 404: ERRORS[404]},
-             response_class=FileResponse, summary="An image of the experiment (originals, reconstructions)")
+             responses={200: {"content": {"image/png": {}}, "description": "a PNG image"}, 404: ERRORS[404]},
+             response_class=FileResponse,
+             summary="An image of the experiment (grids of originals and reconstructions; a membership ROC plot)")
     def image(exp_id: str, name: str):
         get_or_404(exp_id)
         if not IMAGE_NAME.match(name) or ".." in name:

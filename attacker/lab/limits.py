@@ -18,6 +18,11 @@ class Limits:
     max_aux_images: int = 5000      # auxiliary images of a blackbox / queryfree attack
     max_split_points: int = 20
     max_attacks: int = 6
+    # membership experiments
+    max_membership_samples: int = 1000  # members evaluated per seed (and as many non-members)
+    max_shadow_models: int = 16     # shadow_models / reference_models of a membership attack
+    max_seeds: int = 5              # seeds (targets trained and attacked) per membership experiment
+    max_attack_epochs: int = 500    # epochs of a membership attack network (shokri, nasr)
 
     @classmethod
     def from_env(cls, env=None) -> "Limits":

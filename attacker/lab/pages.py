@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from html import escape
 
+from . import membership_pages
+from .kinds import kind_of
+
 ACTIVE = ("queued", "running", "interrupted")
 
 STYLE = """
@@ -78,6 +81,8 @@ def _subject(spec: dict) -> str:
 def _attack_label(a) -> str:
     if isinstance(a, str):
         return a
+    if a.get("label"):  # a membership attack's own label
+        return a["label"]
     parts = [a.get("name", "?")] + [a[k] for k in ("aux", "shadow") if a.get(k)]
     return "-".join(parts)
 
@@ -89,7 +94,7 @@ def index(items: list[dict], total: int, status: str | None) -> str:
         rows.append(
             f'<tr><td><a href="/experiments/{escape(r["id"])}">{escape(r["id"])}</a></td>'
             f"<td>{_status(r['status'])}</td><td>{escape(_subject(spec))}</td>"
-            f"<td>{escape(', '.join(spec.get('split_points', [])))}</td>"
+            f"<td>{escape(', '.join(spec.get('split_points', [])) or kind_of(spec))}</td>"
             f"<td>{escape(', '.join(_attack_label(a) for a in spec.get('attacks', [])))}</td>"
             f"<td class=num>{int(spec.get('samples', 0))}</td>"
             f"<td>{_bar(r['progress']['fraction'], True)} <span class=muted>{escape(r['progress']['step'])}</span></td>"
@@ -113,13 +118,17 @@ def index(items: list[dict], total: int, status: str | None) -> str:
 
 def experiment(r: dict) -> str:
     exp_id, spec, res = r["id"], r["spec"], r.get("results") or {}
+    membership = kind_of(spec) == "membership"
+    attacks = escape(", ".join(_attack_label(a) for a in spec.get("attacks", [])))
+    if membership:
+        what = f"{escape(_subject(spec))} · attacks {attacks} · {escape(membership_pages.summary(spec))}"
+    else:
+        what = (f"{escape(_subject(spec))} · split points {escape(', '.join(spec.get('split_points', [])))} · "
+                f"attacks {attacks} · {int(spec.get('samples', 0))} private images · seed {int(spec.get('seed', 0))}"
+                + (f" · feature defence {escape(json.dumps(spec['feature_defense']))}"
+                   if spec.get("feature_defense") else ""))
     head = (f'<p><a href="/">&larr; all experiments</a></p><h1>Experiment <code>{escape(exp_id)}</code> '
-            f"{_status(r['status'])}</h1>"
-            f"<p>{escape(_subject(spec))} · split points {escape(', '.join(spec.get('split_points', [])))} · "
-            f"attacks {escape(', '.join(_attack_label(a) for a in spec.get('attacks', [])))} · "
-            f"{int(spec.get('samples', 0))} private images · seed {int(spec.get('seed', 0))}"
-            + (f" · feature defence {escape(json.dumps(spec['feature_defense']))}" if spec.get("feature_defense") else "")
-            + "</p>"
+            f"{_status(r['status'])}</h1><p>{what}</p>"
             f"<p>{_bar(r['progress']['fraction'])} <span id=fraction>{100 * r['progress']['fraction']:.0f}%</span> "
             f"<span id=step class=muted>{escape(r['progress']['step'])}</span>"
             + (f" · queue position {r['queue_position']}" if r.get("queue_position") else "")
@@ -128,10 +137,10 @@ def experiment(r: dict) -> str:
     parts = [head]
     if r.get("error"):
         parts.append(f'<h2>Error</h2><div class="error">{escape(r["error"])}</div>')
-    parts.append(_model_section(res))
-    parts.append(_results_table(res))
-    parts.append(_splits_table(res))
-    parts.append(_images(exp_id, res))
+    if membership:
+        parts.append(membership_pages.sections(res, _num, _pm))
+    else:
+        parts += [_model_section(res), _results_table(res), _splits_table(res), _images(exp_id, res)]
     parts.append(f"<h2>Spec</h2><pre>{escape(json.dumps(spec, indent=2))}</pre>"
                  f'<p class=muted>JSON: <a href="/v1/experiments/{escape(exp_id)}">/v1/experiments/'
                  f"{escape(exp_id)}</a> · submitted {escape(r['created'] or '')}"

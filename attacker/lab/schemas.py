@@ -36,9 +36,11 @@ class Experiment(BaseModel):
     progress: Progress
     queue_position: int | None = Field(None, description="1-based place in the queue while waiting")
     results: dict[str, Any] | None = Field(
-        None, description="model, baseline, per-split rows and per split x attack rows (PSNR, SSIM, MSE "
-                          "mean/std, accuracy, bytes per image, attack seconds, image URLs); partial while "
-                          "running")
+        None, description="inversion: model, baseline, per-split rows and per split x attack rows (PSNR, SSIM, "
+                          "MSE mean/std, accuracy, bytes per image, attack seconds, image URLs); membership: "
+                          "targets per seed, trials per attack x seed (AUC, TPR at 1% and 0.1% FPR, balanced "
+                          "accuracy, precision, recall, F1, advantage) and rows per attack (their mean and std "
+                          "over the seeds), the ROC image URL; partial while running")
     error: str | None = None
     restarts: int = Field(0, description="times it was interrupted by a service restart and re-run")
     cancel_requested: bool = False

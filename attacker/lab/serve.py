@@ -84,7 +84,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("max_iterations", "attack optimisation iterations"),
                        ("max_aux_images", "auxiliary images of an attack"),
                        ("max_split_points", "split points per experiment"),
-                       ("max_attacks", "attacks per experiment")):
+                       ("max_attacks", "attacks per experiment"),
+                       ("max_membership_samples", "membership: members (and as many non-members) per seed"),
+                       ("max_shadow_models", "membership: shadow / reference models of an attack"),
+                       ("max_seeds", "membership: seeds per experiment"),
+                       ("max_attack_epochs", "membership: epochs of an attack network")):
         env = "SPLITLAB_LAB_" + name.upper()
         limits.add_argument("--" + name.replace("_", "-"), type=int, default=_env(env, getattr(defaults, name), int),
                             help=f"{what} (env {env}, default {getattr(defaults, name)})")

@@ -204,8 +204,9 @@ class MembershipKnowledge(Knowledge):
 
     @classmethod
     def missing(cls, source: KnowledgeSource) -> str | None:
-        if not source.deployment_id:
-            return "a membership attack needs the target's deployment id"
+        if not source.deployment_id and not (source.record or {}).get("model_id"):
+            return ("a membership attack needs the target's deployment id (or, in process, a record naming its "
+                    "model_id)")
         if source.artifacts is None:
             return ("a membership attack needs the artifact store: the target's training recipe (its manifest's "
                     "options, never its members) and the store its shadow models are shared through")
@@ -249,7 +250,7 @@ def _target_from_store(source: KnowledgeSource, dataset, data_root):
     from models.datasets import load_dataset
     from models.loading import load_model
 
-    record = source.deployment_record() or {}
+    record = source.deployment_record() or {}  # in process, without a deployment: {"model_id": ...}
     if not record.get("model_id"):
         raise KnowledgeError(f"the deployment record of {source.deployment_id!r} names no model")
     model, manifest = load_model(source.artifacts, record["model_id"])
