@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from ..attacks.registry import names
 from .limits import Limits
-from .spec import MODEL_SOURCE, SPEC_CONFIG, ModelSource, SpecError, TrainSpec, check_model_source
+from .spec import MODEL_SOURCE, SPEC_CONFIG, ModelSource, SpecError, TrainSpec, check_model_source, unique
 
 MEMBERSHIP_ATTACKS = names("membership")
 # The membership attacks' parameters counted against the budget limits.
@@ -104,19 +104,12 @@ class MembershipExperimentSpec(ModelSource):
     @field_validator("attacks", mode="after")
     @classmethod
     def _unique_attacks(cls, value):
-        titles = [a.title for a in value]
-        for i, title in enumerate(titles):
-            if title in titles[:i]:
-                raise ValueError(f"attack {title!r} is listed twice (index {i}); give each a distinct label")
-        return value
+        return unique(value, "attack", lambda a: a.title, "; give each a distinct label")
 
     @field_validator("seeds", mode="after")
     @classmethod
     def _unique_seeds(cls, value):
-        for i, seed in enumerate(value):
-            if seed in value[:i]:
-                raise ValueError(f"seed {seed} is listed twice (index {i})")
-        return value
+        return unique(value, "seed")
 
 
 def check_membership_spec(spec: MembershipExperimentSpec, limits: Limits, artifacts=None, data_root=None,

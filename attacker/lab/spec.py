@@ -43,6 +43,15 @@ ArchName = Literal[tuple(architecture_names())]  # type: ignore[valid-type]
 DatasetName = Literal[tuple(DATASET_NAMES)]  # type: ignore[valid-type]
 
 
+def unique(values: list, what: str, key=lambda v: v, hint: str = "") -> list:
+    """``values`` unchanged, or a ValueError naming the first one listed twice (by ``key``)."""
+    keys = [key(v) for v in values]
+    for i, k in enumerate(keys):
+        if k in keys[:i]:
+            raise ValueError(f"{what} {k!r} is listed twice (index {i}){hint}")
+    return values
+
+
 class SpecError(ValueError):
     """One or more semantic errors; each is ``(location tuple, message)`` like pydantic's."""
 
@@ -223,21 +232,12 @@ class ExperimentSpec(ModelSource):
     @field_validator("attacks", mode="after")
     @classmethod
     def _unique_attacks(cls, value):
-        labels = [a.label for a in value]
-        for i, label in enumerate(labels):
-            if label in labels[:i]:
-                raise ValueError(f"attack {label!r} is listed twice (index {i})")
-        return value
+        return unique(value, "attack", lambda a: a.label)
 
     @field_validator("split_points", mode="after")
     @classmethod
     def _unique_splits(cls, value):
-        seen = set()
-        for i, point in enumerate(value):
-            if point in seen:
-                raise ValueError(f"split point {point!r} is listed twice (index {i})")
-            seen.add(point)
-        return value
+        return unique(value, "split point")
 
 
 @functools.lru_cache(maxsize=16)
