@@ -172,7 +172,7 @@ def test_membership_experiment_on_an_overfit_target(tmp_path):
 def test_membership_experiment_through_the_live_pipeline(tmp_path):
     from test_lab_e2e import Services
 
-    from attacker.capture_store import CaptureStore
+    from attacker.captures.store import CaptureStore
 
     lab = Services(tmp_path)
     try:
