@@ -326,7 +326,7 @@ def from_json(obj: dict) -> FeatureDefence:
         raise DefenceError(f"a defence is an object with a 'type', got {obj!r}")
     kind = obj.get("type")
     kind = ALIASES.get(kind, kind) if isinstance(kind, str) else kind
-    if kind not in DEFENCES:
+    if not isinstance(kind, str) or kind not in DEFENCES:  # a list or an object is no type either
         raise DefenceError(f"unknown feature defence {obj.get('type')!r}; choose one of {', '.join(DEFENCES)}", "type")
     cls = DEFENCES[kind]
     names = {f.name for f in fields(cls)} - {"type"}
