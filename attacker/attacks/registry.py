@@ -26,6 +26,9 @@ ATTACKS: dict[str, str] = {
     "membership/shokri": "attacker.attacks.membership.shokri:ShokriAttack",
     "membership/lira": "attacker.attacks.membership.lira:LiRAAttack",
     "membership/nasr": "attacker.attacks.membership.nasr:NasrAttack",
+    "gradient/dlg": "attacker.attacks.gradient.dlg:DLGAttack",
+    "gradient/idlg": "attacker.attacks.gradient.dlg:IDLGAttack",
+    "gradient/inverting_gradients": "attacker.attacks.gradient.inverting:InvertingGradientsAttack",
 }
 SHORT_NAME_FAMILY = "inversion"
 
