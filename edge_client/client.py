@@ -75,6 +75,10 @@ def channel_options(max_message_mb: float = DEFAULT_MAX_MESSAGE_MB, retries: boo
         ("grpc.service_config", service_config(retries)),
         # keep large requests retryable (the default buffer is 256 KiB)
         ("grpc.per_rpc_retry_buffer_size", limit),
+        # reconnect within 0.1-2 s, as calls are retried: gRPC's default backoff grows to 120 s, and a
+        # tap that accepts and then closes (its cloud restarting) pushed it past a request's deadline
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 

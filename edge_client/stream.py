@@ -13,15 +13,26 @@ experiment ended every time (5 of 5). So:
 - every request has a deadline (the client's ``timeout``, 30 s by default); a watchdog thread fails
   a request that is not answered by then with ``DEADLINE_EXCEEDED``, and if the call has delivered
   no reply at all since that request was sent, the call is presumed dead and cancelled;
-- when a call breaks (the cloud went away, the call's deadline passed), every request pending on it
-  fails with the call's status and a message that says the stream broke; nothing is resent, so a
-  reply can never arrive twice (the cloud may have run the request, and the tap recorded it);
+- when a call breaks (the cloud went away), the requests pending on it are sent again on a new
+  call if the status was UNAVAILABLE, as unary calls are retried: up to 5 tries, and while calls
+  break without a single reply the next one waits 0.1 s, doubling to 2 s (new requests wait too).
+  The old call's reader has finished, so no reply can come from it any more: a reply is never
+  delivered twice, though the cloud (and a tap) may have seen the request twice. Other statuses,
+  or no tries or time left, fail the request with the call's status and a message that says the
+  stream broke;
+- the channel reconnects within 0.1-2 s (``client.channel_options``): with gRPC's default backoff
+  (up to 120 s) an edge behind a relay tap whose cloud was restarting missed its deadlines;
 - the next ``submit`` opens a new call: a long run goes on once the cloud is back.
+
+Measured (cloud SIGKILLed 1 s into a stream of 2,154 batch-1 requests, back 1.5 s later): direct
+and through the passive tap, every request answered; through the proxy tap (which answers
+UNAVAILABLE itself while its cloud is down) 4 failed once their tries were used up (1,396 when
+broken calls were reopened at once and nothing was sent again).
 
 A request's future is settled by whoever removes it from its call's pending table under the lock
 (the reply reader, the watchdog, or the break handler), so it is settled exactly once. ``stats``
-counts calls opened and broken, requests expired, and replies that came after their request had
-expired (dropped, not delivered).
+counts calls opened and broken, requests expired and sent again, and replies that came after their
+request had expired (dropped, not delivered).
 """
 
 from __future__ import annotations
@@ -39,17 +50,20 @@ import numpy as np
 
 from protos import split_inference_pb2 as pb
 
-from .client import CloudClient, CloudError, _result, request_bytes, status_code
+from .client import RETRY_POLICY, CloudClient, CloudError, _result, request_bytes, status_code
 
 _END = object()
+ATTEMPTS = RETRY_POLICY["maxAttempts"]  # as for unary calls: 5 tries, backoff 0.1 s doubling to 2 s
+BACKOFF = (0.1, 2.0)
 
 
 @dataclass
 class _Pending:
     future: Future
-    size: int
+    data: bytes          # kept until answered, to send again on a new call (as gRPC's retry buffer does)
     sent: float          # time.monotonic() when queued
     deadline: float
+    attempts: int = 1
 
 
 @dataclass(eq=False)
@@ -60,6 +74,7 @@ class _Call:
     requests: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     pending: dict[str, _Pending] = field(default_factory=dict)
     last_reply: float = field(default_factory=time.monotonic)
+    replies: int = 0
     broken: bool = False
     cancelled_because: str = ""   # set when the watchdog gave up on the call
     grpc_call: object = None
@@ -85,7 +100,11 @@ class InferStream:
         self._deadlines: list[tuple[float, int, str, _Call]] = []  # heap
         self._seq = itertools.count()
         self._closed = False
-        self.stats = {"calls": 0, "broken": 0, "expired": 0, "late_replies": 0}
+        self._backoff = 0.0      # wait before the next call after calls that broke without a reply
+        self._not_before = 0.0   # time.monotonic() before which no new call is opened
+        self._retrying = 0       # requests between a broken call and the next one
+        self._live: set[_Call] = set()  # calls whose reader has not finished
+        self.stats = {"calls": 0, "broken": 0, "expired": 0, "late_replies": 0, "retried": 0}
         self._watchdog = threading.Thread(target=self._watch, name="infer-stream-deadlines", daemon=True)
         self._watchdog.start()
         with self._lock:
@@ -104,21 +123,27 @@ class InferStream:
     def _send(self, rid: str, data: bytes, timeout: float | None) -> Future:
         fut: Future = Future()
         now = time.monotonic()
-        entry = _Pending(fut, len(data), now, now + (timeout or self._request_timeout))
+        entry = _Pending(fut, data, now, now + (timeout or self._request_timeout))
+        time.sleep(max(0.0, min(self._not_before, entry.deadline) - now))  # backing off: the sender waits
         with self._lock:
             if self._closed:
                 raise RuntimeError("stream is closed")
-            call = self._call if self._call is not None and not self._call.broken else self._open()
-            if rid in call.pending:
-                raise ValueError(f"request id {rid!r} is already in flight on this stream")
-            if not call.pending:
-                call.last_reply = now  # "no reply since" counts from when something was asked
-            call.pending[rid] = entry
-            heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), rid, call))
-            if self._deadlines[0][2] is rid:  # the earliest deadline now: wake the watchdog
-                self._lock.notify_all()
+            call = self._place(rid, entry)
         call.requests.put(data)
         return fut
+
+    def _place(self, rid: str, entry: _Pending) -> _Call:
+        """Put ``entry`` on the current call, opening one if it broke (lock held); the caller sends."""
+        call = self._call if self._call is not None and not self._call.broken else self._open()
+        if rid in call.pending:
+            raise ValueError(f"request id {rid!r} is already in flight on this stream")
+        if not call.pending:
+            call.last_reply = time.monotonic()  # "no reply since" counts from when something was asked
+        call.pending[rid] = entry
+        heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), rid, call))
+        if self._deadlines[0][2] is rid:  # the earliest deadline now: wake the watchdog
+            self._lock.notify_all()
+        return call
 
     def _open(self) -> _Call:
         """A new gRPC call (lock held); it waits for the connection (``waitForReady``)."""
@@ -128,6 +153,7 @@ class InferStream:
         call.reader = threading.Thread(target=self._read, args=(call,), name=f"infer-stream-{call.number}",
                                        daemon=True)
         call.reader.start()
+        self._live.add(call)
         self._call = call
         self.stats["calls"] += 1
         return call
@@ -138,6 +164,7 @@ class InferStream:
             for item in call.grpc_call:
                 with self._lock:
                     call.last_reply = time.monotonic()
+                    call.replies += 1
                     entry = call.pending.pop(item.request_id, None)
                     if entry is None:
                         self.stats["late_replies"] += 1
@@ -150,7 +177,7 @@ class InferStream:
                                                           item.request_id))
                     continue
                 try:
-                    entry.future.set_result(_result(item.reply, entry.size))
+                    entry.future.set_result(_result(item.reply, len(entry.data)))
                 except Exception as exc:  # noqa: BLE001 - e.g. a reply that does not decode
                     entry.future.set_exception(exc)
             code, why, broke = grpc.StatusCode.CANCELLED, "the stream ended", False
@@ -161,15 +188,49 @@ class InferStream:
         self._break(call, code, why, broke)
 
     def _break(self, call: _Call, code: grpc.StatusCode, why: str, broke: bool) -> None:
-        """Fail every request still pending on ``call``; the next ``submit`` opens a new call."""
+        """``call`` is over (its reader is done, so no reply can come from it any more): send what it
+        left unanswered again on a new call if it broke with UNAVAILABLE (up to ``ATTEMPTS`` tries,
+        backing off while calls break without a single reply), fail the rest."""
+        now = time.monotonic()
         with self._lock:
             call.broken = True
             self.stats["broken"] += broke
             pending, call.pending = call.pending, {}
+            if broke and not call.replies:
+                self._backoff = min(BACKOFF[1], max(BACKOFF[0], 2 * self._backoff))
+            else:
+                self._backoff = 0.0
+            self._not_before = now + self._backoff
+            self._live.discard(call)
+            retry = {} if not broke or code != grpc.StatusCode.UNAVAILABLE else {
+                rid: e for rid, e in pending.items() if e.attempts < ATTEMPTS and e.deadline > self._not_before}
+            self._retrying += len(retry)
             self._lock.notify_all()
         call.requests.put(_END)  # ends gRPC's request-consuming thread
         for rid, entry in pending.items():
-            entry.future.set_exception(CloudError(code, f"{why} before this request was answered", rid))
+            if rid not in retry:
+                entry.future.set_exception(CloudError(code, f"{why} before this request was answered", rid))
+        if retry:
+            self._retry(retry, why)
+
+    def _retry(self, entries: dict[str, _Pending], why: str) -> None:
+        time.sleep(max(0.0, self._not_before - time.monotonic()))
+        failed, sends = [], []
+        with self._lock:
+            self._retrying -= len(entries)
+            for rid, entry in entries.items():
+                entry.attempts += 1
+                try:
+                    sends.append((self._place(rid, entry), entry.data))
+                    self.stats["retried"] += 1
+                except ValueError as exc:  # its id was reused meanwhile
+                    failed.append((rid, entry, str(exc)))
+            self._lock.notify_all()
+        for call, data in sends:
+            call.requests.put(data)
+        for rid, entry, reason in failed:
+            entry.future.set_exception(CloudError(grpc.StatusCode.UNAVAILABLE, f"{why}; not sent again: {reason}",
+                                                  rid))
 
     # --- deadlines -----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -210,24 +271,32 @@ class InferStream:
     # --- lifecycle -----------------------------------------------------------------------------
     def close(self, wait: bool = True) -> None:
         """No more requests; with ``wait``, wait until every request is answered or failed (each
-        within its deadline) and the calls have ended."""
+        within its deadline; a request sent again after a break included) and the calls have ended."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            call = self._call
             self._lock.notify_all()
-        if call is None:
-            return
-        call.requests.put(_END)  # half-close: the cloud ends the call once it has answered
         if not wait:
+            self._half_close()
             return
         with self._lock:
-            self._lock.wait_for(lambda: not call.pending)
-        call.reader.join(5.0)
-        if call.reader.is_alive():  # answered everything but never ended the call
-            call.grpc_call.cancel()
+            self._lock.wait_for(lambda: not self._retrying and not any(c.pending for c in self._live))
+        for call in self._half_close():
             call.reader.join(5.0)
+            if call.reader.is_alive():  # answered everything but never ended the call
+                call.grpc_call.cancel()
+                call.reader.join(5.0)
+
+    def _half_close(self) -> list[_Call]:
+        """End the request side of every live call: the cloud ends each once it has answered."""
+        with self._lock:
+            calls = list(self._live)
+            for call in calls:
+                call.broken = True  # a request sent again after this goes on a new call
+        for call in calls:
+            call.requests.put(_END)
+        return calls
 
     def cancel(self) -> None:
         if self._call is not None:

@@ -3,8 +3,8 @@ within its deadline, and the edge's run ends with totals that add up.
 
 Real ``cloud-server`` processes on loopback (``fixtures_grpc.CloudProcess``), killed with SIGKILL
 and started again on the same port, or stopped with SIGSTOP (a hung cloud: the connection stays up,
-nothing answers). Each cloud logs every request id it answered, which proves no request was run
-twice by a resend.
+nothing answers). Each cloud logs every request id it answered: only a request sent again after a
+break can have run on both clouds.
 """
 
 from __future__ import annotations
@@ -100,14 +100,14 @@ def test_stream_requests_are_answered_once_or_fail_when_the_cloud_is_killed_and_
     failed = {rid: exc for rid, exc in outcome.items() if isinstance(exc, Exception)}
     ok = {rid: r for rid, r in outcome.items() if not isinstance(r, Exception)}
     assert len(ok) + len(failed) == total and len(failed) <= window, failed
-    for rid, exc in failed.items():  # the ones in flight when the cloud died, and only those
+    for rid, exc in failed.items():  # in flight when the cloud died, and not answered when sent again
         assert isinstance(exc, CloudError) and exc.code == grpc.StatusCode.UNAVAILABLE, exc
         assert "broke" in exc.message and exc.request_id == rid
     assert all(r.request_id == rid and r.logits.shape == (1, 10) for rid, r in ok.items())
     before, after = answered_ids(first), answered_ids(second)
-    assert not set(before) & set(after)  # nothing was sent twice
+    assert len(set(before) & set(after)) <= stats["retried"] <= window  # only what was sent again ran twice
     assert set(ok) <= set(before) | set(after) and len(after) >= total - 100 - window
-    assert stats["calls"] == 2 and stats["broken"] == 1 and stats["late_replies"] == 0, stats
+    assert stats["calls"] >= 2 and stats["broken"] >= 1 and stats["late_replies"] == 0, stats
 
 
 def test_a_hung_cloud_fails_stream_requests_at_their_deadline_and_the_stream_recovers(artifacts):
