@@ -244,9 +244,10 @@ def test_the_lab_takes_every_defence_and_names_the_bad_field(lenet_digits, defen
     check_spec(ExperimentSpec.model_validate(base | {"feature_defense": chain}), Limits())
     bad = [{"type": "dropout", "p": 2}, {"type": "deeper", "to": "conv1"}, {"type": "quantize", "bits": "4"}]
     with pytest.raises(SpecError) as err:
-        check_spec(ExperimentSpec.model_validate(base | {"feature_defense": bad}), Limits())
-    assert [loc for loc, _ in err.value.errors] == [("feature_defense", 0, "p"), ("feature_defense", 1, "to"),
-                                                    ("feature_defense", 2, "bits")]
+        check_spec(ExperimentSpec.model_validate(base | {"feature_defense": bad, "split_points": ["conv1", "warp9"]}),
+                   Limits())
+    assert [loc for loc, _ in err.value.errors] == [("split_points", 1), ("feature_defense", 0, "p"),
+                                                    ("feature_defense", 1, "to"), ("feature_defense", 2, "bits")]
     assert "'conv1' is not after the split point 'conv1'" in str(err.value)
     # the lab's original noise object deploys as (and reuses) the gaussian deployment
     record, reused = ensure_deployment(lenet_digits, MODEL, "conv1", {"type": "noise", "sigma": 0.5})

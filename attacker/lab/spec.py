@@ -354,7 +354,7 @@ def check_feature_defense(value, split_points: list[str], points: list[str]) -> 
             errors.append((loc + ((exc.param,) if exc.param else ()), str(exc)))
             continue
         if isinstance(chain[-1], fdef.Deeper):
-            for point in split_points:
+            for point in (p for p in split_points if p in points):  # an unknown one has its own error
                 try:
                     chain[-1].resolve(points, point)
                 except fdef.DefenceError as exc:

@@ -272,6 +272,8 @@ class Deeper(FeatureDefence):
 
     def resolve(self, points: list[str], split: str) -> "Deeper":
         """This defence with both ``to`` and ``layers`` filled in for a head cut at ``split``."""
+        if split not in points:
+            raise DefenceError(f"deeper: unknown split point {split!r}; choose one of: {', '.join(points)}")
         start = points.index(split)
         if self.to is not None:
             if self.to not in points:
