@@ -20,6 +20,7 @@ import importlib
 SUITES: dict[str, str] = {
     "training": "benchmarks.suites.training",
     "membership": "benchmarks.suites.membership",
+    "gradient": "benchmarks.suites.gradient",
 }
 
 
