@@ -2,7 +2,9 @@
 
 A model trained for an experiment gets a deterministic id from what determines it (architecture,
 dataset, training budget and defence, seed), so a second experiment with the same training spec,
-and the re-run of an interrupted one, reuse it instead of training again. Deployments are reused
+and the re-run of an interrupted one, reuse it instead of training again; the model comes from
+:func:`models.reference.obtain_model` under that id, which compares a stored model's training spec
+with the one asked for and refuses a different one rather than reuse it. Deployments are reused
 the same way (``<model_id>--<split>[--<defence>]``).
 
 A feature defence (any of :mod:`models.defences.features`) is part of the deployment: ``deploy``

@@ -23,7 +23,9 @@
 ``knowledge_for(attack, KnowledgeSource(deployment_id, artifacts=store, edge_url=...))`` builds
 either from a deployment: the recipe is the options in the target's manifest (never its member
 list; a target trained on explicit members is refused), the aux data the privacy split's attacker
-parts, the queries live through ``edge_url`` when given, else in-process from the stored model.
+parts, the queries live through ``edge_url`` when given, else in-process from the stored model
+(in process a source needs no deployment: a ``record`` naming the ``model_id`` will do, as the lab's
+in-process membership experiments give).
 
 :class:`WhiteBoxMembershipKnowledge` (Nasr et al. 2019) adds the target's weights: the trained
 model, or the models observed at several points of training (the federated setting's passive
