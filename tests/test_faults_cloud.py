@@ -62,52 +62,79 @@ def restart_on_same_port(artifacts, cloud: CloudProcess, pause: float) -> CloudP
     return CloudProcess(artifacts, *CLOUD, "--port", cloud.address.rsplit(":", 1)[1])
 
 
-def test_stream_requests_are_answered_once_or_fail_when_the_cloud_is_killed_and_restarted(artifacts):
-    first = CloudProcess(artifacts, *CLOUD)
+def stream_through_a_restart(artifacts, first: CloudProcess, address: str, total: int, kill_at: int,
+                             window: int = 4) -> tuple[dict, dict, CloudProcess | None]:
+    """Stream ``total`` requests to ``address`` (the cloud, or a tap in front of it), ``window`` in
+    flight; kill ``first`` once it has answered ``kill_at`` - 10 and start it again 1.5 s later.
+    Returns (request id -> result or exception, stream stats, the restarted cloud)."""
     second = None
     settled: Counter = Counter()
     outcome: dict[str, object] = {}
-    window, total = 4, 300
+    with CloudClient(address, timeout=20) as client, client.stream() as stream:
+        inflight = []
+        for i in range(total):
+            if i == kill_at:
+                wait_for(lambda: len(answered_ids(first)) >= kill_at - 10, 20, "the first cloud's replies")
+                second = restart_on_same_port(artifacts, first, 1.5)
+            rid = f"r{i}"
+            fut = stream.submit(DEP, feats(i), request_id=rid)
+
+            def done(f, rid=rid):
+                settled[rid] += 1
+                outcome[rid] = f.exception() or f.result()
+
+            fut.add_done_callback(done)
+            inflight.append(fut)
+            if len(inflight) >= window:
+                inflight.pop(0).exception(timeout=30)
+        for fut in inflight:
+            fut.exception(timeout=30)
+        stats = dict(stream.stats)
+    assert set(settled) == {f"r{i}" for i in range(total)} and set(settled.values()) == {1}  # each once
+    failed = {rid: exc for rid, exc in outcome.items() if isinstance(exc, Exception)}
+    assert len(failed) <= window, failed
+    for rid, exc in failed.items():  # in flight when the cloud died, and not answered when sent again
+        assert isinstance(exc, CloudError) and exc.code == grpc.StatusCode.UNAVAILABLE, exc
+        assert "broke" in exc.message and exc.request_id == rid
+    assert all(r.request_id == rid and r.logits.shape == (1, 10) for rid, r in outcome.items() if rid not in failed)
+    return outcome, stats, second
+
+
+def test_stream_requests_are_answered_once_or_fail_when_the_cloud_is_killed_and_restarted(artifacts):
+    first = CloudProcess(artifacts, *CLOUD)
+    second = None
+    started = time.monotonic()
     try:
-        with CloudClient(first.address, timeout=20) as client, client.stream() as stream:
-            inflight = []
-            started = time.monotonic()
-            for i in range(total):
-                if i == 100:  # a third of the way in: kill it, start it again 1.5 s later
-                    wait_for(lambda: len(answered_ids(first)) >= 90, 20, "the first cloud's replies")
-                    second = restart_on_same_port(artifacts, first, 1.5)
-                rid = f"r{i}"
-                fut = stream.submit(DEP, feats(i), request_id=rid)
-
-                def done(f, rid=rid):
-                    settled[rid] += 1
-                    outcome[rid] = f.exception() or f.result()
-
-                fut.add_done_callback(done)
-                inflight.append(fut)
-                if len(inflight) >= window:
-                    inflight.pop(0).exception(timeout=30)
-            for fut in inflight:
-                fut.exception(timeout=30)
-            elapsed = time.monotonic() - started
-            stats = dict(stream.stats)
+        outcome, stats, second = stream_through_a_restart(artifacts, first, first.address, 300, 100)
     finally:
         first.kill()
         if second is not None:
             second.kill()
-    assert elapsed < 60
-    assert set(settled) == {f"r{i}" for i in range(total)} and set(settled.values()) == {1}  # each once
-    failed = {rid: exc for rid, exc in outcome.items() if isinstance(exc, Exception)}
-    ok = {rid: r for rid, r in outcome.items() if not isinstance(r, Exception)}
-    assert len(ok) + len(failed) == total and len(failed) <= window, failed
-    for rid, exc in failed.items():  # in flight when the cloud died, and not answered when sent again
-        assert isinstance(exc, CloudError) and exc.code == grpc.StatusCode.UNAVAILABLE, exc
-        assert "broke" in exc.message and exc.request_id == rid
-    assert all(r.request_id == rid and r.logits.shape == (1, 10) for rid, r in ok.items())
+    assert time.monotonic() - started < 60
+    ok = {rid for rid, r in outcome.items() if not isinstance(r, Exception)}
     before, after = answered_ids(first), answered_ids(second)
-    assert len(set(before) & set(after)) <= stats["retried"] <= window  # only what was sent again ran twice
-    assert set(ok) <= set(before) | set(after) and len(after) >= total - 100 - window
+    assert len(set(before) & set(after)) <= stats["retried"] <= 4  # only what was sent again ran twice
+    assert ok <= set(before) | set(after) and len(after) >= 300 - 100 - 4
     assert stats["calls"] >= 2 and stats["broken"] >= 1 and stats["late_replies"] == 0, stats
+
+
+def test_stream_through_the_relay_tap_recovers_when_the_cloud_restarts(artifacts, tmp_path):
+    """The relay accepts while its cloud is down and closes at once, so the edge's reconnects fail
+    fast; the stream goes on once the cloud is back. (With gRPC's default reconnect backoff, which
+    grows to 120 s, this missed its deadlines in about one try in three by hand; here the timing
+    rarely lines up, so this checks the recovery, not the bound.)"""
+    from attacker.tap import TapConfig, TapThread
+
+    first = CloudProcess(artifacts, *CLOUD)
+    second = None
+    try:
+        with TapThread(TapConfig(listen="127.0.0.1:0", upstream=first.address, store=str(tmp_path))) as tap:
+            outcome, stats, second = stream_through_a_restart(artifacts, first, f"127.0.0.1:{tap.tap.port}", 200, 60)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert len(answered_ids(second)) >= 200 - 60 - 4 and stats["broken"] >= 1, stats
 
 
 def test_a_hung_cloud_fails_stream_requests_at_their_deadline_and_the_stream_recovers(artifacts):
