@@ -157,57 +157,59 @@ class FeatureDefence:
 
 
 @dataclass(frozen=True)
-class Gaussian(FeatureDefence):
+class RandomDefence(FeatureDefence):
+    """A defence drawing fresh randomness on every call, with one positive parameter ``PARAM`` in (0, HI]
+    (or (0, HI) when ``HI_OPEN``); its label is the type and the value (``gaussian0.1``)."""
+
+    random: ClassVar[bool] = True
+    PARAM: ClassVar[str] = ""
+    HI: ClassVar[float] = 1e3
+    HI_OPEN: ClassVar[bool] = False
+
+    def __post_init__(self):
+        value = _number(f"{self.type}: {self.PARAM}", getattr(self, self.PARAM), 0, self.HI, lo_open=True,
+                        hi_open=self.HI_OPEN)
+        object.__setattr__(self, self.PARAM, value)
+
+    @property
+    def label(self) -> str:
+        return f"{self.type}{getattr(self, self.PARAM):g}"
+
+
+class AdditiveNoise(RandomDefence):
+    """Noise of the kind named by ``type``, scaled by ``PARAM``, added to the features (:class:`AddNoise`)."""
+
+    def module(self, channels):
+        return AddNoise(self.type, getattr(self, self.PARAM))
+
+
+@dataclass(frozen=True)
+class Gaussian(AdditiveNoise):
     """Gaussian noise N(0, sigma^2) added to every feature value, drawn afresh on every call."""
 
     type: Literal["gaussian"] = "gaussian"
     sigma: float = 0.0
-    random: ClassVar[bool] = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "sigma", _number("gaussian: sigma", self.sigma, 0, 1e3, lo_open=True))
-
-    @property
-    def label(self) -> str:
-        return f"gaussian{self.sigma:g}"
-
-    def module(self, channels):
-        return AddNoise("gaussian", self.sigma)
+    PARAM: ClassVar[str] = "sigma"
 
 
 @dataclass(frozen=True)
-class Laplace(FeatureDefence):
+class Laplace(AdditiveNoise):
     """Laplace noise with scale b (std b*sqrt(2)) added to every feature value, drawn afresh per call."""
 
     type: Literal["laplace"] = "laplace"
     scale: float = 0.0
-    random: ClassVar[bool] = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "scale", _number("laplace: scale", self.scale, 0, 1e3, lo_open=True))
-
-    @property
-    def label(self) -> str:
-        return f"laplace{self.scale:g}"
-
-    def module(self, channels):
-        return AddNoise("laplace", self.scale)
+    PARAM: ClassVar[str] = "scale"
 
 
 @dataclass(frozen=True)
-class Dropout(FeatureDefence):
+class Dropout(RandomDefence):
     """Each feature value zeroed with probability p (the rest scaled by 1/(1-p)), afresh per call."""
 
     type: Literal["dropout"] = "dropout"
     p: float = 0.0
-    random: ClassVar[bool] = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "p", _number("dropout: p", self.p, 0, 1, lo_open=True, hi_open=True))
-
-    @property
-    def label(self) -> str:
-        return f"dropout{self.p:g}"
+    PARAM: ClassVar[str] = "p"
+    HI: ClassVar[float] = 1.0
+    HI_OPEN: ClassVar[bool] = True
 
     def module(self, channels):
         return FeatureDropout(self.p)
@@ -318,7 +320,7 @@ class Nonlinear(FeatureDefence):
 
 DEFENCES: dict[str, type[FeatureDefence]] = {c.type: c for c in (Gaussian, Laplace, Dropout, Quantize, Deeper, Nonlinear)}
 ALIASES = {"noise": "gaussian"}  # the lab's original {"type": "noise", "sigma": ...}
-REQUIRED = {"gaussian": ("sigma",), "laplace": ("scale",), "dropout": ("p",), "quantize": ("bits",)}
+REQUIRED = {**{c.type: (c.PARAM,) for c in (Gaussian, Laplace, Dropout)}, "quantize": ("bits",)}
 
 
 # --- parsing --------------------------------------------------------------------------------------
