@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--limit", type=int, help="train on at most this many member images")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout before each FC layer (defence)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (defence)")
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay (defence; Adam's coupled decay = a loss penalty of weight_decay/2 * ||w||^2)")
+    p.add_argument("--l2-scope", default="all", choices=["all", "output"],
+                   help="where --weight-decay applies: every layer, or the output layer only (as paper 004)")
+    p.add_argument("--dp-epsilon", type=float, default=None,
+                   help="train with DP-SGD (Opacus) to this epsilon over the given epochs (defence; e.g. 2, 4, 8)")
+    p.add_argument("--dp-delta", type=float, default=1e-5, help="DP-SGD's delta (default 1e-5)")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="DP-SGD's per-sample gradient norm bound (default 1.0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=DEVICES,
                    help="cpu or cuda; without CUDA it says so and falls back to the CPU [SPLITLAB_DEVICE, default cpu]")
     p.add_argument("--id", help="model id (default ARCH-DATASET-sSEED for the default options, else "
-                                "ARCH-DATASET-sSEED[-doP][-wdW]-HASH, HASH over every option that changes the weights)")
+                                "ARCH-DATASET-sSEED[-doP][-wdW][-l2out][-dpE]-HASH, HASH over every option that changes the weights)")
     p.add_argument("--force", action="store_true", help="replace an existing model of the same id")
     p.add_argument("--reuse", action="store_true",
                    help="a model stored under the id with these options is kept (exit 0, nothing trained); "
@@ -120,7 +127,9 @@ def cmd_train(args) -> int:
 
     _threads(args)
     opts = TrainOptions(arch=args.arch, dataset=args.dataset, epochs=args.epochs, limit=args.limit,
-                        dropout=args.dropout, weight_decay=args.weight_decay, seed=args.seed,
+                        dropout=args.dropout, weight_decay=args.weight_decay, weight_decay_scope=args.l2_scope,
+                        dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta, dp_max_grad_norm=args.dp_clip,
+                        seed=args.seed,
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, scheme=args.scheme,
                         eval_each_epoch=args.eval_each_epoch, device=resolve_device(args.device, "models train"),
                         members=read_indices(args.members) if args.members else None)
@@ -140,6 +149,11 @@ def cmd_train(args) -> int:
     path = store.save_model(model_id, model.state_dict(), manifest, overwrite=args.force)
     print(f"train accuracy {manifest['train_accuracy']:.4f}  test accuracy {manifest['test_accuracy']:.4f}  "
           f"({manifest['train_seconds']:.1f} s on {manifest['device']})")
+    if "dp" in manifest:
+        dp = manifest["dp"]
+        print(f"DP-SGD: epsilon {dp['spent_epsilon']:.3f} spent of {dp['target_epsilon']:g} (delta {dp['delta']:g}, "
+              f"noise multiplier {dp['noise_multiplier']:.3f}, clip {dp['max_grad_norm']:g}, {dp['accountant']} "
+              "accountant)")
     print(f"model {model_id} -> {path}")
     return 0
 

@@ -10,12 +10,19 @@ from .split import split_model
 from .zoo import build_model
 
 
+def architecture(record: dict) -> SplitNet:
+    """The untrained network a model manifest or a deployment record describes: its architecture,
+    dropout layers, and the DP-SGD variant (BatchNorm -> GroupNorm) when it was trained with DP."""
+    dropout = record.get("options", record).get("dropout", 0.0)
+    return build_model(record["arch"], record["num_classes"], record["input_shape"], dropout,
+                       dp_compatible=bool(record.get("dp_compatible", False)))
+
+
 def load_model(store: ArtifactStore, model_id: str) -> tuple[SplitNet, dict]:
     """The trained full model (eval mode) and its manifest."""
     manifest = store.manifest(model_id)
     folder = store.model_dir(model_id)
-    model = build_model(manifest["arch"], manifest["num_classes"], manifest["input_shape"],
-                        manifest["options"].get("dropout", 0.0))
+    model = architecture(manifest)
     load_into(model, store.load_state_dict(folder / "weights.pt"), folder / "weights.pt")
     return model.eval(), manifest
 
@@ -23,8 +30,7 @@ def load_model(store: ArtifactStore, model_id: str) -> tuple[SplitNet, dict]:
 def load_tail(store: ArtifactStore, deployment_id: str) -> tuple[nn.Sequential, dict]:
     """The cloud's tail (eval mode) and the deployment record; the head's weights are not needed."""
     dep = store.deployment(deployment_id)
-    model = build_model(dep["arch"], dep["num_classes"], dep["input_shape"], dep.get("dropout", 0.0))
-    _, tail = split_model(model, dep["split"])
+    tail = tail_architecture(dep)
     path = store.deployment_dir(deployment_id) / "tail.pt"
     load_into(tail, store.load_state_dict(path), path)
     return tail.eval(), dep
@@ -32,5 +38,4 @@ def load_tail(store: ArtifactStore, deployment_id: str) -> tuple[nn.Sequential, 
 
 def tail_architecture(dep: dict) -> nn.Sequential:
     """An untrained tail of the deployment's architecture (what a query-free attacker rebuilds)."""
-    model = build_model(dep["arch"], dep["num_classes"], dep["input_shape"], dep.get("dropout", 0.0))
-    return split_model(model, dep["split"])[1]
+    return split_model(architecture(dep), dep["split"])[1]

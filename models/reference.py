@@ -118,6 +118,12 @@ def group_key(spec: TrainOptions, n_members: int) -> tuple:
             spec.augment, n_members)
 
 
+def vmappable(spec: TrainOptions) -> bool:
+    """Whether fit_many can train ``spec`` with others: not with DP-SGD (per-sample clipping and
+    accounting are per model) nor with weight decay on some layers only."""
+    return spec.dp_epsilon is None and spec.weight_decay_scope == "all"
+
+
 def _train(store: ArtifactStore, todo: list[tuple[str, TrainOptions]], device: str, progress: bool,
            dataset: ImageDataset | None, data_root, together: bool) -> None:
     datasets: dict[str, ImageDataset] = {}
@@ -129,7 +135,7 @@ def _train(store: ArtifactStore, todo: list[tuple[str, TrainOptions]], device: s
 
     groups: dict[tuple, list[tuple[str, Job]]] = {}
     for model_id, spec in todo:
-        if not together or spec.eval_each_epoch:
+        if not together or spec.eval_each_epoch or not vmappable(spec):
             model, manifest = train(_on(spec, device), progress=progress, dataset=data(spec.dataset))
             _save(store, model_id, model, manifest)
             continue

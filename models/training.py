@@ -1,9 +1,12 @@
 """Train a zoo architecture on a dataset and store it, with its membership ground truth.
 
-Training is :func:`models.fit.fit` (mini-batch Adam, cosine learning-rate decay) with optional L2
-weight decay, dropout and (for colour images) random-crop + flip augmentation, on the scheme's
-target members or on any given index set (``members``: shadow and reference models). It is
-deterministic for a fixed seed on the CPU: every random draw comes from generators seeded from
+Training is :func:`models.fit.fit` (mini-batch Adam, cosine learning-rate decay) with optional
+(for colour images) random-crop + flip augmentation, on the scheme's target members or on any given
+index set (``members``: shadow and reference models), and the training-time defences of
+:mod:`models.defences`: dropout, L2 weight decay on every layer or on the output layer only
+(``weight_decay_scope``), and DP-SGD to a target epsilon (``dp_epsilon``, ``dp_delta``,
+``dp_max_grad_norm``; the manifest's ``dp`` holds the epsilon the accountant says was spent). It
+is deterministic for a fixed seed on the CPU: every random draw comes from generators seeded from
 ``seed``.
 
 A model is identified by its *training spec* (:func:`training_spec`): every option that changes the
@@ -19,7 +22,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets import ImageDataset, load_dataset, to_tensor
+from .defences.regularisation import decayed_parameters, validate_scope
 from .env import DEVICES, resolve_device
 from .errors import SplitlabError
 from .fit import FitResult, fit
@@ -50,12 +54,19 @@ class TrainOptions:
     eval_each_epoch: bool = False
     members: tuple[int, ...] | None = None  # indices into the train split; None: the scheme's target members
     device: str = "cpu"
+    weight_decay_scope: str = "all"          # "all" layers, or the "output" layer only (paper 004)
+    dp_epsilon: float | None = None          # DP-SGD to this epsilon (None: no DP)
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0            # per-sample gradient clipping bound
 
     def __post_init__(self) -> None:
         # one spelling per value, so that equal specs hash equally (0 and 0.0, a list and a tuple)
         self.dropout, self.weight_decay, self.lr = float(self.dropout), float(self.weight_decay), float(self.lr)
         if self.members is not None:
             self.members = tuple(sorted(int(i) for i in self.members))
+        if self.dp_epsilon is not None:
+            self.dp_epsilon = float(self.dp_epsilon)
+        self.dp_delta, self.dp_max_grad_norm = float(self.dp_delta), float(self.dp_max_grad_norm)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -70,6 +81,17 @@ class TrainOptions:
             raise SplitlabError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.device not in DEVICES:
             raise SplitlabError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        validate_scope(self.weight_decay_scope, self.weight_decay)
+        if self.dp_epsilon is not None:
+            from .defences.dp import validate_budget
+
+            validate_budget(self.dp_epsilon, self.dp_delta, self.dp_max_grad_norm)
+        else:
+            unused = [f"--dp-{flag} {value:g}" for flag, name, value in
+                      (("delta", "dp_delta", self.dp_delta), ("clip", "dp_max_grad_norm", self.dp_max_grad_norm))
+                      if value != _DEFAULTS[name]]
+            if unused:
+                raise SplitlabError(f"{' and '.join(unused)} only apply to DP-SGD; give --dp-epsilon too")
         if self.members is not None:
             if not self.members:
                 raise SplitlabError("members is empty: a model needs at least one training image")
@@ -82,6 +104,25 @@ class TrainOptions:
 # Options that do not change the weights: an accuracy curve is only measured, and the device
 # changes float rounding, not what is trained.
 NOT_WEIGHTS = ("eval_each_epoch", "device")
+_DEFAULTS = {f.name: f.default for f in fields(TrainOptions)}
+# Defence options added after models were stored: in a spec only when they are used, so that the
+# spec (and id) of every model trained without them stays what it was.
+_DP_OPTIONS = ("dp_epsilon", "dp_delta", "dp_max_grad_norm")
+
+
+def defence_tags(opts: TrainOptions) -> list[str]:
+    """Short names of the training-time defences ``opts`` uses (``do0.5``, ``wd0.001``, ``l2out``,
+    ``dp2``): the readable part of a default id, and the manifest's ``defences``."""
+    tags = []
+    if opts.dropout:
+        tags.append(f"do{opts.dropout:g}")
+    if opts.weight_decay:
+        tags.append(f"wd{opts.weight_decay:g}")
+    if opts.weight_decay_scope == "output":
+        tags.append("l2out")
+    if opts.dp_epsilon is not None:
+        tags.append(f"dp{opts.dp_epsilon:g}")
+    return tags
 
 
 def members_digest(members) -> str:
@@ -94,6 +135,11 @@ def training_spec(opts: TrainOptions) -> dict:
     """Every option that changes the trained weights (members as their digest): the key a stored
     model is found and checked by."""
     spec = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in NOT_WEIGHTS}
+    if opts.dp_epsilon is None:
+        for name in _DP_OPTIONS:
+            spec.pop(name)
+    if opts.weight_decay_scope == _DEFAULTS["weight_decay_scope"]:
+        spec.pop("weight_decay_scope")
     if opts.members is not None:
         spec["members"] = members_digest(opts.members)
     return spec
@@ -107,11 +153,7 @@ def default_model_id(opts: TrainOptions) -> str:
     """``ARCH-DATASET-sSEED`` for the all-defaults spec (the id compose, the README and earlier stores
     use), otherwise that prefix, readable defence tags and a hash of the whole spec: two specs that
     train different weights never share a default id."""
-    parts = [opts.arch, opts.dataset, f"s{opts.seed}"]
-    if opts.dropout:
-        parts.append(f"do{opts.dropout:g}")
-    if opts.weight_decay:
-        parts.append(f"wd{opts.weight_decay:g}")
+    parts = [opts.arch, opts.dataset, f"s{opts.seed}", *defence_tags(opts)]
     if training_spec(opts) != training_spec(TrainOptions(opts.arch, opts.dataset, seed=opts.seed)):
         parts.append(spec_hash(opts))
     return "-".join(parts)
@@ -175,6 +217,7 @@ class Job:
     members: np.ndarray
     non_members: dict
     splits: dict
+    replaced: list[str] = field(default_factory=list)  # layers DP-SGD compatibility replaced
 
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return to_tensor(self.dataset.x_train[self.members]), torch.from_numpy(self.dataset.y_train[self.members])
@@ -187,6 +230,11 @@ def prepare(opts: TrainOptions, dataset: ImageDataset) -> Job:
     ds = dataset
     torch.manual_seed(opts.seed)
     model = build_model(opts.arch, ds.num_classes, ds.input_shape, opts.dropout)
+    replaced = []
+    if opts.dp_epsilon is not None:
+        from .defences.dp import make_compatible
+
+        model, replaced = make_compatible(model)
     n = len(ds.x_train)
     if opts.members is None:
         parts = privacy_splits(n, opts.seed, opts.scheme)
@@ -207,7 +255,7 @@ def prepare(opts: TrainOptions, dataset: ImageDataset) -> Job:
             members = members[: opts.limit]
         non_members = {"split": "train", "indices": np.setdiff1d(np.arange(n), members).tolist()}
         splits = {}
-    return Job(opts, ds, model, members, non_members, splits)
+    return Job(opts, ds, model, members, non_members, splits, replaced)
 
 
 def train(opts: TrainOptions, data_root=None, progress: bool = True, dataset: ImageDataset | None = None):
@@ -223,19 +271,26 @@ def train(opts: TrainOptions, data_root=None, progress: bool = True, dataset: Im
             curve.append(accuracy(model, x_test, y_test))
             tqdm.write(f"epoch {epoch}: test accuracy {curve[-1]:.4f}")
 
+    privacy = None
+    if opts.dp_epsilon is not None:
+        from .defences.dp import DPSGD
+
+        privacy = DPSGD(opts.dp_epsilon, opts.dp_delta, opts.dp_max_grad_norm)
     started = time.time()
     # Image batches in channels-last order: oneDNN's convolutions run about 25 % faster that way
     # on this CPU (same results up to float rounding).
     result = fit(job.model, *job.train_tensors(), epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
-                 weight_decay=opts.weight_decay, seed=opts.seed, device=device,
-                 augment=augment_batch if opts.augment else None, channels_last=len(ds.input_shape) == 3,
-                 progress=progress, desc=f"train {opts.arch} on {opts.dataset}",
-                 on_epoch=measure if opts.eval_each_epoch else None)
-    return job.model, finish(job, result, device, time.time() - started, curve)
+                 weight_decay=opts.weight_decay, decay_only=decayed_parameters(job.model, opts.weight_decay_scope),
+                 privacy=privacy, seed=opts.seed, device=device, augment=augment_batch if opts.augment else None,
+                 channels_last=len(ds.input_shape) == 3, progress=progress,
+                 desc=f"train {opts.arch} on {opts.dataset}", on_epoch=measure if opts.eval_each_epoch else None)
+    return job.model, finish(job, result, device, time.time() - started, curve, privacy)
 
 
-def finish(job: Job, result: FitResult, device: str, seconds: float, curve: list[float] | None = None) -> dict:
-    """Measure the trained model (which ends on the CPU, in eval mode) and describe it: the manifest."""
+def finish(job: Job, result: FitResult, device: str, seconds: float, curve: list[float] | None = None,
+           privacy=None) -> dict:
+    """Measure the trained model (which ends on the CPU, in eval mode) and describe it: the manifest.
+    ``privacy`` (a :class:`models.defences.dp.DPSGD` after training) adds the ``dp`` record."""
     opts, ds = job.opts, job.dataset
     model = job.model.eval()
     train_acc = accuracy(model, *job.train_tensors())
@@ -244,7 +299,7 @@ def finish(job: Job, result: FitResult, device: str, seconds: float, curve: list
     options = asdict(opts)
     spec = training_spec(opts)
     options["members"] = spec.get("members")
-    return {
+    manifest = {
         "arch": opts.arch,
         "dataset": opts.dataset,
         "dataset_source": ds.source,
@@ -266,7 +321,12 @@ def finish(job: Job, result: FitResult, device: str, seconds: float, curve: list
         "epoch_test_accuracy": (curve or []) + [test_acc] if opts.eval_each_epoch else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": versions(),
+        "defences": defence_tags(opts),
     }
+    if privacy is not None:
+        manifest["dp"] = {**privacy.record(), "steps": result.steps, "replaced_layers": job.replaced}
+        manifest["dp_compatible"] = True  # the stored weights are those of build_model(..., dp_compatible=True)
+    return manifest
 
 def versions() -> dict:
     import onnxruntime

@@ -12,8 +12,12 @@ def architecture_names() -> list[str]:
     return list(BUILDERS)
 
 
-def build_model(arch: str, num_classes: int = 10, input_shape=None, dropout: float = 0.0) -> SplitNet:
-    """Build architecture ``arch`` for inputs of ``input_shape`` (C, H, W)."""
+def build_model(arch: str, num_classes: int = 10, input_shape=None, dropout: float = 0.0,
+                dp_compatible: bool = False) -> SplitNet:
+    """Build architecture ``arch`` for inputs of ``input_shape`` (C, H, W).
+
+    ``dp_compatible``: the variant DP-SGD can train (BatchNorm replaced by GroupNorm, see
+    :func:`models.defences.dp.make_compatible`), as every model trained with DP is stored."""
     if arch not in BUILDERS:
         raise SplitlabError(f"unknown architecture {arch!r}; known: {', '.join(BUILDERS)}")
     if not 0.0 <= dropout < 1.0:
@@ -22,9 +26,14 @@ def build_model(arch: str, num_classes: int = 10, input_shape=None, dropout: flo
     if len(shape) != 3 or min(shape) < 1:
         raise SplitlabError(f"input shape must be (C, H, W) with positive sizes, got {shape}")
     try:
-        return BUILDERS[arch](num_classes=num_classes, input_shape=shape, dropout=dropout)
+        model = BUILDERS[arch](num_classes=num_classes, input_shape=shape, dropout=dropout)
     except RuntimeError as exc:  # e.g. an image too small for the convolutions
         raise SplitlabError(f"{arch} cannot take inputs of shape {shape}: {exc}") from exc
+    if dp_compatible:
+        from .defences.dp import make_compatible
+
+        model = make_compatible(model)[0]
+    return model
 
 
 def split_points(arch: str) -> list[str]:
