@@ -26,6 +26,11 @@ ATTACKS: dict[str, str] = {
     "membership/shokri": "attacker.attacks.membership.shokri:ShokriAttack",
     "membership/lira": "attacker.attacks.membership.lira:LiRAAttack",
     "membership/nasr": "attacker.attacks.membership.nasr:NasrAttack",
+    "attribute/features": "attacker.attacks.attribute.attack:FeatureAttributeAttack",
+    "attribute/outputs": "attacker.attacks.attribute.attack:OutputAttributeAttack",
+    # Fredrikson et al.'s classifier inversion reconstructs a class, not a request's features: its own
+    # family, so that the split-feature inverters (the CLI's --method, the lab) do not list it.
+    "classifier-inversion/mi-face": "attacker.attacks.inversion.classifier:ClassifierInversionAttack",
     "gradient/dlg": "attacker.attacks.gradient.dlg:DLGAttack",
     "gradient/idlg": "attacker.attacks.gradient.dlg:IDLGAttack",
     "gradient/inverting_gradients": "attacker.attacks.gradient.inverting:InvertingGradientsAttack",

@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "training": "benchmarks.suites.training",
     "membership": "benchmarks.suites.membership",
     "gradient": "benchmarks.suites.gradient",
+    "attribute": "benchmarks.suites.attribute",
 }
 
 

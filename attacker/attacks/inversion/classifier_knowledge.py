@@ -1,0 +1,139 @@
+"""What a classifier-inversion attacker knows: a way to score images for each class.
+
+Fredrikson et al. (CCS 2015) invert a face recogniser: the attacker knows a person's class (their
+name) and the model's confidence for any image it makes up, and searches the image space for the
+one the model is surest is that person. Two threat models, one class each:
+
+* :class:`ClassifierWhiteBoxKnowledge` - the whole classifier as a differentiable module: the
+  model provider's stored model, or in the split deployment the head the edge downloaded (the
+  ``GetHead`` payload the tap captured, as the white-box inverter takes it) joined to the tail the
+  cloud serves. Exact gradients.
+* :class:`ClassifierQueryKnowledge` - the public API only: ``query(images) -> probabilities``, the
+  edge's ``/v1/infer`` answer (``scores``), or the stored model queried in-process with the same
+  float64 softmax. No gradients: the attack estimates them from queries.
+
+*The tail alone* (the cloud's query-free view) maps features to classes: gradient ascent through it
+reconstructs a feature vector the tail is sure of, not an image. Turning features into an image
+needs the head (white-box) or queries of it (black-box): no image attack is possible from the tail
+alone, and :meth:`ClassifierKnowledge.from_source` says so rather than invert in the wrong space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..base import AttackParameterError, check_positive_int
+from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource
+
+TAIL_ONLY = ("the tail alone maps features to classes: inverting it reconstructs features, not images; an image "
+             "needs the head (a captured GetHead payload or the artifact store) or queries (the edge's URL)")
+
+
+@dataclass
+class ClassifierKnowledge(Knowledge):
+    """Base: the input shape and the number of classes; ``log_probs(images)`` per subclass."""
+
+    THREAT_MODEL: ClassVar[str] = "classifier inversion"
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        try:
+            self.input_shape = tuple(int(v) for v in self.input_shape)
+        except (TypeError, ValueError):
+            raise AttackParameterError(f"input_shape must be (C, H, W), got {self.input_shape!r}") from None
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise AttackParameterError(f"input_shape must be (C, H, W), got {self.input_shape!r}")
+        check_positive_int("num_classes", self.num_classes, 2)
+
+    @classmethod
+    def missing(cls, source: KnowledgeSource) -> str | None:
+        if source.query is None and source.edge_url is None and source.head is None and source.artifacts is None:
+            return TAIL_ONLY if source.tail is not None else (
+                "classifier inversion needs the classifier: a query function or the edge's URL (black-box), or the "
+                "head and tail (in hand, captured, or in the artifact store)")
+        if not source.deployment_id and source.query is None and source.head is None:
+            return "classifier inversion needs a deployment id to find the classifier"
+        return None
+
+    @classmethod
+    def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "ClassifierKnowledge":
+        """Queries where the source offers them (a query function, the edge), else the white-box model."""
+        record = source.deployment_record() or {}
+        k = int(num_classes or record.get("num_classes") or 0)
+        if not k:
+            raise KnowledgeError("classifier inversion needs the number of classes (num_classes)")
+        if source.query is not None or source.edge_url is not None:
+            return ClassifierQueryKnowledge.from_source(source, k)
+        return ClassifierWhiteBoxKnowledge.from_source(source, k)
+
+
+@dataclass
+class ClassifierWhiteBoxKnowledge(ClassifierKnowledge):
+    model: nn.Module = None
+    origin: str = "a torch module"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.model, nn.Module):
+            raise AttackParameterError(f"model must be a torch module (images -> logits), got {type(self.model).__name__}")
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "ClassifierWhiteBoxKnowledge":
+        from .knowledge import WhiteBoxKnowledge
+
+        if source.head is None and source.captures is None and source.artifacts is None:
+            raise KnowledgeError(TAIL_ONLY)
+        head = WhiteBoxKnowledge.from_source(source)
+        if source.tail is not None:
+            tail, where = source.tail, "the tail in hand"
+        elif source.artifacts is not None:
+            from models.loading import load_tail
+
+            tail, where = load_tail(source.artifacts, source.require_deployment("the tail"))[0], "the stored tail"
+        else:
+            raise KnowledgeError("white-box classifier inversion needs the tail too (in hand or the artifact store)")
+        return cls(head.input_shape, int(num_classes or source.deployment_record()["num_classes"]),
+                   nn.Sequential(head.head, tail), f"{head.origin} joined to {where}")
+
+
+@dataclass
+class ClassifierQueryKnowledge(ClassifierKnowledge):
+    query: Callable = None
+    origin: str = "a query function"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not callable(self.query):
+            raise AttackParameterError("query must be callable: images (N, C, H, W) -> probabilities (N, classes)")
+        self.queries = 0
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        self.queries += len(images)
+        return torch.as_tensor(np.asarray(self.query(images.detach().cpu().numpy())), dtype=torch.float64)
+
+    @classmethod
+    def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "ClassifierQueryKnowledge":
+        from ..membership.knowledge import edge_scores_query, model_query
+
+        if source.query is not None:
+            query, where = source.query, source.query_label
+        elif source.edge_url is not None:
+            query = edge_scores_query(source.edge_url, source.require_deployment("queries"), source.query_timeout)
+            where = f"the edge at {source.edge_url}"
+        else:
+            from models.loading import load_model
+
+            model_id = (source.deployment_record() or {}).get("model_id")
+            query, where = model_query(load_model(source.artifacts, model_id)[0]), f"the stored model {model_id}"
+        return cls(source.input_shape(), int(num_classes or source.deployment_record()["num_classes"]), query,
+                   f"queries through {where}")
