@@ -52,14 +52,17 @@ def edge_query(edge: str, deployment: str, captures, timeout: float = 10.0,
                progress: bool = False) -> Callable[[torch.Tensor], np.ndarray]:
     """Query the edge's ``POST /v1/infer`` with chosen images; read each one's features at the tap.
 
+    ``edge`` is the edge's base URL or an ``httpx.Client`` already pointed at it (a test client);
     ``captures`` is the tap's capture store (``attacker.captures.store.CaptureStore``); ``timeout``
     is how long to wait for the tap to record one query's features.
     """
     import httpx
     from tqdm.auto import tqdm
 
-    base = edge.rstrip("/")
-    client = httpx.Client(timeout=30.0)
+    if isinstance(edge, httpx.Client):
+        base, client = "", edge
+    else:
+        base, client = edge.rstrip("/"), httpx.Client(timeout=30.0)
     bar = tqdm(desc="black-box queries via the edge", unit="img", disable=not progress, leave=False)
 
     def query(images):
@@ -71,7 +74,7 @@ def edge_query(edge: str, deployment: str, captures, timeout: float = 10.0,
                 resp = client.post(f"{base}/v1/infer", json={"deployment_id": deployment, "array": img.tolist()},
                                    headers={"X-Request-ID": rid})
             except httpx.HTTPError as exc:
-                raise SplitlabError(f"the edge at {base} did not answer: {exc}") from exc
+                raise SplitlabError(f"the edge at {base or edge} did not answer: {exc}") from exc
             if resp.status_code != 200:
                 raise SplitlabError(f"the edge answered {resp.status_code} to a query: {resp.text[:200]}")
             rids.append(resp.headers.get("X-Request-ID", rid))
