@@ -239,7 +239,8 @@ class Quantize(FeatureDefence):
 
     @property
     def label(self) -> str:
-        return f"quantize{self.bits}" + (f"-lo{self.lo:g}-hi{self.hi:g}" if self.lo is not None else "")
+        rng = f"-lo{self.lo:g}-hi{self.hi:g}".replace("+", "") if self.lo is not None else ""  # ids take no "+"
+        return f"quantize{self.bits}{rng}"
 
     @property
     def levels(self) -> int:
