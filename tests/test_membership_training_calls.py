@@ -1,5 +1,6 @@
-"""How the membership attacks ask for their models: LiRA's K reference models in one
-``obtain_models`` call (so CUDA can train them together), observed training on the resolved device."""
+"""How the membership attacks ask for their models: LiRA's K reference models and Shokri's shadows
+in one ``obtain_models`` call (so CUDA can train them together), observed training on the resolved
+device."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from attacker.attacks.membership import LiRAAttack, MembershipKnowledge
+from attacker.attacks.membership import LiRAAttack, MembershipKnowledge, ShokriAttack
 from attacker.attacks.membership.knowledge import attacker_side
 from attacker.attacks.membership.observations import train_observed
 from models import load_dataset
@@ -47,6 +48,19 @@ def test_lira_asks_for_its_reference_models_in_one_call(digits, monkeypatch, onl
     # asked again, the recipe's models are in hand: no second call
     LiRAAttack(reference_models=4, online=online, shadow_size=30).fit(k).score((x, y))
     assert len(calls) == 1
+
+
+def test_shokri_asks_for_its_shadow_models_in_one_call(digits, monkeypatch):
+    calls = []
+
+    def obtain_models(store, specs, device, progress=True, dataset=None, **_):
+        calls.append(specs)
+        return [(build_model("lenet5", 10, digits.input_shape), {}) for _ in specs]
+
+    monkeypatch.setattr("models.reference.obtain_models", obtain_models)
+    k = _knowledge(digits, store="a store")
+    ShokriAttack(shadow_models=3, shadow_size=30, epochs=5).fit(k)
+    assert [len(c) for c in calls] == [3] and [s.seed for s in calls[0]] == [0, 1, 2]
 
 
 def test_train_observed_resolves_its_device(digits, monkeypatch, capsys):

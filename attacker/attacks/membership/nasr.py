@@ -150,9 +150,9 @@ class NasrAttack(MembershipAttack):
         super().fit(knowledge)
         p = self.params
         self.device = resolve_device(p.device, program=f"attacker {self.key()}")
-        rows, labels = zip(*(shadow_signals(knowledge, self._inputs, p.shadow_size, p.seed + i,
-                                            knowledge.shadow_snapshots) for i in range(p.shadow_models)))
-        x, labels = np.concatenate(rows), np.concatenate(labels).astype(np.float32)
+        x, labels = shadow_signals(knowledge, self._inputs, p.shadow_size, [p.seed + i for i in range(p.shadow_models)],
+                                   knowledge.shadow_snapshots)
+        labels = labels.astype(np.float32)
         self._mean, self._std = x.mean(0), x.std(0) + 1e-6
         torch.manual_seed(p.seed)
         self.net = NasrNet(self._widths, p.hidden)

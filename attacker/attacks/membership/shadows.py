@@ -58,13 +58,24 @@ def shadow_halves(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndar
     return perm[:size], perm[size:2 * size]
 
 
-def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, seed: int, train=None):
-    """Train one shadow on half the aux data; ``features(shadow, x, y)`` of its members and the rest.
+def shadow_signals(knowledge: MembershipKnowledge, features, size: int | None, seeds: list[int], train=None):
+    """Train one shadow per seed on half the aux data; ``features(shadow, x, y)`` of its members and the rest.
 
-    ``train(indices, seed)`` makes the shadow (default: ``knowledge.train_like_target``, a query
-    function). Returns ``(values, is_member)`` over both halves, members first.
+    The shadows are asked for together (``knowledge.train_many_like_target``: one
+    :func:`models.reference.obtain_models` call, so on CUDA the missing ones train side by side),
+    or one by one through ``train(indices, seed)`` when given. Returns ``(values, is_member)`` over
+    every shadow, in seed order, each shadow's members first.
     """
-    inside, outside = shadow_halves(len(knowledge.aux_x), knowledge.shadow_size(size), seed)
-    shadow = (train or knowledge.train_like_target)(inside, seed)
-    values = [features(shadow, knowledge.aux_x[idx], knowledge.aux_y[idx]) for idx in (inside, outside)]
-    return np.concatenate(values), np.r_[np.ones(len(inside), bool), np.zeros(len(outside), bool)]
+    aux_x, aux_y = knowledge.aux_x, knowledge.aux_y
+    halves = [shadow_halves(len(aux_x), knowledge.shadow_size(size), seed) for seed in seeds]
+    if train is None:
+        shadows = knowledge.train_many_like_target([(aux_x[inside], aux_y[inside], seed)
+                                                    for (inside, _), seed in zip(halves, seeds)])
+    else:
+        shadows = [train(inside, seed) for (inside, _), seed in zip(halves, seeds)]
+    values, is_member = [], []
+    for (inside, outside), shadow in zip(halves, shadows):
+        for idx, member in ((inside, True), (outside, False)):
+            values.append(features(shadow, aux_x[idx], aux_y[idx]))
+            is_member.append(np.full(len(idx), member))
+    return np.concatenate(values), np.concatenate(is_member)

@@ -61,9 +61,7 @@ class ShokriAttack(MembershipAttack):
     def fit(self, knowledge: MembershipKnowledge) -> "ShokriAttack":
         super().fit(knowledge)
         p = self.params
-        feats, labels = zip(*(shadow_signals(knowledge, self._features, p.shadow_size, p.seed + i)
-                              for i in range(p.shadow_models)))
-        x, y = np.concatenate(feats), np.concatenate(labels)
+        x, y = shadow_signals(knowledge, self._features, p.shadow_size, [p.seed + i for i in range(p.shadow_models)])
         self.classifier = MLPClassifier((p.hidden,), alpha=p.weight_decay, batch_size=p.batch_size,
                                         learning_rate_init=p.lr, max_iter=p.epochs, random_state=p.seed,
                                         early_stopping=False)

@@ -46,7 +46,7 @@ class ThresholdAttack(MembershipAttack):
     def fit(self, knowledge: MembershipKnowledge) -> "ThresholdAttack":
         super().fit(knowledge)
         p = self.params
-        values, is_member = shadow_signals(knowledge, self._signal, p.shadow_size, p.seed)
+        values, is_member = shadow_signals(knowledge, self._signal, p.shadow_size, [p.seed])
         self.threshold = max_advantage_threshold(values, is_member)
         shadow = membership_metrics(values, is_member, self.threshold)
         self._stats = {"shadow_auc": shadow["auc"], "shadow_advantage": shadow["advantage"],
