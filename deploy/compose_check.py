@@ -153,8 +153,9 @@ class Report:
 
     def markdown(self) -> str:
         lines = [f"**{self.title}**: {'PASS' if self.ok else 'FAIL'}", ""]
-        lines += [f"- {h}" for h in self.header]
-        lines += ["", "| step | result | s |", "|---|---|---|"]
+        if self.header:
+            lines += [f"- {h}" for h in self.header] + [""]
+        lines += ["| step | result | s |", "|---|---|---|"]
         for s in self.steps:
             result = s.result.replace("|", "/").replace("\n", " ")
             lines.append(f"| {s.name} | {'ok' if s.ok else 'FAILED'}: {result} | {s.seconds:.0f} |")
