@@ -18,7 +18,10 @@ still open by then is lost), throughput, p50/p99/p99.9 latency per request, the 
 and of the tap (with its recorder process) before and after the cell, and for recording taps the
 captures the store holds per request sent once the recorder has caught up. Clients are threads
 (one process, one GIL): at large K this process is itself a bottleneck on a small machine, which
-shows as throughput flattening, not as losses.
+shows as throughput flattening, not as losses. Each open stream holds one of the cloud's
+``--workers`` handler threads (16 by default): streaming clients beyond that wait for one, which
+shows as a p99 near the cell's length (K = 32 and 64 on 2 cores: 1.9-2.3 s with 16 workers,
+0.16-0.22 s with ``--cloud-workers 80``).
 """
 
 from __future__ import annotations
@@ -236,7 +239,8 @@ def _line(row: dict) -> str:
             f"mismatched {row['mismatched']} errors {errors}")
 
 
-def write_report(path: Path, rows: list[dict], argv: list[str], seconds: float, window: int) -> None:
+def write_report(path: Path, rows: list[dict], argv: list[str], seconds: float, window: int,
+                 cloud_workers: int | None = None) -> None:
     import platform
 
     lines = [
@@ -246,7 +250,8 @@ def write_report(path: Path, rows: list[dict], argv: list[str], seconds: float, 
         f"the cloud, the taps and this process (K client threads, each with its own TCP connection) share "
         f"the cores (SPLITLAB_THREADS=1). lenet5 relu2, batch 1 (4 KiB of features per request), "
         f"{seconds:g} s per cell; stream: {window} requests in flight per client. Latency is per request "
-        f"(ms). `lost`: requests neither answered nor failed by the end of the cell; `mismatched`: replies "
+        f"(ms); the cloud ran {cloud_workers or 16} handler threads (`--workers`; each open stream holds "
+        f"one). `lost`: requests neither answered nor failed by the end of the cell; `mismatched`: replies "
         f"whose request id is not the request's. RSS in MiB before -> after the cell (the tap with its "
         f"recorder process). `recorded`: captures in the tap's store per request sent (warm-ups included).",
         "",
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("SPLITLAB_THREADS", str(args.threads))
     rows = run_load(args.path, args.mode, args.clients, args.seconds, args.threads, args.window,
                     progress=not args.no_progress, cloud_workers=args.cloud_workers)
-    write_report(Path(args.out), rows, argv, args.seconds, args.window)
+    write_report(Path(args.out), rows, argv, args.seconds, args.window, args.cloud_workers)
     print(f"wrote {args.out}")
     bad = [r for r in rows if r["lost"] or r["mismatched"] or r["hung_clients"]]
     return 1 if bad else 0
