@@ -64,3 +64,11 @@ def test_report_is_a_markdown_table():
     assert text.startswith("**relay (docker-compose.yml)**: FAIL")
     assert "| compose up -d --wait | ok: cloud healthy | 61 |" in text
     assert "| compose stop | FAILED: exit codes {'a': 1} / x | 3 |" in text   # a | would split the cell
+
+
+def test_send_private_runs_from_stdin_like_the_check_feeds_it():
+    # compose_check.py pipes it into `python -` in the attacker container; --help must get that far.
+    script = ROOT / "deploy" / "send_private.py"
+    out = subprocess.run([sys.executable, "-", "--help"], stdin=script.open("rb"), capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout
+    assert "--deployment" in out and "attacker truth" in out
