@@ -9,9 +9,9 @@ The decay is Adam's ``weight_decay``, i.e. *coupled* L2: ``w`` is added to each 
 Adam's moments, which is exactly the gradient of the loss penalty ``(w/2)·||θ||²``. 004's Keras
 ``l2(λ)`` penalty ``λ·||θ||²`` is therefore ``weight_decay = 2λ`` here. We keep the optimizer's
 decay rather than adding the penalty to the loss for one reason, DP-SGD: a penalty in the loss
-would enter each example's gradient and be clipped with it (and cost nothing in privacy either
-way), while the optimizer's decay is applied to the noised gradient and depends on the weights only.
-Without DP the two are the same update.
+would enter each example's gradient and be clipped with it (shrinking the room the clip leaves for
+the data's gradient), while the optimizer's decay is added to the noised gradient; it depends on
+the weights only, so neither way costs privacy. Without DP the two are the same update.
 """
 
 from __future__ import annotations
