@@ -212,7 +212,7 @@ def test_a_run_gives_up_on_a_cloud_that_stays_dead(artifacts, tmp_path):
             took = time.monotonic() - started
     finally:
         cloud.kill()
-    assert took < 12, took  # about one --timeout after the kill, not one per request
+    assert took < 20, took  # about one --timeout (2 s) after the kill, not one per request
     assert "stopped sending" in report["gave_up"] and report["not_sent"] > 0, report
     assert report["answered"] + report["failed"] + report["not_sent"] == report["requests"] == len(images), report
     assert report["answered"] > 0 and report["mismatched"] == 0
