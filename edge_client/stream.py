@@ -3,8 +3,8 @@
 Why this is more than a wrapper around one gRPC call: with the cloud killed (SIGKILL) mid-run and
 started again 1.5 s later, ``edge-client run --stream`` used to hang for good while the same run
 with unary calls recovered: the reply reader waited in the call's iterator forever (3 of 8 tries on
-this machine, all with the cloud killed before its first reply, while it was still loading the
-tail). The stream had no per-request deadline (only the call's, an hour), and gRPC's retry policy,
+this machine; where the progress showed, the cloud was killed before its first reply, while it
+was still loading the tail). The stream had no per-request deadline (only the call's, an hour), and gRPC's retry policy,
 meant for unary calls, covered the stream too; with the policy off for the stream the same
 experiment ended every time (5 of 5). So:
 
