@@ -23,6 +23,19 @@ def digits():
     return load_dataset("digits")
 
 
+@pytest.fixture
+def calls(digits, monkeypatch) -> list:
+    """The spec lists ``models.reference.obtain_models`` is called with (it answers untrained models)."""
+    seen = []
+
+    def obtain_models(store, specs, device, progress=True, dataset=None, **_):
+        seen.append(specs)
+        return [(build_model("lenet5", 10, digits.input_shape), {}) for _ in specs]
+
+    monkeypatch.setattr("models.reference.obtain_models", obtain_models)
+    return seen
+
+
 def _knowledge(digits, store) -> MembershipKnowledge:
     aux_x, aux_y, recipe = attacker_side(digits, TARGET, store, 200, "cpu")
     uniform = lambda x: np.full((len(x), 10), 0.1)  # noqa: E731 - the target's answers do not matter here
@@ -30,14 +43,7 @@ def _knowledge(digits, store) -> MembershipKnowledge:
 
 
 @pytest.mark.parametrize("online", [False, True])
-def test_lira_asks_for_its_reference_models_in_one_call(digits, monkeypatch, online):
-    calls = []
-
-    def obtain_models(store, specs, device, progress=True, dataset=None, **_):
-        calls.append(specs)
-        return [(build_model("lenet5", 10, digits.input_shape), {}) for _ in specs]
-
-    monkeypatch.setattr("models.reference.obtain_models", obtain_models)
+def test_lira_asks_for_its_reference_models_in_one_call(digits, calls, online):
     k = _knowledge(digits, store="a store")
     attack = LiRAAttack(reference_models=4, online=online, shadow_size=30).fit(k)
     x, y = k.aux_x[:10], k.aux_y[:10]
@@ -50,14 +56,7 @@ def test_lira_asks_for_its_reference_models_in_one_call(digits, monkeypatch, onl
     assert len(calls) == 1
 
 
-def test_shokri_asks_for_its_shadow_models_in_one_call(digits, monkeypatch):
-    calls = []
-
-    def obtain_models(store, specs, device, progress=True, dataset=None, **_):
-        calls.append(specs)
-        return [(build_model("lenet5", 10, digits.input_shape), {}) for _ in specs]
-
-    monkeypatch.setattr("models.reference.obtain_models", obtain_models)
+def test_shokri_asks_for_its_shadow_models_in_one_call(digits, calls):
     k = _knowledge(digits, store="a store")
     ShokriAttack(shadow_models=3, shadow_size=30, epochs=5).fit(k)
     assert [len(c) for c in calls] == [3] and [s.seed for s in calls[0]] == [0, 1, 2]
