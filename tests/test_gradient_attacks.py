@@ -165,7 +165,7 @@ def test_lpips_is_computed_from_given_weights_only(tmp_path, mnist):
 
     images, _ = mnist
     torch.manual_seed(0)
-    torch.save(alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    torch.save(alexnet(weights=None).features.state_dict(), tmp_path / "alexnet.pth")  # the conv part only
     torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(CHANNELS)},
                tmp_path / "alex.pth")
     metric = LPIPS(tmp_path / "alex.pth", tmp_path / "alexnet.pth")
@@ -174,3 +174,22 @@ def test_lpips_is_computed_from_given_weights_only(tmp_path, mnist):
     assert (metric(images[:2], images[2:4]) > 0).all()
     result = score(images[2:4], images[:2], lpips=metric)
     assert result["lpips_mean"] > 0 and "lpips_note" not in result
+
+
+def test_suite_expands_batch_sizes_and_groups_and_refuses_bad_configs():
+    import yaml
+
+    from benchmarks.suites import gradient
+    from models.errors import SplitlabError
+
+    config = yaml.safe_load(open("benchmarks/configs/gradient.yaml"))
+    trials = gradient.trials(config)
+    assert len(trials) == 2 * 4 * 3 * 2  # targets x batch sizes x attacks x seeds
+    assert {t.target["batch_size"] for t in trials} == {1, 2, 4, 8}
+    assert trials[0].label == "lenet5-mnist b1 all dlg seed 0"
+    with pytest.raises(SplitlabError, match="gradient attacks"):
+        gradient.trials({**config, "attacks": [{"name": "membership/lira"}]})
+    with pytest.raises(SplitlabError, match="batch_sizes"):
+        gradient.trials({**config, "batch_sizes": [0]})
+    with pytest.raises(AttackParameterError, match="tv_weight"):
+        gradient.trials({**config, "attacks": [{"name": "gradient/inverting_gradients", "params": {"tv_weight": -1}}]})

@@ -93,17 +93,13 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     from attacker.attacks.gradient.scoring import score
     from attacker.attacks.registry import attack_class
     from attacker.metrics import PSNR_CAP, image_metrics
-    from models import ArtifactStore, load_dataset
+    from benchmarks.suites.targets import obtain_target
+    from models import ArtifactStore
     from models.datasets import to_tensor
-    from models.reference import obtain_model
-    from models.training import TrainOptions
 
     target, spec = trial.target, trial.attack
     store = ArtifactStore(ctx.artifacts)
-    dataset = load_dataset(target["dataset"])
-    options = TrainOptions(arch=target["arch"], dataset=target["dataset"],
-                           **{**target["options"], "seed": 0, "device": trial.device})
-    model, manifest = obtain_model(store, options, trial.device, progress=ctx.progress, dataset=dataset)
+    model, manifest, dataset, _ = obtain_target(target, 0, trial.device, ctx)  # one global model, all seeds
     b = target["batch_size"]
     knowledge = GradientKnowledge.from_store(store, model_id=manifest["model_id"], observe=target["observe"],
                                              batch_size=b)

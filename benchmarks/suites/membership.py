@@ -108,16 +108,12 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     from attacker.attacks.membership.evaluation import evaluation_samples
     from attacker.attacks.registry import attack_class
     from attacker.membership_metrics import membership_metrics
-    from models import ArtifactStore, load_dataset
-    from models.reference import obtain_model
-    from models.training import TrainOptions
+    from benchmarks.suites.targets import obtain_target
+    from models import ArtifactStore
 
     target, spec = trial.target, trial.attack
     store = ArtifactStore(ctx.artifacts)
-    dataset = load_dataset(target["dataset"])
-    options = TrainOptions(arch=target["arch"], dataset=target["dataset"],
-                           **{**target["options"], "seed": trial.seed, "device": trial.device})
-    model, manifest = obtain_model(store, options, trial.device, progress=ctx.progress, dataset=dataset)
+    model, manifest, dataset, options = obtain_target(target, trial.seed, trial.device, ctx)
     cls = attack_class(spec["name"])
     trial_defaults = {"seed": trial.seed, "device": trial.device}  # where the attack has such a parameter
     attack = cls({**{k: v for k, v in trial_defaults.items() if k in cls.Params.field_names()}, **spec["params"]})

@@ -77,9 +77,10 @@ class GradientAttack(Attack):
         bar = tqdm(total=p.iterations * p.restarts, desc=self.key(), unit="it", disable=not p.progress, leave=False)
         for restart in range(p.restarts):
             gen = torch.Generator().manual_seed(p.seed * 1000 + restart)
-            x0 = torch.randn(shape, generator=gen).to(self.device)
-            soft0 = None if labels is not None else torch.randn(k.batch_size, k.num_classes, generator=gen)
-            x, y, loss = self.invert(target, x0, labels, None if soft0 is None else soft0.to(self.device), bar)
+            x = torch.randn(shape, generator=gen).to(self.device).requires_grad_(True)
+            soft = None if labels is not None else \
+                torch.randn(k.batch_size, k.num_classes, generator=gen).to(self.device).requires_grad_(True)
+            x, y, loss = self.invert(target, x, labels, soft, bar)
             if best is None or loss < best[2]:
                 best = (x, y, loss)
         bar.close()
@@ -90,9 +91,9 @@ class GradientAttack(Attack):
 
     # --- what each attack provides ------------------------------------------------------------
 
-    def invert(self, target, x0, labels, soft0, bar):  # pragma: no cover - abstract
-        """Optimise from ``x0`` (and soft-label logits ``soft0`` when ``labels`` is None); return
-        (images, labels, final distance)."""
+    def invert(self, target, x, labels, soft, bar):  # pragma: no cover - abstract
+        """Optimise the pixels ``x`` (and the soft-label logits ``soft`` when ``labels`` is None),
+        leaf tensors drawn from N(0, 1) on the device; return (images, labels, final distance)."""
         raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------------

@@ -58,15 +58,13 @@ class DLGAttack(GradientAttack):
     name = "dlg"
     Params = DLGParams
 
-    def invert(self, target, x0, labels, soft0, bar):
+    def invert(self, target, x, labels, soft, bar):
         p = self.params
-        x = x0.clone().requires_grad_(True)
-        soft = None if soft0 is None else soft0.clone().requires_grad_(True)
-        variables = [x] if soft is None else [x, soft]
-        opt = torch.optim.LBFGS(variables, lr=p.lr, max_iter=p.iterations, history_size=p.history,
-                                line_search_fn=None if p.line_search == "none" else p.line_search,
-                                tolerance_grad=0.0, tolerance_change=0.0)
-        best = {"loss": float("inf"), "x": x0, "soft": soft0}
+        opt = torch.optim.LBFGS([v for v in (x, soft) if v is not None], lr=p.lr, max_iter=p.iterations,
+                                history_size=p.history, tolerance_grad=0.0, tolerance_change=0.0,
+                                line_search_fn=None if p.line_search == "none" else p.line_search)
+        snapshot = lambda: (x.detach().clone(), None if soft is None else soft.detach().clone())  # noqa: E731
+        best = dict(zip(("loss", "x", "soft"), (float("inf"), *snapshot())))
 
         def closure():
             opt.zero_grad()
@@ -74,7 +72,7 @@ class DLGAttack(GradientAttack):
             loss.backward()
             value = float(loss.detach())
             if value < best["loss"]:  # NaN never compares smaller
-                best.update(loss=value, x=x.detach().clone(), soft=None if soft is None else soft.detach().clone())
+                best.update(zip(("loss", "x", "soft"), (value, *snapshot())))
             bar.update(1)
             return loss
 

@@ -58,11 +58,9 @@ class InvertingGradientsAttack(GradientAttack):
     name = "inverting_gradients"
     Params = InvertingGradientsParams
 
-    def invert(self, target, x0, labels, soft0, bar):
+    def invert(self, target, x, labels, soft, bar):
         p = self.params
-        x = x0.clone().requires_grad_(True)
-        soft = None if soft0 is None else soft0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([x] if soft is None else [x, soft], lr=p.lr)
+        opt = torch.optim.Adam([v for v in (x, soft) if v is not None], lr=p.lr)
         milestones = [int(p.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         for _ in range(p.iterations):
