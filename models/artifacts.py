@@ -5,11 +5,14 @@ Layout under the root (``$SPLITLAB_ARTIFACTS``, default ``./artifacts``)::
     models/<model_id>/weights.pt          state dict (torch.load(..., weights_only=True))
     models/<model_id>/manifest.json       arch, dataset, seed, options, members, accuracies ...
     deployments/<deployment_id>/head.onnx the edge's head (dynamic batch axis)
+    deployments/<deployment_id>/tail.onnx the cloud's tail as ONNX (checked against torch on deploy)
     deployments/<deployment_id>/tail.pt   the cloud's tail, state dict of the tail layers only
     deployments/<deployment_id>/deployment.json
 
 Ids are checked (letters, digits, ``.``, ``_``, ``-``; no ``/`` or ``..``), folders are written
 to a temporary name and renamed into place, and nothing existing is overwritten unless asked.
+torch is imported only to save or load weights: a cloud serving ``tail.onnx`` reads its
+deployments through this store without ever loading torch (about 400 MB resident).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import SplitlabError
+
+if TYPE_CHECKING:
+    import torch
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -82,6 +87,8 @@ class ArtifactStore:
         return final
 
     def save_model(self, model_id: str, state_dict: dict, manifest: dict, overwrite: bool = False) -> Path:
+        import torch
+
         return self.write_folder(self.model_dir(model_id), {
             "weights.pt": lambda p: torch.save(state_dict, p),
             "manifest.json": manifest,
@@ -105,6 +112,8 @@ class ArtifactStore:
         return self.read_json(self.deployment_dir(deployment_id), "deployment.json")
 
     def load_state_dict(self, path: Path) -> dict:
+        import torch
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError as exc:
