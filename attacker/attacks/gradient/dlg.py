@@ -8,9 +8,11 @@ DLG starts from Gaussian noise for the pixels and for the label logits, and mini
 over both with L-BFGS (``lr`` 1, as theirs). iDLG reads the labels off the classifier's gradient
 first (:mod:`.labels`) and optimises the pixels alone, which is what makes it converge where DLG's
 joint optimisation stalls. The pixels are not boxed (DLG's formulation); they are clamped to
-[0, 1] only when returned. ``iterations`` counts L-BFGS iterations (each up to ``1.25`` loss
-evaluations with the strong-Wolfe line search, which keeps L-BFGS from the divergence plain
-steps suffer on ReLU networks); the best iterate seen is kept, so a late blow-up costs nothing.
+[0, 1] only when returned. ``iterations`` bounds the L-BFGS iterations (and 1.25x as many loss
+evaluations in all); the strong-Wolfe line search keeps L-BFGS from the divergence DLG's fixed
+steps suffer on ReLU networks, and L-BFGS stops early where it finds no descent direction (on
+the ReLU / max-pool ``lenet5`` that is a poor local minimum within a few dozen evaluations; on a
+Sigmoid MLP, the exact image). The best iterate seen is kept, so a late blow-up costs nothing.
 """
 
 from __future__ import annotations
