@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export SPLITLAB_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: demo test bench venv clean compose-check
+.PHONY: demo test bench venv clean compose-check certs
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (splitlab needs Python 3.11)"; exit 1; }
@@ -31,6 +31,10 @@ bench: $(STAMP)
 # Docker engine that is running (deploy/README.md). Options: make compose-check ARGS='--variant sniff'
 compose-check: $(STAMP)
 	$(PY) deploy/compose_check.py $(ARGS)
+
+# A local CA and certificates for TLS / mutual TLS (README "Transport security"), into certs/ (ignored)
+certs:
+	sh deploy/make_certs.sh certs
 
 clean:
 	rm -rf $(VENV) .venv-oldest artifacts captures out
