@@ -9,7 +9,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from models.env import env_default
+from models.env import DEVICES, env_default
 from models.errors import SplitlabError
 
 from .server import DEFAULT_MAX_MESSAGE_MB, CloudServer, ServerConfig
@@ -61,8 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intra-op threads of the single compute thread that runs every tail; on a machine "
                         "shared with the edge keep 1 [SPLITLAB_THREADS, default 1]")
     p.add_argument("--runtime", choices=RUNTIMES, default=_env("SPLITLAB_CLOUD_RUNTIME", "onnxruntime", choices=RUNTIMES),
-                   help="what runs the tails: ONNX Runtime (each tail exported and checked against torch on load; "
-                        "torch is the fallback) or torch [SPLITLAB_CLOUD_RUNTIME, default onnxruntime]")
+                   help="what runs the tails: ONNX Runtime (the deployment's tail.onnx, no torch needed; older "
+                        "deployments are exported from tail.pt on load, with torch as the fallback) or torch "
+                        "[SPLITLAB_CLOUD_RUNTIME, default onnxruntime]")
+    p.add_argument("--device", choices=DEVICES, default=_env("SPLITLAB_CLOUD_DEVICE", "cpu", choices=DEVICES),
+                   help="where tails run: cuda uses ONNX Runtime's CUDA provider where installed, else torch on "
+                        "CUDA; without CUDA the server says so and uses the CPU. Batching is the same "
+                        "[SPLITLAB_CLOUD_DEVICE, default cpu]")
     p.add_argument("--max-batch", type=int, default=_env("SPLITLAB_MAX_BATCH", 1024, int),
                    help="largest batch one request may carry (INVALID_ARGUMENT above) [SPLITLAB_MAX_BATCH, default 1024]")
     p.add_argument("--merge-rows", type=int, default=_env("SPLITLAB_MERGE_ROWS", 64, int),
@@ -91,16 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloud-server: --artifacts {args.artifacts!r} is a file, not an artifact store folder", file=sys.stderr)
         return 2
 
-    from models.onnx_runtime import set_torch_threads
-
     from . import logs
 
-    logs.setup(args.log_level)
-    set_torch_threads(args.threads)
+    logs.setup(args.log_level)  # torch's threads are set when a tail first needs torch (not at all with tail.onnx)
     config = ServerConfig(artifacts=args.artifacts, host=args.host, port=args.port,
                           max_message_mb=args.max_message_mb, workers=args.workers, threads=args.threads,
                           max_batch=args.max_batch, merge_rows=args.merge_rows, cache_size=args.cache_size,
-                          grace_seconds=args.grace, runtime=args.runtime)
+                          grace_seconds=args.grace, runtime=args.runtime, device=args.device)
     try:
         server = CloudServer(config)
     except (OSError, RuntimeError) as exc:

@@ -2,6 +2,10 @@
 loaded lazily (as ONNX Runtime or torch runners, see ``tail_runtime``) into a bounded
 least-recently-used cache.
 
+With ONNX Runtime a tail is read from the deployment's ``tail.onnx`` (no torch); a deployment
+without one (written before deploy exported tails) is exported from ``tail.pt`` when loaded,
+which imports torch, and says so in the log.
+
 Nothing is read at start-up: each request looks its deployment up on disk, so the store may be
 empty or missing when the server starts, and a deployment written later (``python -m models
 deploy``, the lab) is served on its first request without a restart. A deployment folder that
@@ -22,11 +26,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from models import ArtifactStore, SplitlabError
-from models.loading import load_tail
 
 from .errors import RequestError
 from .logs import log
-from .tail_runtime import RUNTIMES, TailRunner, make_runner
+from .placement import Placement
+from .tail_runtime import RUNTIMES, TailRunner, make_runner, onnx_runner
 
 
 logger = logging.getLogger("cloud_server")
@@ -47,15 +51,18 @@ class Deployment:
 
 
 class Registry:
-    def __init__(self, store: ArtifactStore, cache_size: int = 8, runtime: str = "onnxruntime", threads: int = 1):
+    def __init__(self, store: ArtifactStore, cache_size: int = 8, runtime: str = "onnxruntime", threads: int = 1,
+                 placement: Placement | None = None):
         if cache_size < 1:
             raise SplitlabError(f"the tail cache needs room for at least one tail, got {cache_size}")
         if runtime not in RUNTIMES:
             raise SplitlabError(f"unknown tail runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.store = store
         self.cache_size = cache_size
-        self.runtime = runtime
+        self.placement = placement or Placement(runtime, "cpu")
+        self.runtime = self.placement.runtime
         self.threads = threads
+        self._torch_ready = False
         self._records: dict[str, Deployment] = {}
         self._json_paths: dict[str, str] = {}
         self._tails: OrderedDict[str, tuple[tuple, TailRunner]] = OrderedDict()
@@ -138,15 +145,8 @@ class Registry:
                 if hit is not None and hit[0] == dep.stamp:
                     return hit[1]
             t0 = time.perf_counter()
-            try:
-                tail, _ = load_tail(self.store, dep.id)
-            except (SplitlabError, KeyError, TypeError, ValueError) as exc:
-                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"cannot load the tail of {dep.id!r}: {exc}") from None
-            for p in tail.parameters():
-                p.requires_grad_(False)
-            runner = make_runner(tail, dep.feature_shape, self.runtime, self.threads, dep.id)
-            log(logger, logging.INFO, "tail loaded", deployment=dep.id, runtime=runner.runtime,
+            runner = self._load(dep)
+            log(logger, logging.INFO, "tail loaded", deployment=dep.id, runtime=runner.runtime, device=runner.device,
                 seconds=round(time.perf_counter() - t0, 3))
             with self._lock:
                 self._tails[dep.id] = (dep.stamp, runner)
@@ -155,6 +155,41 @@ class Registry:
                     self._tails.popitem(last=False)
                 self.loads += 1
             return runner
+
+    def _load(self, dep: Deployment) -> TailRunner:
+        """A runner from ``tail.onnx`` when ONNX Runtime runs tails and it is there, else from
+        ``tail.pt`` (torch): run by torch, or exported to ONNX now."""
+        p = self.placement
+        if p.runtime == "onnxruntime":
+            path = self.store.deployment_dir(dep.id) / "tail.onnx"
+            try:
+                return onnx_runner(path.read_bytes(), self.threads, p.providers)
+            except FileNotFoundError:
+                log(logger, logging.INFO, "no tail.onnx, exporting tail.pt to ONNX (needs torch)", deployment=dep.id,
+                    hint="deployed before deploy wrote tail.onnx; redeploy (python -m models deploy --force) to "
+                         "serve it without torch")
+            except Exception as exc:  # noqa: BLE001 - unreadable or refused by ONNX Runtime: try tail.pt
+                log(logger, logging.WARNING, "tail.onnx refused, exporting tail.pt to ONNX", deployment=dep.id,
+                    error=str(exc))
+        tail = self._torch_tail(dep)
+        device = p.device if p.runtime == "torch" else "cpu"  # torch as ONNX Runtime's fallback: on the CPU
+        return make_runner(tail, dep.feature_shape, p.runtime, self.threads, dep.id, device, p.providers)
+
+    def _torch_tail(self, dep: Deployment):
+        from models.loading import load_tail
+        from models.onnx_runtime import set_torch_threads
+
+        if not self._torch_ready:  # torch's thread count, once, when torch is first needed
+            set_torch_threads(self.threads)
+            self._torch_ready = True
+        try:
+            tail, _ = load_tail(self.store, dep.id)
+        except (SplitlabError, KeyError, TypeError, ValueError) as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"cannot load the tail of {dep.id!r}: {exc}") from None
+        for param in tail.parameters():
+            param.requires_grad_(False)
+        return tail
 
     def cached_tails(self) -> list[str]:
         with self._lock:

@@ -17,6 +17,7 @@ from protos import wire
 
 from .batcher import TailBatcher
 from .logs import log
+from .placement import resolve
 from .registry import Registry
 from .service import MalformedRequest, SplitInferenceService
 
@@ -38,6 +39,7 @@ class ServerConfig:
     cache_size: int = 8
     grace_seconds: float = 30.0
     runtime: str = "onnxruntime"
+    device: str = "cpu"  # "cuda": tails on the GPU where a runtime can have it (see placement)
     inline: bool = True  # a lone request runs its tail on the handler thread (see TailBatcher)
 
     @property
@@ -85,10 +87,12 @@ class CloudServer:
 
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.registry = Registry(ArtifactStore(config.artifacts), config.cache_size, config.runtime, config.threads)
+        self.placement = resolve(config.runtime, config.device)
+        self.registry = Registry(ArtifactStore(config.artifacts), config.cache_size, config.runtime, config.threads,
+                                 self.placement)
         # inline runs would give torch one OpenMP team per handler thread: only with ORT or 1 thread
         self.batcher = TailBatcher(config.merge_rows,
-                                   config.inline and (config.runtime == "onnxruntime" or config.threads == 1))
+                                   config.inline and (self.placement.runtime == "onnxruntime" or config.threads == 1))
         self.service = SplitInferenceService(self.registry, self.batcher, config.max_batch)
         self.health = health.HealthServicer(experimental_non_blocking=True,
                                             experimental_thread_pool=ThreadPoolExecutor(max_workers=1))
@@ -132,7 +136,7 @@ class CloudServer:
         log(logger, logging.INFO, "serving", address=",".join(f"{h}:{self.port}" for h in self.hosts),
             artifacts=str(self.registry.store.root), deployments=deployments,
             max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads,
-            runtime=self.config.runtime)
+            runtime=self.placement.runtime, device=self.placement.device)
         return self
 
     def stop(self, grace: float | None = None) -> None:

@@ -1,42 +1,43 @@
 """What runs a tail in the cloud: ONNX Runtime by default, torch on request or as the fallback.
 
 ONNX Runtime runs this zoo's layers 2-10x faster than torch on a small CPU (measured in
-``benchmarks/results/serving.md``), so the server exports each tail to ONNX when it loads it,
-checks the export against torch on random features (max |difference| <= 1e-4, else it falls back
-to torch and logs why) and runs that, single-threaded with spinning off like the edge's heads.
-``--runtime torch`` keeps torch.
+``benchmarks/results/serving.md``). ``python -m models deploy`` writes each tail as ONNX
+(``tail.onnx``, checked against torch to 1e-4 there), so serving it needs no torch at all: this
+module imports torch only inside the functions that use it. A cloud serving one lenet5 tail from
+``tail.onnx`` holds about a sixth of the memory of one that imports torch
+(``python -m benchmarks.cloud_memory``). Deployments written before ``tail.onnx`` existed are
+exported here when first loaded and checked the same way (:func:`make_runner`, which needs torch),
+falling back to torch if the check fails. ``--runtime torch`` keeps torch.
 
 A runner maps validated ``Features`` (still in their wire dtype) to float32 logits. With ONNX
 Runtime, float16 and int8 features are converted inside the graph (a ``Cast`` or
 ``DequantizeLinear`` in front of the tail, exact, and ~10x faster than numpy's float16
-conversion); other dtypes are converted with numpy.
+conversion); other dtypes are converted with numpy. On CUDA (``providers`` with ONNX Runtime's
+CUDA provider, or ``device="cuda"`` for torch) float16 and int8 features travel to the GPU as
+they arrived and are converted there.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from protos import split_inference_pb2 as pb
 
-from .logs import log
 from .features import Features
+from .logs import log
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("cloud_server")
 
-# Decoded float32 features are read-only views of the request bytes (no copy); the tail never
-# writes to its input. torch warns about such arrays once per process: have that once here, muted.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    torch.from_numpy(np.frombuffer(bytes(4), np.float32))
 RUNTIMES = ("onnxruntime", "torch")
 TOLERANCE = 1e-4
+CPU = ["CPUExecutionProvider"]
 
 
 @dataclass
@@ -44,28 +45,42 @@ class TailRunner:
     runtime: str
     run: Callable[[Features], np.ndarray]
     note: str = ""
+    device: str = "cpu"
 
     def __call__(self, features: Features) -> np.ndarray:
         return self.run(features)
 
 
-def torch_runner(tail: torch.nn.Module, note: str = "") -> TailRunner:
+def _torch():
+    """torch, imported on first use. Decoded float32 features are read-only views of the request
+    bytes (no copy) and the tail never writes to its input; torch warns about such arrays once
+    per process: have that once here, muted."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.from_numpy(np.frombuffer(bytes(4), np.float32))
+    return torch
+
+
+def torch_runner(tail: "torch.nn.Module", note: str = "", device: str = "cpu") -> TailRunner:
+    torch = _torch()
+    tail = tail.to(device)
+    on_device = device != "cpu"
+
     def run(f: Features):
         with torch.inference_mode():
-            return tail(torch.from_numpy(f.float32())).numpy()
+            if on_device and f.code in (pb.Tensor.FLOAT16, pb.Tensor.INT8):  # fewer bytes to copy over
+                x = torch.from_numpy(f.raw).to(device).float()
+                if f.code == pb.Tensor.INT8:
+                    x = x * f.scale
+            else:
+                x = torch.from_numpy(f.float32()).to(device)
+            return tail(x).float().cpu().numpy()
 
-    return TailRunner("torch", run, note)
-
-
-def export_onnx(tail: torch.nn.Module, feature_shape) -> bytes:
-    buf = io.BytesIO()
-    dummy = torch.zeros(2, *feature_shape)
-    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but exact and fast here
-        warnings.simplefilter("ignore")
-        torch.onnx.export(tail.eval(), (dummy,), buf, input_names=["features"], output_names=["logits"],
-                          dynamic_axes={"features": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
-    return buf.getvalue()
+    return TailRunner("torch", run, note, device)
 
 
 def with_input_conversion(onnx_bytes: bytes, code: int) -> bytes:
@@ -92,23 +107,18 @@ def with_input_conversion(onnx_bytes: bytes, code: int) -> bytes:
     return model.SerializeToString()
 
 
-def onnx_runner(tail: torch.nn.Module, feature_shape, threads: int = 1) -> TailRunner:
-    """The tail exported to ONNX and checked against torch; raises ``ValueError`` if they differ."""
+def onnx_runner(onnx_bytes: bytes, threads: int = 1, providers: list[str] | None = None) -> TailRunner:
+    """A runner for a tail's ONNX graph (``features`` -> ``logits``); needs no torch.
+
+    ``providers``: ONNX Runtime's execution providers, CPU only by default. The runner's
+    ``device`` is ``"cuda"`` only when the session really got the CUDA provider.
+    """
     from models.onnx_runtime import head_session
 
-    if len(tail) == 0:  # split at the last layer: the features are the logits
-        return TailRunner("identity", lambda f: f.float32())
-    onnx_bytes = export_onnx(tail, feature_shape)
-    sess = head_session(onnx_bytes, threads)
+    providers = providers or CPU
+    sess = head_session(onnx_bytes, threads, providers)
     name = sess.get_inputs()[0].name
-    probe = np.random.default_rng(0).standard_normal((3, *feature_shape)).astype(np.float32)
-    with torch.inference_mode():
-        expected = tail(torch.from_numpy(probe)).numpy()
-    got = sess.run(None, {name: probe})[0]
-    diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
-    if not diff <= TOLERANCE:
-        raise ValueError(f"ONNX Runtime's tail differs from torch's by {diff:.3g}")
-
+    device = "cuda" if "CUDAExecutionProvider" in sess.get_providers() else "cpu"
     converting: dict[int, object] = {}  # wire dtype -> session with the conversion in the graph
 
     def run(f: Features):
@@ -117,22 +127,37 @@ def onnx_runner(tail: torch.nn.Module, feature_shape, threads: int = 1) -> TailR
         if f.code in (pb.Tensor.FLOAT16, pb.Tensor.INT8):
             conv = converting.get(f.code)
             if conv is None:  # built on first use, on the compute thread
-                conv = converting[f.code] = head_session(with_input_conversion(onnx_bytes, f.code), threads)
+                conv = converting[f.code] = head_session(with_input_conversion(onnx_bytes, f.code), threads, providers)
             feeds = {"wire": f.raw}
             if f.code == pb.Tensor.INT8:
                 feeds["wire_scale"] = np.asarray(f.scale, dtype=np.float32)
             return conv.run(None, feeds)[0]
         return sess.run(None, {name: f.float32()})[0]
 
-    return TailRunner("onnxruntime", run)
+    return TailRunner("onnxruntime", run, device=device)
 
 
-def make_runner(tail: torch.nn.Module, feature_shape, runtime: str = "onnxruntime", threads: int = 1,
-                deployment_id: str = "") -> TailRunner:
+def exported_runner(tail: "torch.nn.Module", feature_shape, threads: int = 1,
+                    providers: list[str] | None = None) -> TailRunner:
+    """The tail exported to ONNX now and checked against torch (what ``deploy`` does for
+    ``tail.onnx``); raises ``ValueError`` if they differ."""
+    from models.deploy import check_tail, export_tail_onnx, tail_probe
+
+    onnx_bytes = export_tail_onnx(tail, feature_shape)
+    diff = check_tail(onnx_bytes, tail, tail_probe(feature_shape))
+    if not diff <= TOLERANCE:
+        raise ValueError(f"ONNX Runtime's tail differs from torch's by {diff:.3g}")
+    return onnx_runner(onnx_bytes, threads, providers)
+
+
+def make_runner(tail: "torch.nn.Module", feature_shape, runtime: str = "onnxruntime", threads: int = 1,
+                deployment_id: str = "", device: str = "cpu", providers: list[str] | None = None) -> TailRunner:
+    """A runner for a torch tail: ``runtime="torch"`` on ``device``, else exported to ONNX (run
+    with ``providers``), with torch on ``device`` as the fallback when the export is refused."""
     if runtime == "torch":
-        return torch_runner(tail)
+        return torch_runner(tail, device=device)
     try:
-        return onnx_runner(tail, feature_shape, threads)
+        return exported_runner(tail, feature_shape, threads, providers)
     except Exception as exc:  # noqa: BLE001 - any export or runtime problem: keep serving with torch
         log(logger, logging.WARNING, "onnx tail refused, using torch", deployment=deployment_id, error=str(exc))
-        return torch_runner(tail, f"onnxruntime refused: {exc}")
+        return torch_runner(tail, f"onnxruntime refused: {exc}", device)
