@@ -218,11 +218,14 @@ def test_images(arch: str) -> np.ndarray:
 
 
 class CloudProcess:
-    def __init__(self, artifacts: Path, runtime: str):
-        env = dict(os.environ, SPLITLAB_THREADS="1", PYTHONPATH=str(ROOT))
+    """A real ``cloud-server`` subprocess on a free loopback port (``address`` once it serves)."""
+
+    def __init__(self, artifacts: Path, runtime: str, device: str = "cpu", threads: int = 1):
+        env = dict(os.environ, SPLITLAB_THREADS=str(threads), PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen([sys.executable, "-m", "cloud_server", "--host", "127.0.0.1", "--port", "0",
-                                      "--artifacts", str(artifacts), "--threads", "1", "--runtime", runtime,
-                                      "--log-level", "warning"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                                      "--artifacts", str(artifacts), "--threads", str(threads), "--runtime", runtime,
+                                      "--device", device, "--log-level", "warning"],
+                                     stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.address = None
         ready = threading.Event()
 
