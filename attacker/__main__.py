@@ -22,6 +22,8 @@ import sys
 from models.env import env_default
 from models.errors import SplitlabError
 
+from protos import tls
+
 from .captures.store import default_store_dir
 from .tap.priority import PRIORITIES
 
@@ -93,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-interval", type=float, default=2.0,
                    help="seconds between refreshes of STORE/tap-stats.json (default 2)")
     p.add_argument("--no-record", action="store_true", help="forward only, record nothing (a plain proxy)")
+    tls.add_arguments(p)  # proxy mode only: in the other modes the edge's TLS passes through, unreadable
     _common(p)
 
     p = sub.add_parser("captures", help="list captures (a table), heads and deployments seen by the tap")
@@ -186,10 +189,11 @@ def cmd_tap(args) -> int:
                        max_store_bytes=None if args.max_store_mb is None else int(args.max_store_mb * 2**20),
                        stats_interval=args.stats_interval, grace=args.grace, record=not args.no_record,
                        mode=args.mode, admin=args.admin, interface=args.interface,
-                       poll_interval=args.poll_ms / 1000, priority=args.priority)
+                       poll_interval=args.poll_ms / 1000, priority=args.priority,
+                       tls=tls.TlsConfig.from_args(args).check())
     try:
         return serve(config)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise SplitlabError(str(exc)) from exc
 
 

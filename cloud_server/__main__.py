@@ -11,6 +11,7 @@ from pathlib import Path
 
 from models.env import DEVICES, env_default
 from models.errors import SplitlabError
+from protos import tls
 
 from .server import DEFAULT_MAX_MESSAGE_MB, CloudServer, ServerConfig
 
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=_env("SPLITLAB_LOG_LEVEL", "info", choices=LOG_LEVELS),
                    choices=LOG_LEVELS,
                    help="JSON logs on stderr; 'info' logs every request with its id [SPLITLAB_LOG_LEVEL, default info]")
+    tls.add_arguments(p, server=True, client=False, env=_env)
     return p
 
 
@@ -102,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     config = ServerConfig(artifacts=args.artifacts, host=args.host, port=args.port,
                           max_message_mb=args.max_message_mb, workers=args.workers, threads=args.threads,
                           max_batch=args.max_batch, merge_rows=args.merge_rows, cache_size=args.cache_size,
-                          grace_seconds=args.grace, runtime=args.runtime, device=args.device)
+                          grace_seconds=args.grace, runtime=args.runtime, device=args.device,
+                          tls=tls.TlsConfig.from_args(args))
     try:
         server = CloudServer(config)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SplitlabError) as exc:
         print(f"cloud-server: {exc}", file=sys.stderr)
         return 1
     stop = threading.Event()

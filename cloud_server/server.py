@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from models import ArtifactStore
 from protos import split_inference_pb2 as pb
 from protos import wire
+from protos.tls import TlsConfig
 
 from .batcher import TailBatcher
 from .logs import log
@@ -41,6 +42,7 @@ class ServerConfig:
     runtime: str = "onnxruntime"
     device: str = "cpu"  # "cuda": tails on the GPU where a runtime can have it (see placement)
     inline: bool = True  # a lone request runs its tail on the handler thread (see TailBatcher)
+    tls: TlsConfig = field(default_factory=TlsConfig)  # --tls-cert/--tls-key[/--tls-client-ca]: TLS or mutual TLS
 
     @property
     def max_message_bytes(self) -> int:
@@ -103,6 +105,7 @@ class CloudServer:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self._server)
+        self._credentials = config.tls.server_credentials()
         self.hosts = [h.strip() for h in config.host.split(",") if h.strip()]
         if not self.hosts:
             raise OSError(f"no address to listen on (host {config.host!r})")
@@ -112,7 +115,8 @@ class CloudServer:
 
     def _listen(self, host: str, port: int) -> int:
         try:
-            bound = self._server.add_insecure_port(f"{host}:{port}")
+            bound = (self._server.add_insecure_port(f"{host}:{port}") if self._credentials is None
+                     else self._server.add_secure_port(f"{host}:{port}", self._credentials))
         except RuntimeError as exc:  # grpcio raises for an address it cannot resolve or bind
             raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
         if bound == 0:
@@ -136,8 +140,14 @@ class CloudServer:
         log(logger, logging.INFO, "serving", address=",".join(f"{h}:{self.port}" for h in self.hosts),
             artifacts=str(self.registry.store.root), deployments=deployments,
             max_message_mb=self.config.max_message_mb, workers=self.config.workers, threads=self.config.threads,
-            runtime=self.placement.runtime, device=self.placement.device)
+            runtime=self.placement.runtime, device=self.placement.device, tls=self.tls_mode)
         return self
+
+    @property
+    def tls_mode(self) -> str:
+        """``off``, ``tls`` or ``mutual`` (client certificates required)."""
+        tls = self.config.tls
+        return "mutual" if tls.client_ca else "tls" if tls.server else "off"
 
     def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight calls finish (up to ``grace`` seconds), then stop."""

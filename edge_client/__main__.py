@@ -13,6 +13,7 @@ import textwrap
 
 from models.env import env_default
 from models.errors import SplitlabError
+from protos import tls
 from protos.wire import WIRE_DTYPES
 
 from .client import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT
@@ -28,11 +29,14 @@ def _env(name: str, default, kind=str, choices=None):
 
 def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:
     p.add_argument("--cloud", default=_env("SPLITLAB_CLOUD", "localhost:50051"),
-                   help="the cloud server (or the attacker's tap), HOST:PORT [SPLITLAB_CLOUD, default localhost:50051]")
+                   help="the cloud server (or the attacker's tap), HOST:PORT, or several comma-separated: calls go "
+                        "round robin over every address (a name resolves to all its replicas) and a call "
+                        "that fails with UNAVAILABLE is retried on another [SPLITLAB_CLOUD, default localhost:50051]")
     p.add_argument("--max-message-mb", type=float, default=_env("SPLITLAB_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB, float),
                    help="largest gRPC message sent or received, MiB; match the cloud's [SPLITLAB_MAX_MESSAGE_MB, default 64]")
     p.add_argument("--timeout", type=float, default=_env("SPLITLAB_TIMEOUT", DEFAULT_TIMEOUT, float),
                    help="deadline of each call in seconds [SPLITLAB_TIMEOUT, default 30]")
+    tls.add_arguments(p, server=False, client=True, env=_env)
     if not runtime:
         return
     p.add_argument("--wire", choices=WIRES, default=_env("SPLITLAB_WIRE", "float32", choices=WIRES),
@@ -111,13 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _edge(args):
+def _client(args):
     from .client import CloudClient
+
+    return CloudClient(args.cloud, args.max_message_mb, args.timeout, tls=tls.TlsConfig.from_args(args).check())
+
+
+def _edge(args):
     from .edge import Edge
     from .heads import HeadCache
 
-    client = CloudClient(args.cloud, args.max_message_mb, args.timeout)
-    return Edge(client, HeadCache(args.cache), args.runtime, args.device, args.threads, args.wire,
+    return Edge(_client(args), HeadCache(args.cache), args.runtime, args.device, args.threads, args.wire,
                 use_cache=not args.no_cache)
 
 
@@ -180,9 +188,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .client import CloudClient
-
-    with CloudClient(args.cloud, args.max_message_mb, args.timeout) as client:
+    with _client(args) as client:
         deps = client.list_deployments()
     for d in deps:
         print(f"{d['deployment_id']:40s} {d['arch']:14s} split {d['split']:8s} features {d['feature_shape']} "

@@ -31,6 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos import split_inference_pb2 as pb
 from protos import split_inference_pb2_grpc as pb_grpc
 from protos import wire
+from protos.targets import open_channel
+from protos.tls import TlsConfig
 
 if TYPE_CHECKING:
     from .stream import InferStream
@@ -134,11 +136,16 @@ def _result(reply: pb.InferReply, request_bytes: int) -> InferResult:
 
 class CloudClient:
     def __init__(self, address: str, max_message_mb: float = DEFAULT_MAX_MESSAGE_MB,
-                 timeout: float = DEFAULT_TIMEOUT, retries: bool = True, own_connection: bool = False):
+                 timeout: float = DEFAULT_TIMEOUT, retries: bool = True, own_connection: bool = False,
+                 tls: TlsConfig | None = None):
+        """``address``: HOST:PORT or a comma-separated list; calls go round robin over every address
+        it resolves to (``protos.targets``). ``tls``: TLS / mutual TLS (``protos.tls``); plaintext
+        without it."""
         self.address = address
         self.timeout = timeout
         self.max_message_mb = max_message_mb
-        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_mb, retries, own_connection))
+        self.tls = tls or TlsConfig()
+        self.channel = open_channel(address, channel_options(max_message_mb, retries, own_connection), self.tls)
         self.stub = pb_grpc.SplitInferenceStub(self.channel)
         # the inference methods take pre-serialized requests (see ``request_bytes``)
         self._infer = self.channel.unary_unary(f"/{SERVICE}/Infer", request_serializer=None,
@@ -170,7 +177,14 @@ class CloudClient:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=(("x-request-id", request_id),))
         except grpc.RpcError as exc:
-            raise CloudError(exc.code(), exc.details() or "", request_id) from None
+            raise self.error(exc, request_id) from None
+
+    def error(self, exc: grpc.RpcError, request_id: str) -> CloudError:
+        """A ``CloudError`` for a failed call; a refused TLS handshake says which flag may be missing."""
+        details = exc.details() or ""
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            details += self.tls.hint(details)
+        return CloudError(exc.code(), details, request_id)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The server's health status name (``SERVING``, ``NOT_SERVING`` ...)."""
@@ -208,7 +222,7 @@ class CloudClient:
             try:
                 out.set_result(_result(c.result(), size))
             except grpc.RpcError as exc:
-                out.set_exception(CloudError(exc.code(), exc.details() or "", rid))
+                out.set_exception(self.error(exc, rid))
             except Exception as exc:  # noqa: BLE001 - e.g. a reply that does not decode
                 out.set_exception(exc)
 

@@ -109,7 +109,8 @@ class FakeCloud(pbg.SplitInferenceServicer):
 
 
 def start_fake_cloud(servicer: FakeCloud, max_message: int = 64 << 20,
-                     host: str = "127.0.0.1") -> tuple[grpc.Server, int]:
+                     host: str = "127.0.0.1", credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, int]:
+    """Serve ``servicer`` on a free port of ``host`` (TLS with ``credentials``); (server, port)."""
     server = grpc.server(futures.ThreadPoolExecutor(8),
                          options=[("grpc.max_receive_message_length", max_message),
                                   ("grpc.max_send_message_length", max_message)])
@@ -118,7 +119,8 @@ def start_fake_cloud(servicer: FakeCloud, max_message: int = 64 << 20,
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("splitlab.v1.SplitInference", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(f"{host}:0")
+    port = (server.add_secure_port(f"{host}:0", credentials) if credentials is not None
+            else server.add_insecure_port(f"{host}:0"))
     server.start()
     return server, port
 

@@ -25,6 +25,8 @@ from models.env import DEVICES
 from models.env import env_default as _env
 from models.errors import SplitlabError
 
+from protos import tls as transport
+
 from ..tap.priority import PRIORITIES
 from .limits import Limits
 
@@ -54,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="largest gRPC message, MiB (env SPLITLAB_MAX_MESSAGE_MB, default 64)")
     tap.add_argument("--no-tap", action="store_true",
                      help="run only the API; an `attacker tap` elsewhere records into the same --store")
+    transport.add_arguments(p)  # --mode proxy only, as `attacker tap`
     api = p.add_argument_group("lab API")
     api.add_argument("--api-host", default=_env("SPLITLAB_API_HOST", "0.0.0.0"),
                      help="interface of the REST API (env SPLITLAB_API_HOST, default 0.0.0.0; forced to "
@@ -149,10 +152,11 @@ def run_serve(args) -> int:
 
         tap = TapThread(TapConfig(listen=args.listen, upstream=args.upstream, store=str(store_dir),
                                   max_message_bytes=int(args.max_message_mb * 2**20), mode=args.mode,
-                                  admin=args.admin, priority=args.priority))
+                                  admin=args.admin, priority=args.priority,
+                                  tls=transport.TlsConfig.from_args(args).check()))
         try:
             port = tap.start()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise SplitlabError(f"the tap cannot listen on {args.listen}: {exc}") from exc
         log.info("tap (%s mode) listening on %s (port %d) -> %s, store %s", args.mode, args.listen, port,
                  args.upstream, store_dir)

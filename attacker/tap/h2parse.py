@@ -37,6 +37,18 @@ class ParseError(Exception):
     """The byte stream is not HTTP/2 as expected; the connection stops being recorded."""
 
 
+class Encrypted(ParseError):
+    """The client opened with a TLS handshake: the connection is encrypted, not a parse failure.
+    What a network eavesdropper gets from an edge that uses TLS; counted, not logged as an error."""
+
+
+TLS_HANDSHAKE = 0x16  # a TLS record of type handshake (the ClientHello), then version 3.x
+
+
+def is_tls(first: bytes) -> bool:
+    return len(first) >= 2 and first[0] == TLS_HANDSHAKE and first[1] == 3
+
+
 class _Direction:
     """Frames of one direction of the connection; header blocks decoded in order.
 
@@ -70,6 +82,8 @@ class _Direction:
             take = min(len(PREFACE) - len(self.buf), len(view))
             self.buf += view[:take]
             view = view[take:]
+            if is_tls(self.buf):
+                raise Encrypted("the client opened with a TLS handshake (encrypted, unreadable)")
             if len(self.buf) < len(PREFACE):
                 return frames
             if bytes(self.buf) != PREFACE:

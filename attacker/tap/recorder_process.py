@@ -299,10 +299,10 @@ class ChunkDecoder:
     def __init__(self, recorder, max_message_bytes: int):
         import hpack.hpack
 
-        from .h2parse import GrpcConnection, ParseError
+        from .h2parse import Encrypted, GrpcConnection, ParseError
 
         hpack.hpack.log.disabled = True  # its per-header debug logging costs more than the decoding
-        self._GrpcConnection, self._ParseError = GrpcConnection, ParseError
+        self._GrpcConnection, self._ParseError, self._Encrypted = GrpcConnection, ParseError, Encrypted
         self.recorder, self.max_message_bytes = recorder, max_message_bytes
         self.counts: collections.Counter = collections.Counter()
         self.methods: dict[str, int] = {}
@@ -324,6 +324,10 @@ class ChunkDecoder:
         when = time.time() if when is None else when
         try:
             state.feed(from_client, data, when)
+        except self._Encrypted:  # TLS: nothing to record, and nothing wrong with the tap
+            self.counts["connections_unreadable"] += 1
+            log.info("connection %s (%s) is encrypted (TLS): counted as unreadable, not recorded", conn, state.peer)
+            state.close(when)
         except self._ParseError as exc:
             self.counts["connections_unparsed"] += 1
             self.recorder.fail(1, f"connection {conn} ({state.peer}) cannot be decoded, not recording it: {exc}")
@@ -350,7 +354,8 @@ class ChunkDecoder:
     def stats(self) -> dict:
         return {"forwarded": dict(self.methods), "connections": self.counts["connections"],
                 "connections_lost": self.counts["connections_lost"],
-                "connections_unparsed": self.counts["connections_unparsed"], "bytes_relayed": self.counts["bytes"]}
+                "connections_unparsed": self.counts["connections_unparsed"],
+                "connections_unreadable": self.counts["connections_unreadable"], "bytes_relayed": self.counts["bytes"]}
 
 
 def child_main(sock: socket.socket, control: socket.socket, config: dict) -> None:

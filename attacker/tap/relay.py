@@ -7,6 +7,12 @@ initial and trailing metadata, deadlines (``grpc-timeout``), keepalives, flow co
 size limits the two endpoints enforce. Each chunk is also handed (before it is relayed) to a
 ``sink`` with ``opened(conn, peer)``, ``chunk(conn, from_client, data)`` and ``closed(conn)``: the
 recorder process (:mod:`attacker.tap.recorder_process`), which decodes and records it.
+
+Several cloud replicas (a name with several addresses, or a comma-separated list): a relay cannot
+balance calls, only connections, so each accepted connection goes to the next address in turn (the
+name is resolved again for each one, so replicas added or removed are seen), and an address that
+refuses is skipped for the next. An edge with one connection therefore still reaches one replica
+through a relay; edges (or channels) with several connections spread.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import itertools
 import logging
 import socket
 import time
+
+from protos.targets import addresses
 
 log = logging.getLogger("attacker.tap")
 
@@ -66,10 +74,15 @@ class _Client(asyncio.Protocol):
         self.relay.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
-        try:
-            await self.relay.loop.create_connection(lambda: _Upstream(self), self.relay.host, self.relay.port)
-        except OSError as exc:
-            log.warning("cannot reach the upstream %s:%s: %s", self.relay.host, self.relay.port, exc)
+        error: OSError | None = None
+        for host, port in await self.relay.candidates():
+            try:
+                await self.relay.loop.create_connection(lambda: _Upstream(self), host, port)
+                break
+            except OSError as exc:
+                error = exc
+        else:
+            log.warning("cannot reach the upstream %s: %s", self.relay.upstream, error)
             self.transport.close()
             return
         if not self.transport.is_closing():
@@ -155,9 +168,9 @@ class Relay:
     def __init__(self, listen: str, upstream: str, parser=None):
         self.listen_host, _, listen_port = listen.rpartition(":")
         self.listen_port = int(listen_port)
-        self.host, _, port = upstream.rpartition(":")
-        self.host = self.host.strip("[]") or "localhost"
-        self.port = int(port)
+        self.upstream = upstream
+        self.upstreams = addresses(upstream)
+        self.turns = itertools.count()
         self.parser = parser
         self.ids = itertools.count(1)
         self.clients: set[_Client] = set()
@@ -172,6 +185,19 @@ class Relay:
         self.server = await self.loop.create_server(lambda: _Client(self), host, self.listen_port,
                                                     reuse_address=True)
         return self.server.sockets[0].getsockname()[1]
+
+    async def candidates(self) -> list[tuple[str, int]]:
+        """Every address of the upstream, starting at the next one in turn (round robin per connection)."""
+        found: list[tuple[str, int]] = []
+        for host, port in self.upstreams:
+            try:
+                infos = await self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                continue
+            found += [(info[4][0], port) for info in infos]
+        found = list(dict.fromkeys(found)) or list(self.upstreams)  # unresolvable: let connecting say why
+        start = next(self.turns) % len(found)
+        return found[start:] + found[:start]
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; give open connections up to ``grace`` seconds of quiet, then close them."""

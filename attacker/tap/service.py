@@ -25,6 +25,17 @@ Two modes:
                      sending on it, grpc-aio's client side sometimes reports INTERNAL ("Internal
                      error from Core") instead of the cloud's status (~8% of such streams here).
 
+Several cloud replicas: --upstream may be a name with several addresses or a comma-separated list.
+The proxy's upstream channel goes round robin over all of them per call (:mod:`protos.targets`);
+the relay spreads connections (each edge connection goes to the next address, a dead one skipped).
+
+TLS (:mod:`protos.tls`): in passive and sniff modes an edge that speaks TLS to the cloud passes
+through unchanged and the tap cannot read it: such connections are counted as
+``connections_unreadable`` and nothing is recorded. In proxy mode the tap can terminate TLS with
+--tls-cert/--tls-key (a certificate the edge trusts: the compromised-proxy model) and speak TLS to
+the cloud with --tls-ca (and --tls-client-cert/--tls-client-key for mutual TLS); it records
+everything.
+
 SIGTERM / SIGINT stop the tap gracefully: no new connections or calls, in-flight calls get --grace
 seconds, the recorder drains its queue and writes the final counters.
 """
@@ -37,11 +48,14 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from protos.targets import open_channel
+from protos.tls import TlsConfig
 
 from .heap import keep_freed_memory
 from .priority import PRIORITIES, run_at_idle_priority
@@ -75,6 +89,7 @@ class TapConfig:
     interface: str = "lo"  # sniff mode: the interface to read packets on
     poll_interval: float = POLL_INTERVAL  # sniff mode: seconds between reads of the packet socket (0: on arrival)
     priority: str = "normal"  # "idle": the recording threads run only on cores nothing else wants (attacker/tap/priority.py)
+    tls: TlsConfig = field(default_factory=TlsConfig)  # proxy mode: TLS towards the edge and/or the cloud
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -120,6 +135,9 @@ class Tap:
             raise ValueError(f"tap priority must be {' or '.join(map(repr, PRIORITIES))}, got {cfg.priority!r}")
         if not 0 <= cfg.poll_interval <= 1:
             raise ValueError(f"the sniff poll interval must be 0 to 1000 ms, got {cfg.poll_interval * 1000:g} ms")
+        if cfg.mode != "proxy" and (cfg.tls.server or cfg.tls.client):
+            raise ValueError(f"TLS flags are for --mode proxy: in {cfg.mode} mode the edge's TLS passes through "
+                             "the tap unchanged (and cannot be read)")
         if cfg.record and cfg.mode in ("proxy", "sniff"):  # recorded in this process: neither is in a relay's path
             self.recorder = Recorder(cfg.store, cfg.max_queue, cfg.max_queue_bytes, cfg.max_captures,
                                      cfg.max_store_bytes, stats_interval=cfg.stats_interval,
@@ -128,11 +146,13 @@ class Tap:
         options = grpc_options(cfg.max_message_bytes)
         self._server = aio.server(options=options)
         if cfg.mode == "proxy":
-            self._channel = aio.insecure_channel(cfg.upstream, options=options)
+            server_credentials = cfg.tls.server_credentials()
+            self._channel = open_channel(cfg.upstream, options, cfg.tls, use_aio=True)
             self._handler = ProxyHandler(self._channel, self.recorder, self._health_status)
             reflection.enable_server_reflection([SERVICE, HEALTH, reflection.SERVICE_NAME], self._server)
             self._server.add_generic_rpc_handlers((self._handler,))
-            self.port = self._server.add_insecure_port(cfg.listen)
+            self.port = (self._server.add_secure_port(cfg.listen, server_credentials) if server_credentials
+                         else self._server.add_insecure_port(cfg.listen))
             if not self.port:
                 raise OSError(f"cannot listen on {cfg.listen}")
         else:
