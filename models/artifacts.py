@@ -12,7 +12,7 @@ Layout under the root (``$SPLITLAB_ARTIFACTS``, default ``./artifacts``)::
 Ids are checked (letters, digits, ``.``, ``_``, ``-``; no ``/`` or ``..``), folders are written
 to a temporary name and renamed into place, and nothing existing is overwritten unless asked.
 torch is imported only to save or load weights: a cloud serving ``tail.onnx`` reads its
-deployments through this store without ever loading torch (about 400 MB resident).
+deployments through this store without ever loading torch (over 600 MiB resident).
 """
 
 from __future__ import annotations

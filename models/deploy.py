@@ -6,8 +6,8 @@ images from the model's dataset (plus random inputs); if the two differ by more 
 the deployment is refused and nothing is written. The tail is exported here too and checked the
 same way (on the head's features of those images plus random normal features): a cloud that
 serves it with ONNX Runtime then needs no torch at all, which takes a cloud serving one lenet5
-tail from about 600 MB resident to about 100 MB (``python -m benchmarks.cloud_memory``), and
-loading a tail costs no export.
+tail from 768 MiB resident to 95 MiB (``python -m benchmarks.cloud_memory``), and loading a tail
+costs no export.
 
 A feature defence (:mod:`models.defences.features`) is part of the head: the defended head is
 exported, checked and written by the same single ``write_folder`` call as the tail and
