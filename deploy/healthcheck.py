@@ -6,6 +6,10 @@ A TARGET is one of
 
     grpc://HOST:PORT            the standard grpc.health.v1 service, overall server health ("")
     grpc://HOST:PORT/SERVICE    ... the health of one service, e.g. splitlab.v1.SplitInference
+    grpcs://HOST:PORT[/SERVICE] the same over TLS (a service started with --tls-cert): trusts
+                                $SPLITLAB_TLS_CA, else $SPLITLAB_TLS_CLIENT_CA (a server checking
+                                itself), and presents $SPLITLAB_TLS_CLIENT_CERT/_KEY, else the
+                                server's own $SPLITLAB_TLS_CERT/_KEY, to a server that requires one
     http://HOST:PORT/PATH       an HTTP GET that must answer 2xx (https:// too)
 
 Without targets it reads them, space-separated, from ``$SPLITLAB_HEALTHCHECK`` (the Dockerfile's
@@ -27,12 +31,32 @@ from urllib.parse import urlsplit
 DEFAULT_TIMEOUT = 3.0
 
 
-def check_grpc(address: str, service: str, timeout: float) -> str | None:
+def tls_credentials():
+    """Channel credentials for ``grpcs://`` targets, from the service's own SPLITLAB_TLS_* files."""
+    import grpc
+
+    def read(*names: str) -> bytes | None:
+        for name in names:
+            if os.environ.get(name):
+                with open(os.environ[name], "rb") as f:
+                    return f.read()
+        return None
+
+    cert = read("SPLITLAB_TLS_CLIENT_CERT", "SPLITLAB_TLS_CERT")
+    key = read("SPLITLAB_TLS_CLIENT_KEY", "SPLITLAB_TLS_KEY")
+    return grpc.ssl_channel_credentials(read("SPLITLAB_TLS_CA", "SPLITLAB_TLS_CLIENT_CA"), key, cert)
+
+
+def check_grpc(address: str, service: str, timeout: float, tls: bool = False) -> str | None:
     """None when ``service`` at ``address`` reports SERVING, else what is wrong."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    try:
+        channel = grpc.secure_channel(address, tls_credentials()) if tls else grpc.insecure_channel(address)
+    except OSError as exc:
+        return f"cannot read a TLS file: {exc}"
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=False)
@@ -60,15 +84,15 @@ def check_http(url: str, timeout: float) -> str | None:
 
 def check(target: str, timeout: float) -> str | None:
     parts = urlsplit(target)
-    if parts.scheme == "grpc":
+    if parts.scheme in ("grpc", "grpcs"):
         if not parts.hostname or not parts.port:
-            raise ValueError(f"{target!r}: a gRPC target is grpc://HOST:PORT[/SERVICE]")
-        return check_grpc(parts.netloc, parts.path.strip("/"), timeout)
+            raise ValueError(f"{target!r}: a gRPC target is grpc://HOST:PORT[/SERVICE] (grpcs:// over TLS)")
+        return check_grpc(parts.netloc, parts.path.strip("/"), timeout, tls=parts.scheme == "grpcs")
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"{target!r}: an HTTP target is http://HOST[:PORT]/PATH")
         return check_http(target, timeout)
-    raise ValueError(f"{target!r}: a target starts with grpc://, http:// or https://")
+    raise ValueError(f"{target!r}: a target starts with grpc://, grpcs://, http:// or https://")
 
 
 def main(argv: list[str] | None = None) -> int:

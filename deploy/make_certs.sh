@@ -6,7 +6,8 @@
 #   deploy/make_certs.sh [DIR]        (default: certs/, ignored by git)
 #
 # DIR/ca.pem            the CA every side trusts (--tls-ca, --tls-client-ca)
-# DIR/cloud.pem, .key   the cloud's server certificate: cloud, localhost, 127.0.0.1, ::1
+# DIR/cloud.pem, .key   the cloud's certificate: cloud, localhost, 127.0.0.1, ::1 (server; client too,
+#                       for its own TLS health check)
 # DIR/edge.pem, .key    the edge's client certificate (--tls-client-cert/--tls-client-key)
 # DIR/attacker.pem,.key a certificate for the attacker's proxy tap, server and client: attacker,
 #                       localhost, 127.0.0.1. The edge trusting it is the compromised-proxy model.
@@ -36,7 +37,7 @@ issue() {
     rm -f "$1.csr" "$1.ext"
 }
 
-issue cloud serverAuth "DNS:cloud,DNS:localhost,IP:127.0.0.1,IP:::1"
+issue cloud serverAuth,clientAuth "DNS:cloud,DNS:localhost,IP:127.0.0.1,IP:::1"
 issue edge clientAuth "DNS:edge"
 issue attacker serverAuth,clientAuth "DNS:attacker,DNS:localhost,IP:127.0.0.1"
 rm -f ca.srl

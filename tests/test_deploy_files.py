@@ -32,6 +32,8 @@ COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 DIRECT_FILE = DEPLOY / "docker-compose.direct.yml"
 GPU_FILE = DEPLOY / "docker-compose.gpu.yml"
 SNIFF_FILE = DEPLOY / "docker-compose.sniff.yml"
+TLS_FILE = DEPLOY / "docker-compose.tls.yml"
+TLS_PROXY_FILE = DEPLOY / "docker-compose.tls-proxy.yml"
 ENV_EXAMPLE = DEPLOY / ".env.example"
 DOCKERFILE = DEPLOY / "Dockerfile"
 HADOLINT_CONFIG = DEPLOY / ".hadolint.yaml"
@@ -109,6 +111,9 @@ VARIANTS = {
     "direct+gpu": (COMPOSE_FILE, DIRECT_FILE, GPU_FILE),
     "sniff": (COMPOSE_FILE, SNIFF_FILE),
     "sniff+gpu": (COMPOSE_FILE, SNIFF_FILE, GPU_FILE),
+    "tls": (COMPOSE_FILE, TLS_FILE),
+    "tls+direct": (COMPOSE_FILE, DIRECT_FILE, TLS_FILE),
+    "tls+proxy": (COMPOSE_FILE, TLS_FILE, TLS_PROXY_FILE),
 }
 
 
@@ -323,6 +328,38 @@ def test_sniff_override_eavesdrops_from_the_clouds_namespace(clean_env):
     assert any(v["target"] == "/captures" for v in sniffer["volumes"])  # the same store as the relay tap
 
 
+def _tls_of(monkeypatch, service: dict, module: str, certs: Path, argv=None):
+    """The TLS settings the service's parser reads from compose's environment, with /certs (the
+    mount of certs/) mapped onto ``certs``; every file is read (a wrong name fails here)."""
+    from protos.tls import TlsConfig
+
+    (mount,) = [v for v in service["volumes"] if v["target"] == "/certs"]
+    assert mount["read_only"] and Path(mount["source"]) == ROOT / "certs"
+    parser, command = _parse_with_compose_env(monkeypatch, service, module)
+    args = parser.parse_args(command if argv is None else argv)
+    tls = TlsConfig.from_args(args)
+    local = TlsConfig(**{k: v.replace("/certs", str(certs)) for k, v in vars(tls).items() if k != "server_name"},
+                      server_name=tls.server_name)
+    return args, local.check()
+
+
+def test_tls_overrides_give_every_hop_its_certificates(clean_env, monkeypatch, tmp_path):
+    subprocess.run(["sh", str(DEPLOY / "make_certs.sh"), str(tmp_path)], check=True, capture_output=True)
+    services = resolved(clean_env, files=(COMPOSE_FILE, TLS_FILE))["services"]
+    _, cloud = _tls_of(monkeypatch, services["cloud"], "cloud_server.__main__", tmp_path)
+    assert cloud.server and cloud.client_ca  # mutual TLS
+    assert "grpcs://127.0.0.1:50051" in services["cloud"]["healthcheck"]["test"]
+    _, edge = _tls_of(monkeypatch, services["edge"], "edge_client.__main__", tmp_path)
+    assert edge.client and edge.client_cert and edge.server_name == "cloud"  # through the relay
+    assert not any(k.startswith("SPLITLAB_TLS") for k in services["attacker"]["environment"])  # holds no key
+
+    services = resolved(clean_env, files=(COMPOSE_FILE, TLS_FILE, TLS_PROXY_FILE))["services"]
+    args, tap = _tls_of(monkeypatch, services["attacker"], "attacker.__main__", tmp_path)
+    assert args.mode == "proxy" and tap.server and not tap.client_ca and tap.client_cert
+    assert tap.server_name == "cloud" and services["edge"]["environment"]["SPLITLAB_TLS_SERVER_NAME"] == "attacker"
+    assert "grpcs://127.0.0.1:50052/splitlab.attacker.Tap" in services["attacker"]["healthcheck"]["test"]
+
+
 def test_sniffer_reads_the_compose_environment(clean_env, monkeypatch):
     from attacker.tap.sniffer import upstream_address
 
@@ -395,7 +432,7 @@ def _env_example() -> tuple[dict[str, str], set[str]]:
 
 def test_env_example_documents_every_variable():
     used: dict[str, set[str]] = {}
-    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE, SNIFF_FILE):
+    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE, SNIFF_FILE, TLS_FILE, TLS_PROXY_FILE):
         for name, default in VARIABLE.findall(path.read_text()):
             used.setdefault(name, set()).add(default)
     active, commented = _env_example()
@@ -409,7 +446,7 @@ def test_env_example_documents_every_variable():
 
 def test_no_secret_values_in_files():
     secretish = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|CREDENTIAL)", re.I)
-    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE, SNIFF_FILE):
+    for path in (COMPOSE_FILE, DIRECT_FILE, GPU_FILE, SNIFF_FILE, TLS_FILE, TLS_PROXY_FILE):
         for line in path.read_text().splitlines():
             key, sep, value = line.strip().partition(":")
             if sep and secretish.search(key) and not key.startswith("#"):

@@ -8,6 +8,7 @@ terminates TLS with a certificate the edge trusts (the compromised-proxy model) 
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 
 import numpy as np
@@ -64,9 +65,18 @@ def send(address: str, tls: TlsConfig) -> None:
             assert np.allclose(result.logits, logits_for(feats(i)))
 
 
-def test_cloud_server_speaks_mutual_tls_and_refuses_a_client_without_a_certificate(certs, tmp_path):
+def test_cloud_server_speaks_mutual_tls_and_refuses_a_client_without_a_certificate(certs, tmp_path, monkeypatch):
     config = ServerConfig(artifacts=str(tmp_path / "artifacts"), host="127.0.0.1", port=0, tls=cloud_tls(certs))
     with CloudServer(config) as server:
+        # the container health check (deploy/healthcheck.py) with the cloud's own environment
+        spec = importlib.util.spec_from_file_location("healthcheck", ROOT / "deploy" / "healthcheck.py")
+        healthcheck = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(healthcheck)
+        for name, value in (("SPLITLAB_TLS_CERT", "cloud.pem"), ("SPLITLAB_TLS_KEY", "cloud.key"),
+                            ("SPLITLAB_TLS_CLIENT_CA", "ca.pem")):
+            monkeypatch.setenv(name, str(certs / value))
+        assert healthcheck.main([f"grpcs://{server.address}"]) == 0
+        assert healthcheck.main(["--timeout", "2", f"grpc://{server.address}"]) == 1
         assert server.tls_mode == "mutual"
         with CloudClient(f"localhost:{server.port}", timeout=5, tls=edge_tls(certs)) as client:
             assert client.health() == "SERVING" and client.list_deployments() == []
