@@ -121,3 +121,11 @@ def test_a_channel_to_a_list_works_when_a_replica_never_started():
         assert sum(1 for s in fake.seen if s["method"] == "Infer") == 10
     finally:
         server.stop(0)
+
+
+def test_a_sniffer_is_given_one_address(tmp_path):
+    tap = TapThread(TapConfig(listen="127.0.0.1:0", upstream="127.0.0.1:1,127.0.0.1:2", store=str(tmp_path / "s"),
+                              mode="sniff"))
+    with pytest.raises(ValueError, match="one HOST:PORT"):
+        tap.start()
+    tap.stop()

@@ -135,6 +135,9 @@ class Tap:
             raise ValueError(f"tap priority must be {' or '.join(map(repr, PRIORITIES))}, got {cfg.priority!r}")
         if not 0 <= cfg.poll_interval <= 1:
             raise ValueError(f"the sniff poll interval must be 0 to 1000 ms, got {cfg.poll_interval * 1000:g} ms")
+        if cfg.mode == "sniff" and "," in cfg.upstream:
+            raise ValueError("sniff mode watches one HOST:PORT (0.0.0.0:PORT: that port on any address), "
+                             f"got {cfg.upstream!r}")
         if cfg.mode != "proxy" and (cfg.tls.server or cfg.tls.client):
             raise ValueError(f"TLS flags are for --mode proxy: in {cfg.mode} mode the edge's TLS passes through "
                              "the tap unchanged (and cannot be read)")
