@@ -184,7 +184,7 @@ def test_suite_expands_batch_sizes_and_groups_and_refuses_bad_configs():
 
     config = yaml.safe_load(open("benchmarks/configs/gradient.yaml"))
     trials = gradient.trials(config)
-    assert len(trials) == 2 * 4 * 3 * 2  # targets x batch sizes x attacks x seeds
+    assert len(trials) == 2 * 4 * 4 * 2  # targets x batch sizes x attacks x seeds
     assert {t.target["batch_size"] for t in trials} == {1, 2, 4, 8}
     assert trials[0].label == "lenet5-mnist b1 all dlg seed 0"
     with pytest.raises(SplitlabError, match="gradient attacks"):

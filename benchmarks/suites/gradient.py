@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.harness.report import fmt, group, table, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -141,7 +141,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
             + ("computed from the configured weights." if config.get("lpips_weights") else
                "not computed (no `lpips_weights` given; it needs pretrained AlexNet and LPIPS weights)."), ""]
     body += table(["target", "observed", "batch", "attack", "seeds", *(c for c, _, _ in COLUMNS), "LPIPS"], rows)
-    body += _psnr_by_batch(groups)
+    body += _psnr_by_batch(groups, out_dir)
     return body
 
 
@@ -150,14 +150,30 @@ def _lpips(rs: list[dict]) -> str:
     return fmt(xs, 3) if xs else "not computed"
 
 
-def _psnr_by_batch(groups: dict) -> list[str]:
-    """PSNR (mean over seeds) per attack and observed group against the batch size."""
+def _psnr_by_batch(groups: dict, out_dir: Path) -> list[str]:
+    """PSNR (mean over seeds) per attack and observed group against the batch size, and its plot."""
     sizes = sorted({b for (_, _, b, _) in groups})
     if len(sizes) < 2:
         return []
     cells: dict = {}
     for (target, observe, b, attack), rs in groups.items():
-        cells.setdefault((target, observe, attack), {})[b] = fmt(values(rs, "psnr_mean"), 1)
+        cells.setdefault((target, observe, attack), {})[b] = values(rs, "psnr_mean")
+    targets = list(dict.fromkeys(key[0] for key in cells))
+    with figure(out_dir / "gradient-psnr.png", len(targets), (3.6 * len(targets), 3.2)) as (_, axes):
+        for ax, target in zip(axes if len(targets) > 1 else [axes], targets):
+            blank = [v for (t, _, _, _), rs in groups.items() if t == target for v in values(rs, "blank_psnr")]
+            ax.axhline(mean_std(blank)[0], color="k", linestyle="--", linewidth=0.8, label="blank image")
+            for (t, observe, attack), row in cells.items():
+                if t == target:
+                    bs = [b for b in sizes if row.get(b)]
+                    stats = [mean_std(row[b]) for b in bs]
+                    ax.errorbar(bs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                                label=attack if observe == "all" else f"{attack} ({observe})")
+            ax.set_xscale("log", base=2)
+            ax.set(title=target, xlabel="client batch size", ylabel="PSNR (dB)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     return ["", "PSNR (dB) by batch size:", "",
             *table(["target", "observed", "attack", *(f"b{b}" for b in sizes)],
-                   [[*key, *(row.get(b, "-") for b in sizes)] for key, row in cells.items()])]
+                   [[*key, *(fmt(row.get(b, []), 1) for b in sizes)] for key, row in cells.items()]),
+            "", "![PSNR against the client's batch size, mean and std over seeds](gradient-psnr.png)"]
