@@ -473,6 +473,52 @@ def whitebox_head(defended: DefendedHead) -> nn.Sequential:
     return nn.Sequential(kept).eval()
 
 
+class StraightThrough(nn.Module):
+    """A rounding layer whose backward pass is the identity (the straight-through estimator): the
+    forward values are exactly the deployed ones, the gradient is that of the unrounded map."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return x + (self.layer(x) - x).detach()
+
+
+class KeptScale(nn.Module):
+    """Dropout's effect on the values it keeps (x / (1 - p)); which it dropped shows in the captured
+    features (exact zeros), so an attacker reads the mask there instead of guessing it."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x):
+        return x / (1.0 - self.p)
+
+
+def adaptive_head(defended: DefendedHead) -> nn.Sequential:
+    """What an *adaptive* white-box attacker who knows the deployment's defence spec optimises
+    through: the defended head with its noise kept (each call draws fresh noise, so averaging a loss
+    over calls estimates its expectation over the noise), rounding made straight-through, and
+    dropout as the scale of the kept values (the mask is read off the captured features: the
+    attacker compares only their non-zero values; averaging over random masks instead pulls the
+    dropped values towards zero and did worse, 12.0 vs 13.6 dB naive on lenet5 conv1, p=0.5)."""
+    def adaptive(layer):
+        if isinstance(layer, Quantise):
+            return StraightThrough(layer)
+        return KeptScale(layer.p) if isinstance(layer, FeatureDropout) else layer
+
+    layers = OrderedDict((name, adaptive(layer)) for name, layer in defended.module.named_children())
+    return nn.Sequential(layers).eval()
+
+
+def masks_by_zeros(chain) -> bool:
+    """Whether the chain drops values (a zero in the sent features may be a dropped value: an
+    adaptive attacker leaves zeros out of its feature loss)."""
+    return any(isinstance(d, Dropout) for d in chain)
+
+
 def comparison_tolerance(chain, tolerance: float) -> float | None:
     """How far two runtimes' outputs of a defended head may differ: None when it draws randomness
     (no value comparison), else ``tolerance``, or one quantisation step (a value on a rounding

@@ -73,7 +73,15 @@ def _aux_words(source: KnowledgeSource, labelled: bool = False) -> str:
 
 @dataclass
 class WhiteBoxKnowledge(Knowledge):
-    """The head as a frozen differentiable module; ``split`` picks per-split attack defaults."""
+    """The head as a frozen differentiable module; ``split`` picks per-split attack defaults.
+
+    ``defended_head``: where the deployment's defences are random or rounding (noise, dropout,
+    quantisation), the head with those defences as the deployment record specifies them
+    (:func:`models.defences.features.adaptive_head`: fresh draws per call, rounding
+    straight-through, dropout as its scale), and ``defences`` that spec. The attacker knows the
+    defence's spec, not its draws: an adaptive attack optimises through ``defended_head``, a naive
+    one through ``head`` (the defence's deterministic part only).
+    """
 
     THREAT_MODEL = "white-box"
 
@@ -83,14 +91,20 @@ class WhiteBoxKnowledge(Knowledge):
     source: str = "torch"
     feature_shape: tuple[int, ...] = field(default=())
     origin: str = "a torch module"
+    defended_head: nn.Module | None = None
+    defences: tuple = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.head, nn.Module):
-            raise AttackParameterError(f"head must be a torch module, got {type(self.head).__name__}")
+        for name in ("head", "defended_head"):
+            module = getattr(self, name)
+            if module is None and name == "defended_head":
+                continue
+            if not isinstance(module, nn.Module):
+                raise AttackParameterError(f"{name} must be a torch module, got {type(module).__name__}")
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
         self.input_shape = _shape("input_shape", self.input_shape)
-        self.head.eval()
-        for p in self.head.parameters():
-            p.requires_grad_(False)
         if not self.feature_shape:
             self.feature_shape = probe_feature_shape(self.head, self.input_shape)
 
@@ -176,11 +190,15 @@ class WhiteBoxKnowledge(Knowledge):
 
         model, _ = load_model(source.artifacts, model_id)
         chain = fdef.record_defences(record)
-        head = fdef.whitebox_head(fdef.rebuild_head(model, record["split"], chain, tuple(record["input_shape"])))
+        defended = fdef.rebuild_head(model, record["split"], chain, tuple(record["input_shape"]))
         origin = "the clean head from the artifact store (model provider)"
+        adaptive = None
         if fdef.hides_from_whitebox(chain):
-            origin += f"; the noise of the defence ({fdef.label(chain)}) is unknown to it"
-        return cls(head, tuple(record["input_shape"]), record["split"], "artifact store", origin=origin)
+            origin += (f"; the draws of the defence ({fdef.label(chain)}) are unknown to it, its spec (deployment.json) "
+                       "is known")
+            adaptive = fdef.adaptive_head(defended)
+        return cls(fdef.whitebox_head(defended), tuple(record["input_shape"]), record["split"], "artifact store",
+                   origin=origin, defended_head=adaptive, defences=tuple(chain))
 
 
 @dataclass

@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 
 from ..base import (AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int,
                     check_unit_interval)
+from models.defences import features as fdef
+
 from .base import InversionAttack, InversionParams, module_device, placed
 from .knowledge import WhiteBoxKnowledge
 
@@ -80,6 +82,8 @@ class WhiteBoxParams(InversionParams):
     lr_decay: str = "cosine"            # "cosine" (to 1% of lr) or "none"
     batch_size: int = 64                # images optimised together (memory bound only)
     adam_eps: float = 1e-12
+    adaptive: bool = False              # optimise through the known defence (knowledge.defended_head)
+    eot_samples: int = 8                # adaptive: defence draws averaged per step (expectation over them)
     progress: bool = True
 
     def validate(self) -> None:
@@ -99,6 +103,9 @@ class WhiteBoxParams(InversionParams):
         check_choice("lr_decay", self.lr_decay, ("cosine", "none"))
         check_positive_int("batch_size", self.batch_size)
         check_positive("adam_eps", self.adam_eps)
+        if not isinstance(self.adaptive, bool):
+            raise AttackParameterError(f"adaptive must be true or false, got {self.adaptive!r}")
+        check_positive_int("eot_samples", self.eot_samples)
 
     def resolved(self, split: str | None) -> "WhiteBoxParams":
         """A copy with every ``None`` replaced by the split point's default."""
@@ -117,8 +124,13 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 def rmle_invert(head: nn.Module, features: torch.Tensor, input_shape, params: WhiteBoxParams,
-                desc: str = "whitebox") -> tuple[torch.Tensor, dict]:
+                desc: str = "whitebox", samples: int = 1, skip_zeros: bool = False) -> tuple[torch.Tensor, dict]:
     """Invert ``features`` (N, *feature_shape) through ``head``; params must be resolved.
+
+    ``samples`` > 1: ``head`` is random (a defence drawing noise or a dropout mask per call) and the
+    feature loss of each step is the mean over that many draws, an estimate of its expectation over
+    the defence (expectation over transformation). ``skip_zeros``: zeros of ``features`` are left
+    out of the feature loss (values a dropout defence dropped).
 
     The pixels are optimised where ``head`` is (its device); ``features`` may be anywhere. Returns
     the images (N, C, H, W) in [0, 1] as a CPU tensor and statistics (final per-image feature loss,
@@ -135,7 +147,7 @@ def rmle_invert(head: nn.Module, features: torch.Tensor, input_shape, params: Wh
                leave=False, mininterval=0.5)
     for start in chunks:
         target = features[start:start + params.batch_size].to(device)
-        x, loss = _invert_chunk(head, target, tuple(input_shape), params, bar)
+        x, loss = _invert_chunk(head, target, tuple(input_shape), params, bar, samples, skip_zeros)
         outputs.append(x.cpu())
         losses.append(loss.cpu())
     bar.close()
@@ -144,9 +156,11 @@ def rmle_invert(head: nn.Module, features: torch.Tensor, input_shape, params: Wh
     return torch.cat(outputs), stats
 
 
-def _invert_chunk(head, target, input_shape, p: WhiteBoxParams, bar) -> tuple[torch.Tensor, torch.Tensor]:
+def _invert_chunk(head, target, input_shape, p: WhiteBoxParams, bar, samples: int = 1,
+                  skip_zeros: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     n, device = len(target), target.device
     flat_target = target.flatten(1)
+    weight = (flat_target != 0).to(flat_target.dtype) if skip_zeros else 1.0
     if p.feature_loss == "relative":
         scale = flat_target.pow(2).sum(1).clamp_min(1e-12)
     else:
@@ -161,7 +175,8 @@ def _invert_chunk(head, target, input_shape, p: WhiteBoxParams, bar) -> tuple[to
                 group["lr"] = p.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t / p.iterations)))
         opt.zero_grad(set_to_none=True)
         x = torch.sigmoid(var) if p.parametrization == "sigmoid" else var
-        feat = (head(x).flatten(1) - flat_target).pow(2).sum(1) / scale
+        out = head(x.repeat(samples, *([1] * len(input_shape)))).reshape(samples, n, -1)
+        feat = ((out - flat_target).pow(2) * weight).sum(2).mean(0) / scale
         loss = feat.sum()
         if p.tv_weight > 0:
             loss = loss + p.tv_weight * total_variation(x, p.tv_beta).sum()
@@ -186,7 +201,12 @@ class WhiteBoxAttack(InversionAttack):
     def fit(self, knowledge: WhiteBoxKnowledge) -> "WhiteBoxAttack":
         super().fit(knowledge)
         self.resolved = self.params.resolved(knowledge.split)
-        self.head = placed(knowledge.head, self.device)
+        # adaptive against an undefended (or deterministic) deployment is the naive attack: nothing to average
+        self.adaptive = self.params.adaptive and knowledge.defended_head is not None
+        self.head = placed(knowledge.defended_head if self.adaptive else knowledge.head, self.device)
+        random = self.adaptive and any(d.random and not isinstance(d, fdef.Dropout) for d in knowledge.defences)
+        self.samples = self.params.eot_samples if random else 1
+        self.skip_zeros = self.adaptive and fdef.masks_by_zeros(knowledge.defences)
         self.fit_seconds = 0.0
         return self
 
@@ -195,5 +215,6 @@ class WhiteBoxAttack(InversionAttack):
         k = self.knowledge
         target = as_float_tensor("features", features, k.feature_shape)
         images, self.last_stats = rmle_invert(self.head, target, k.input_shape, self.resolved,
-                                              desc=f"whitebox {k.split or ''}".strip())
+                                              desc=f"whitebox {k.split or ''}".strip(), samples=self.samples,
+                                              skip_zeros=self.skip_zeros)
         return images
