@@ -204,7 +204,8 @@ def pipeline_cell(edge, dep_id: str, x: np.ndarray, batch: int, call: str, infli
 
 # --- setup ------------------------------------------------------------------------------------
 
-def build_store(root: Path, splits: dict[str, list[str]]):
+def build_store(root: Path, splits: dict[str, list[str]], archs: dict = MODELS):
+    """Random-weight models of ``archs`` (arch -> (dataset, input shape)) deployed at ``splits``."""
     import torch
 
     from models import ArtifactStore, build_model
@@ -212,14 +213,14 @@ def build_store(root: Path, splits: dict[str, list[str]]):
 
     store = ArtifactStore(root)
     models = {}
-    for arch, (dataset, shape) in MODELS.items():
+    for arch, (dataset, shape) in archs.items():
         torch.manual_seed(0)
         model = build_model(arch, 10, shape).eval()
         manifest = {"arch": arch, "dataset": dataset, "num_classes": 10, "input_shape": list(shape),
                     "options": {"dropout": 0.0}, "seed": 0, "model_id": f"{arch}-bench",
                     "preprocessing": "uint8 HWC image -> float32 CHW, divided by 255 (range [0, 1])"}
         store.save_model(f"{arch}-bench", model.state_dict(), manifest)
-        for split in splits[arch]:
+        for split in splits.get(arch, []):
             deploy(store, f"{arch}-bench", split, check_inputs=torch.rand(4, *shape))
         models[arch] = model
     return store, models
