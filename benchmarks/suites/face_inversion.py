@@ -1,0 +1,222 @@
+"""Classifier model inversion suite (Fredrikson et al. 2015; the course project's task 2): every
+person's face reconstructed from a face recogniser, judged by measures a reader can trust.
+
+    python -m benchmarks run benchmarks/configs/face_inversion.yaml [--device cuda]
+
+The target is Fredrikson's MLP (``face-mlp``: one hidden layer of 3000 sigmoid units) trained on
+the AT&T faces (7 images of each of 40 people; images 8-10 held out), deployed split at ``split``.
+For each person the attack (``classifier-inversion/mi-face``) makes up the image the target is
+surest is that person, with one of two kinds of knowledge:
+
+* ``white-box``: the head the edge downloads joined to the tail the cloud serves (exact gradients);
+* ``api``: the edge's answers only (probabilities; NES gradient estimates, bounded queries).
+  In-process here with the edge's float64 softmax; the edge answers the same (see the membership
+  live test).
+
+With the tail alone (the cloud's query-free view) no image can be made: it maps features, not
+images, to classes (``attacker/attacks/inversion/classifier_knowledge.py``).
+
+Two measures, neither of which is the attacked model's own verdict:
+
+* SSIM and PSNR (scikit-image, data range 1) of each reconstruction to the person's mean training
+  face, beside the same to the other 39 people's mean faces, and how often the person's own mean
+  face is the most similar of the 40 (identification by SSIM);
+* a separately trained recogniser of another architecture (``evaluator``: by default the
+  ``mia-cnn`` CNN, never seen by the attack) asked who the reconstruction is: top-1 and top-5
+  over the 40 people (chance 0.025 and 0.125).
+
+Baselines: the mean face of all training images (what an attacker who knows faces but nobody in
+particular would draw) under the same measures. One grid of all 40 people (a training image beside
+each attack's reconstruction) is written as ``faces.png``; reconstructions are kept under the
+artifact store (``benchmarks/face_inversion/<trial>.npz``) for the report to draw. Config::
+
+    suite: face_inversion
+    seeds: 1
+    target: {arch: face-mlp, dataset: olivetti, split: fc1, options: {epochs: 30, batch_size: 64, scheme: full}}
+    evaluator: {arch: mia-cnn, options: {epochs: 30, batch_size: 32, lr: 0.002, scheme: full}}
+    people: 40                       # the first N people, or a list of person ids
+    attacks:
+      - {label: white-box, knowledge: white-box, params: {iterations: 100, step: 0.1}}
+      - {label: api, knowledge: api, params: {max_queries: 2000}}
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.harness.report import fmt, group, ok, table, values
+from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
+from models.errors import SplitlabError
+
+NAME = "face_inversion"
+TITLE = "Classifier model inversion (faces)"
+KNOWLEDGE = ("white-box", "api")
+KEYS = {"suite", "title", "seeds", "out", "target", "evaluator", "people", "attacks"}
+COLUMNS = [("evaluator top-1", "eval_top1"), ("evaluator top-5", "eval_top5"), ("SSIM own", "ssim_own"),
+           ("SSIM others", "ssim_others"), ("PSNR own", "psnr_own"), ("PSNR others", "psnr_others"),
+           ("identified by SSIM", "ssim_identified"), ("target top-1", "target_top1")]
+
+
+def trials(config: dict) -> list[Trial]:
+    from attacker.attacks.registry import attack_class
+    from models.zoo import split_points
+
+    checked_entry("face_inversion config", config, {"target", "evaluator", "attacks"}, KEYS)
+    target = checked_entry("target", config["target"], {"arch", "dataset", "split"},
+                           {"arch", "dataset", "split", "options"})
+    if target["split"] not in split_points(target["arch"]):
+        raise SplitlabError(f"split {target['split']!r} is not a split point of {target['arch']}")
+    evaluator = checked_entry("evaluator", config["evaluator"], {"arch"}, {"arch", "options"})
+    if evaluator["arch"] == target["arch"]:
+        raise SplitlabError("the evaluator must be another architecture than the target (it judges the target's "
+                            "reconstructions)")
+    people = config.get("people", 40)
+    if isinstance(people, int):
+        people = list(range(people))
+    if not isinstance(people, list) or not people or not all(isinstance(p, int) and 0 <= p < 40 for p in people):
+        raise SplitlabError(f"'people' must be a count or a list of person ids 0..39, got {people!r}")
+    spec = {**target, "options": trial_options("target", target["arch"], target),
+            "evaluator": {**evaluator, "options": trial_options("evaluator", evaluator["arch"], evaluator)},
+            "people": people}
+    attacks = []
+    for entry in config["attacks"]:
+        entry = checked_entry("attack", entry, {"label", "knowledge"}, {"label", "knowledge", "params"})
+        if entry["knowledge"] not in KNOWLEDGE:
+            raise SplitlabError(f"attack {entry['label']}: knowledge must be one of {', '.join(KNOWLEDGE)} (the tail "
+                                "alone gives no image)")
+        attack_class("classifier-inversion/mi-face").Params.from_dict(entry.get("params") or {})
+        attacks.append((entry["label"], {"name": "classifier-inversion/mi-face", "knowledge": entry["knowledge"],
+                                         "params": entry.get("params") or {}}))
+    return expand(NAME, [(target["arch"], spec)], attacks, seeds_of(config))
+
+
+def face_metrics(images: np.ndarray, people: np.ndarray, means: np.ndarray, evaluator, target=None) -> dict:
+    """SSIM/PSNR of each image (N, 1, H, W) to its person's mean face and to the others', SSIM
+    identification, and the evaluator's (and the target's) top-1 / top-5."""
+    import torch
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    ssim = np.array([[structural_similarity(img[0], m[0], data_range=1.0) for m in means] for img in images])
+    psnr = np.array([[peak_signal_noise_ratio(m[0], img[0], data_range=1.0) for m in means] for img in images])
+    rows = np.arange(len(images))
+    others = np.ones_like(ssim, dtype=bool)
+    others[rows, people] = False
+    with torch.no_grad():
+        logits = evaluator(torch.from_numpy(images).float())
+        top5 = logits.topk(5, dim=1).indices.numpy()
+        target_top1 = None if target is None else target(torch.from_numpy(images).float()).argmax(1).numpy()
+    out = {"eval_top1": float((top5[:, 0] == people).mean()), "eval_top5": float((top5 == people[:, None]).any(1).mean()),
+           "ssim_own": float(ssim[rows, people].mean()), "ssim_others": float(ssim[others].mean()),
+           "psnr_own": float(psnr[rows, people].mean()), "psnr_others": float(psnr[others].mean()),
+           "ssim_identified": float((ssim.argmax(1) == people).mean())}
+    if target_top1 is not None:
+        out["target_top1"] = float((target_top1 == people).mean())
+    return out
+
+
+def run_trial(trial: Trial, ctx: Context) -> dict:
+    from attacker.attacks.knowledge import KnowledgeSource, knowledge_for
+    from attacker.attacks.membership.knowledge import model_query
+    from attacker.attacks.registry import create
+    from models import ArtifactStore, load_dataset, to_tensor
+    from models.reference import obtain_model
+    from models.split import split_model
+    from models.training import TrainOptions
+
+    target, spec = trial.target, trial.attack
+    store = ArtifactStore(ctx.artifacts)
+    dataset = load_dataset(target["dataset"])
+
+    def obtain(arch, options):
+        opts = TrainOptions(arch=arch, dataset=target["dataset"], **{**options, "seed": trial.seed,
+                                                                      "device": trial.device})
+        return obtain_model(store, opts, trial.device, progress=ctx.progress, dataset=dataset)
+
+    model, manifest = obtain(target["arch"], target["options"])
+    evaluator, eval_manifest = obtain(target["evaluator"]["arch"], target["evaluator"]["options"])
+    record = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
+              "split": target["split"], "model_id": manifest["model_id"]}
+    if spec["knowledge"] == "api":
+        source = KnowledgeSource(record=record, query=model_query(model), query_label="the model in process")
+    else:
+        head, tail = split_model(model, target["split"])
+        source = KnowledgeSource(record=record, head=head, tail=tail)
+    attack = create(spec["name"], {"seed": trial.seed, "device": trial.device, **spec["params"]})
+    knowledge = knowledge_for(attack, source)
+    people = np.asarray(target["people"])
+    t0 = time.perf_counter()
+    images = attack.fit(knowledge).reconstruct(people).numpy()
+    seconds = time.perf_counter() - t0
+    x = to_tensor(dataset.x_train).numpy()
+    means = np.stack([x[dataset.y_train == c].mean(0) for c in range(dataset.num_classes)])
+    metrics = face_metrics(images, people, means, evaluator.eval(), model.eval())
+    blank = np.repeat(x.mean(0, keepdims=True), len(people), 0)
+    metrics.update({f"baseline_{k}": v for k, v in face_metrics(blank, people, means, evaluator).items()})
+    path = Path(ctx.artifacts) / "benchmarks" / NAME / f"{trial.trial_id}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=(images * 255).round().astype(np.uint8), people=people)
+    metrics.update({"attack_seconds": seconds, "target_test_accuracy": manifest["test_accuracy"],
+                    "evaluator_test_accuracy": eval_manifest["test_accuracy"], "images_file": str(path),
+                    "knowledge_origin": knowledge.origin,
+                    **{f"fit_{k}": v for k, v in attack.fit_stats().items() if isinstance(v, (int, float, str))}})
+    return metrics
+
+
+def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
+    groups = group(results, lambda r: r["label"].rsplit(" seed ", 1)[0])
+    if not groups:
+        return ["No trial has results yet."]
+    first = next(iter(groups.values()))[0]["metrics"]
+    body = [f"Target: face-mlp, test accuracy {first['target_test_accuracy']:.3f}; evaluator (another architecture, "
+            f"trained separately, never seen by the attack): test accuracy {first['evaluator_test_accuracy']:.3f}. "
+            "Each row: one reconstruction per person, mean over the people (± std over seeds). SSIM / PSNR: to the "
+            "person's mean training face (own) and to the other people's (others); identified by SSIM: the own mean "
+            "face is the most similar of all; chance for top-1 / top-5 / identification is 0.025 / 0.125 / 0.025. "
+            "Target top-1: the attacked model's own verdict (what the attack optimised, not evidence).", ""]
+    rows = [[label, len(rs), *(fmt(values(rs, key), 3) for _, key in COLUMNS), fmt(values(rs, "fit_queries_per_class"), 0)
+             if values(rs, "fit_queries_per_class") else "-", fmt(values(rs, "attack_seconds"), 0)]
+            for label, rs in groups.items()]
+    rows.append(["mean face of everyone (baseline)", "", *(fmt(values(rs, f"baseline_{key}"), 3)
+                                                          if key != "target_top1" else "-" for _, key in COLUMNS),
+                 "", ""])
+    body += table(["attack", "seeds", *(c for c, _ in COLUMNS), "queries / person", "attack s"], rows)
+    grid = face_grid(groups, config, out_dir / "faces.png")
+    if grid:
+        body += ["", f"![each person: a training image, then each attack's reconstruction ({', '.join(groups)})]"
+                     "(faces.png)"]
+    return body
+
+
+def face_grid(groups: dict, config: dict, path: Path) -> Path | None:
+    """All people, eight per row: a training image beside each attack's reconstruction (half size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models import load_dataset
+
+    recon = {}
+    for label, rs in groups.items():
+        f = Path(rs[0]["metrics"].get("images_file", ""))
+        if not f.is_file():
+            return None
+        with np.load(f) as z:
+            recon[label] = dict(zip(z["people"].tolist(), z["images"][:, 0]))
+    people = sorted(set.intersection(*(set(v) for v in recon.values())))
+    ds = load_dataset(config["target"]["dataset"])
+    first = {p: ds.x_train[np.flatnonzero(ds.y_train == p)[0], :, :, 0] for p in people}
+    cells = [[first[p], *(recon[label][p] for label in recon)] for p in people]
+    h, w = cells[0][0][::2, ::2].shape
+    per_row, gap = 8, 4
+    block = len(cells[0]) * w + gap
+    canvas = np.full((-(-len(cells) // per_row) * (h + gap), per_row * block), 255, np.uint8)
+    for i, cell in enumerate(cells):
+        r, c = divmod(i, per_row)
+        for j, img in enumerate(cell):
+            canvas[r * (h + gap): r * (h + gap) + h, c * block + j * w: c * block + (j + 1) * w] = img[::2, ::2]
+    plt.imsave(path, canvas, cmap="gray", vmin=0, vmax=255)
+    return path
