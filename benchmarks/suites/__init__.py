@@ -22,6 +22,7 @@ SUITES: dict[str, str] = {
     "membership": "benchmarks.suites.membership",
     "gradient": "benchmarks.suites.gradient",
     "attribute": "benchmarks.suites.attribute",
+    "defences": "benchmarks.suites.defences",
     "face_inversion": "benchmarks.suites.face_inversion",
 }
 
