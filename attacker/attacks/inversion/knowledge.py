@@ -191,14 +191,20 @@ class WhiteBoxKnowledge(Knowledge):
         model, _ = load_model(source.artifacts, model_id)
         chain = fdef.record_defences(record)
         defended = fdef.rebuild_head(model, record["split"], chain, tuple(record["input_shape"]))
-        origin = "the clean head from the artifact store (model provider)"
+        return cls.from_defended(defended, tuple(record["input_shape"]), "the clean head from the artifact store "
+                                 "(model provider)", "artifact store")
+
+    @classmethod
+    def from_defended(cls, defended: fdef.DefendedHead, input_shape, origin: str = "a defended head in hand",
+                      source: str = "torch") -> "WhiteBoxKnowledge":
+        """What a white-box attacker knowing the deployment (its head and its defence spec) has."""
         adaptive = None
-        if fdef.hides_from_whitebox(chain):
-            origin += (f"; the draws of the defence ({fdef.label(chain)}) are unknown to it, its spec (deployment.json) "
-                       "is known")
+        if fdef.hides_from_whitebox(defended.defences):
+            origin += (f"; the noise of the defence ({fdef.label(defended.defences)}) is unknown to it, its spec "
+                       "(deployment.json) is known")
             adaptive = fdef.adaptive_head(defended)
-        return cls(fdef.whitebox_head(defended), tuple(record["input_shape"]), record["split"], "artifact store",
-                   origin=origin, defended_head=adaptive, defences=tuple(chain))
+        return cls(fdef.whitebox_head(defended), tuple(input_shape), defended.split, source, origin=origin,
+                   defended_head=adaptive, defences=tuple(defended.defences))
 
 
 @dataclass
