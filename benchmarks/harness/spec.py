@@ -123,3 +123,16 @@ def trial_options(kind: str, name: str, spec: dict) -> dict:
     if "seed" in options:
         raise SplitlabError(f"{kind} {name}: the seed comes from the config's 'seeds', not from options")
     return options
+
+
+def config_attack(family: str, spec, known: set[str]) -> tuple[str, type, dict]:
+    """A config's attack entry checked: ``(label, attack class, entry)``; the attack must be of
+    ``family`` and its ``params`` valid, so a bad one fails before any trial runs."""
+    from attacker.attacks.registry import attack_class
+
+    spec = checked_entry(f"{family} attack", spec, {"name"}, known)
+    cls = attack_class(spec["name"])
+    if cls.family != family:
+        raise SplitlabError(f"the {family} suite runs {family} attacks, not {spec['name']!r}")
+    cls.Params.from_dict(spec.get("params", {}))
+    return spec.get("label") or cls.name, cls, spec

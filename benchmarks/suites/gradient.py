@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness.report import figure, fmt, group, mean_std, table, values
-from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
+from benchmarks.harness.spec import Context, Trial, checked_entry, config_attack, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
 NAME = "gradient"
@@ -57,8 +57,6 @@ def _positive_ints(name: str, value) -> list[int]:
 
 
 def trials(config: dict) -> list[Trial]:
-    from attacker.attacks.registry import attack_class
-
     batch_sizes = _positive_ints("batch_sizes", config.get("batch_sizes", [1]))
     groups = config.get("observe", ["all"])
     if not isinstance(groups, list) or not groups:
@@ -74,12 +72,8 @@ def trials(config: dict) -> list[Trial]:
                 targets.append((label, {**spec, "options": options, "batch_size": b, "observe": observe,
                                         "lpips": lpips}))
     for spec in config.get("attacks") or []:
-        spec = checked_entry("gradient attack", spec, {"name"}, ATTACK_KEYS)
-        cls = attack_class(spec["name"])
-        if cls.family != "gradient":
-            raise SplitlabError(f"the gradient suite runs gradient attacks, not {spec['name']!r}")
-        cls.Params.from_dict(spec.get("params", {}))  # a bad parameter fails before any trial runs
-        attacks.append((spec.get("label") or cls.name, {"name": cls.key(), "params": spec.get("params", {})}))
+        label, cls, spec = config_attack(NAME, spec, ATTACK_KEYS)
+        attacks.append((label, {"name": cls.key(), "params": spec.get("params", {})}))
     if not targets or not attacks:
         raise SplitlabError("a gradient config needs 'targets' and 'attacks' (lists)")
     return expand(NAME, targets, attacks, seeds_of(config))

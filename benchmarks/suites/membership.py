@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
-from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
+from benchmarks.harness.spec import Context, Trial, checked_entry, config_attack, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
 NAME = "membership"
@@ -63,8 +63,6 @@ THRESHOLD_COLUMNS = [("target train acc", "target_train_accuracy"), ("target tes
 
 
 def trials(config: dict) -> list[Trial]:
-    from attacker.attacks.registry import attack_class
-
     evaluation = config.get("evaluation", {"members": 200, "non_members": 200})
     if set(evaluation) != {"members", "non_members"} or not all(
             isinstance(v, int) and v > 0 for v in evaluation.values()):
@@ -75,13 +73,9 @@ def trials(config: dict) -> list[Trial]:
         options = trial_options("membership target", spec["name"], spec)
         targets.append((spec["name"], {**spec, "options": options, "evaluation": evaluation}))
     for spec in config.get("attacks") or []:
-        spec = checked_entry("membership attack", spec, {"name"}, ATTACK_KEYS)
-        cls = attack_class(spec["name"])
-        if cls.family != "membership":
-            raise SplitlabError(f"the membership suite runs membership attacks, not {spec['name']!r}")
-        cls.Params.from_dict(spec.get("params", {}))  # a bad parameter fails before any trial runs
+        label, cls, spec = config_attack(NAME, spec, ATTACK_KEYS)
         attack = {"name": cls.key(), "params": spec.get("params", {}), "aux_limit": spec.get("aux_limit")}
-        attacks.append((spec.get("label") or cls.name, attack))
+        attacks.append((label, attack))
     if not targets or not attacks:
         raise SplitlabError("a membership config needs 'targets' and 'attacks' (lists)")
     published_rows(config, {name for name, _ in targets}, {label for label, _ in attacks})
