@@ -662,7 +662,8 @@ def test_dockerignore_keeps_state_and_secrets_out():
     for path in (".git/config", ".venv/bin/python", "artifacts/models/m/weights.pt", "captures/index.db",
                  "tests/test_zoo.py", "data/mnist/train.npz", "out/grid.png", "deploy/.env",
                  "models/__pycache__/zoo.cpython-311.pyc", "splitlab.egg-info/PKG-INFO",
-                 "benchmarks/results/x.csv", "some/deep/head.onnx", ".splitlab-cache/h"):
+                 "benchmarks/results/x.csv", "some/deep/head.onnx", ".splitlab-cache/h",
+                 "certs/cloud.key", "certs/ca.pem", "elsewhere/edge.key"):
         assert _ignored(path, patterns), f"{path} would be sent to the builder"
     for path in ("pyproject.toml", "README.md", "models/zoo.py", "deploy/healthcheck.py",
                  "deploy/bootstrap.py", "deploy/requirements.py"):
