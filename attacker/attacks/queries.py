@@ -94,3 +94,23 @@ def edge_query(edge: str, deployment: str, captures, timeout: float = 10.0,
         return np.concatenate(feats)
 
     return query
+
+
+def probability_query(source) -> tuple[Callable, str]:
+    """The target's released probabilities, ``images -> (N, classes)``, from a ``KnowledgeSource``:
+    its query function, else the edge's ``/v1/infer`` (``scores``), else the stored model in-process
+    (the same float64 softmax); and where they come from, in words."""
+    from .knowledge import KnowledgeError
+    from .membership.knowledge import edge_scores_query, model_query
+
+    if source.query is not None:
+        return source.query, f"queried through {source.query_label}"
+    dep = source.require_deployment("queries")
+    if source.edge_url is not None:
+        return edge_scores_query(source.edge_url, dep, max(source.query_timeout, 30.0)), f"live queries through {source.edge_url}"
+    from models.loading import load_model
+
+    model_id = (source.deployment_record() or {}).get("model_id")
+    if not model_id:
+        raise KnowledgeError(f"the deployment record of {dep!r} names no model")
+    return model_query(load_model(source.artifacts, model_id)[0]), f"the stored model {model_id}"

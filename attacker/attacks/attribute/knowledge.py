@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..base import AttackParameterError, as_float_tensor, check_positive_int
-from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource
+from ..knowledge import Knowledge, KnowledgeSource
 
 
 @dataclass
@@ -112,19 +112,8 @@ class OutputKnowledge(AttributeKnowledge):
 
     @classmethod
     def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "OutputKnowledge":
-        from ..membership.knowledge import edge_scores_query, model_query
+        from ..queries import probability_query
 
-        if source.query is not None:
-            query, where = source.query, f"queried through {source.query_label}"
-        elif source.edge_url is not None:
-            query = edge_scores_query(source.edge_url, source.deployment_id, max(source.query_timeout, 30.0))
-            where = f"live queries through {source.edge_url}"
-        else:
-            from models.loading import load_model
-
-            record = source.deployment_record() or {}
-            if not record.get("model_id"):
-                raise KnowledgeError(f"the deployment record of {source.deployment_id!r} names no model")
-            query, where = model_query(load_model(source.artifacts, record["model_id"])[0]), "the stored model"
+        query, where = probability_query(source)
         labels, k = cls._labels(source, num_classes)
         return cls(query, source.aux_images, labels, k, f"labelled auxiliary images, {where}")

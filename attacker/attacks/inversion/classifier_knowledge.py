@@ -123,17 +123,7 @@ class ClassifierQueryKnowledge(ClassifierKnowledge):
 
     @classmethod
     def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "ClassifierQueryKnowledge":
-        from ..membership.knowledge import edge_scores_query, model_query
+        from ..queries import probability_query
 
-        if source.query is not None:
-            query, where = source.query, source.query_label
-        elif source.edge_url is not None:
-            query = edge_scores_query(source.edge_url, source.require_deployment("queries"), source.query_timeout)
-            where = f"the edge at {source.edge_url}"
-        else:
-            from models.loading import load_model
-
-            model_id = (source.deployment_record() or {}).get("model_id")
-            query, where = model_query(load_model(source.artifacts, model_id)[0]), f"the stored model {model_id}"
-        return cls(source.input_shape(), int(num_classes or source.deployment_record()["num_classes"]), query,
-                   f"queries through {where}")
+        query, where = probability_query(source)
+        return cls(source.input_shape(), int(num_classes or source.deployment_record()["num_classes"]), query, where)
