@@ -107,7 +107,8 @@ def probability_query(source) -> tuple[Callable, str]:
         return source.query, f"queried through {source.query_label}"
     dep = source.require_deployment("queries")
     if source.edge_url is not None:
-        return edge_scores_query(source.edge_url, dep, max(source.query_timeout, 30.0)), f"live queries through {source.edge_url}"
+        query = edge_scores_query(source.edge_url, dep, max(source.query_timeout, 30.0))
+        return query, f"live queries through {source.edge_url}"
     from models.loading import load_model
 
     model_id = (source.deployment_record() or {}).get("model_id")

@@ -108,7 +108,8 @@ def face_metrics(images: np.ndarray, people: np.ndarray, means: np.ndarray, eval
         logits = evaluator(torch.from_numpy(images).float())
         top5 = logits.topk(5, dim=1).indices.numpy()
         target_top1 = None if target is None else target(torch.from_numpy(images).float()).argmax(1).numpy()
-    out = {"eval_top1": float((top5[:, 0] == people).mean()), "eval_top5": float((top5 == people[:, None]).any(1).mean()),
+    out = {"eval_top1": float((top5[:, 0] == people).mean()),
+           "eval_top5": float((top5 == people[:, None]).any(1).mean()),
            "ssim_own": float(ssim[rows, people].mean()), "ssim_others": float(ssim[others].mean()),
            "psnr_own": float(psnr[rows, people].mean()), "psnr_others": float(psnr[others].mean()),
            "ssim_identified": float((ssim.argmax(1) == people).mean())}
@@ -176,8 +177,9 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
             "person's mean training face (own) and to the other people's (others); identified by SSIM: the own mean "
             "face is the most similar of all; chance for top-1 / top-5 / identification is 0.025 / 0.125 / 0.025. "
             "Target top-1: the attacked model's own verdict (what the attack optimised, not evidence).", ""]
-    rows = [[label, len(rs), *(fmt(values(rs, key), 3) for _, key in COLUMNS), fmt(values(rs, "fit_queries_per_class"), 0)
-             if values(rs, "fit_queries_per_class") else "-", fmt(values(rs, "attack_seconds"), 0)]
+    rows = [[label, len(rs), *(fmt(values(rs, key), 3) for _, key in COLUMNS),
+             fmt(values(rs, "fit_queries_per_class"), 0) if values(rs, "fit_queries_per_class") else "-",
+             fmt(values(rs, "attack_seconds"), 0)]
             for label, rs in groups.items()]
     rows.append(["mean face of everyone (baseline)", "", *(fmt(values(rs, f"baseline_{key}"), 3)
                                                           if key != "target_top1" else "-" for _, key in COLUMNS),

@@ -82,7 +82,8 @@ class ClassifierWhiteBoxKnowledge(ClassifierKnowledge):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.model, nn.Module):
-            raise AttackParameterError(f"model must be a torch module (images -> logits), got {type(self.model).__name__}")
+            raise AttackParameterError(
+                f"model must be a torch module (images -> logits), got {type(self.model).__name__}")
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
