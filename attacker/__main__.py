@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
+    from .tap.service import PROXY_ONLY, UPSTREAM_HELP
     from .tap.service import __doc__ as tap_doc
 
     p = sub.add_parser("tap", help="transparent gRPC proxy that records the edge-cloud traffic",
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=env_default("SPLITLAB_TAP_LISTEN", "0.0.0.0:50052"),
                    help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     p.add_argument("--upstream", default=env_default("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
-                   help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
+                   help=UPSTREAM_HELP + " (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
     p.add_argument("--mode", choices=TAP_MODES, default=env_default("SPLITLAB_TAP_MODE", "passive", choices=TAP_MODES),
                    help="passive: relay TCP bytes unchanged and decode a copy (default); proxy: a gRPC proxy "
                         "that re-issues each call; sniff: nothing in the path, read copies of the packets to "
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-interval", type=float, default=2.0,
                    help="seconds between refreshes of STORE/tap-stats.json (default 2)")
     p.add_argument("--no-record", action="store_true", help="forward only, record nothing (a plain proxy)")
-    tls.add_arguments(p)  # proxy mode only: in the other modes the edge's TLS passes through, unreadable
+    tls.add_arguments(p, note=PROXY_ONLY)
     _common(p)
 
     p = sub.add_parser("captures", help="list captures (a table), heads and deployments seen by the tap")

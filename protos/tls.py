@@ -140,9 +140,10 @@ class TlsConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser, server: bool = True, client: bool = True,
-                  env=env_default) -> None:
+                  env=env_default, note: str = "") -> None:
     """The TLS flags of a process that listens (``server``), connects (``client``) or both."""
-    group = parser.add_argument_group("transport security (TLS; off unless a certificate or CA is given)")
+    group = parser.add_argument_group("transport security (TLS; off unless a certificate or CA is given"
+                                      + (f"; {note}" if note else "") + ")")
     names = (SERVER_FIELDS if server else ()) + (CLIENT_FIELDS if client else ())
     for name in names:
         flag, var, text = FLAGS[name]

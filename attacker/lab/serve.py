@@ -28,6 +28,7 @@ from models.errors import SplitlabError
 from protos import tls as transport
 
 from ..tap.priority import PRIORITIES
+from ..tap.service import PROXY_ONLY, UPSTREAM_HELP
 from .limits import Limits
 
 log = logging.getLogger("attacker.lab")
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tap.add_argument("--listen", default=_env("SPLITLAB_TAP_LISTEN", "0.0.0.0:50052"),
                      help="HOST:PORT the edge connects to (env SPLITLAB_TAP_LISTEN, default 0.0.0.0:50052)")
     tap.add_argument("--upstream", default=_env("SPLITLAB_TAP_UPSTREAM", "localhost:50051"),
-                     help="HOST:PORT of the cloud server (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
+                     help=UPSTREAM_HELP + " (env SPLITLAB_TAP_UPSTREAM, default localhost:50051)")
     # Checked when the tap starts, not here: SPLITLAB_TAP_MODE=sniff is right for `attacker tap` (the
     # compose sniffer) and must not stop this parser from being built.
     tap.add_argument("--mode", choices=SERVE_TAP_MODES, default=_env("SPLITLAB_TAP_MODE", "passive"),
@@ -56,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="largest gRPC message, MiB (env SPLITLAB_MAX_MESSAGE_MB, default 64)")
     tap.add_argument("--no-tap", action="store_true",
                      help="run only the API; an `attacker tap` elsewhere records into the same --store")
-    transport.add_arguments(p)  # --mode proxy only, as `attacker tap`
+    transport.add_arguments(p, note=PROXY_ONLY)
     api = p.add_argument_group("lab API")
     api.add_argument("--api-host", default=_env("SPLITLAB_API_HOST", "0.0.0.0"),
                      help="interface of the REST API (env SPLITLAB_API_HOST, default 0.0.0.0; forced to "

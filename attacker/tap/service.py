@@ -68,6 +68,10 @@ from .recorder_process import ChunkDecoder, RecorderProcess
 log = logging.getLogger("attacker.tap")
 
 DEFAULT_MAX_MESSAGE = 64 << 20
+# shared by `attacker tap` and `attacker serve`
+UPSTREAM_HELP = ("HOST:PORT of the cloud server, or several comma-separated (or a name with several addresses): "
+                 "the proxy spreads calls over them, the relay connections")
+PROXY_ONLY = "--mode proxy only: the other modes relay or watch the edge's TLS unchanged"
 
 
 @dataclass
