@@ -128,6 +128,10 @@ def test_knowledge_is_the_servers_model_never_the_batch(tmp_path, mnist):
     assert held == []  # the model, shapes, names and the batch size: no images anywhere
     for a, b in zip(knowledge.model.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+    (tmp_path / "deployments" / "lenet5-g--fc1").mkdir(parents=True)  # a deployment names the model it cut
+    (tmp_path / "deployments" / "lenet5-g--fc1" / "deployment.json").write_text('{"model_id": "lenet5-g"}')
+    by_deployment = knowledge_for("gradient/dlg", KnowledgeSource("lenet5-g--fc1", artifacts=store))
+    assert by_deployment.observed == observed_parameters(model) and "lenet5-g" in by_deployment.origin
     with pytest.raises(Exception, match="artifact store"):
         knowledge_for("gradient/dlg", KnowledgeSource(record={"model_id": "lenet5-g"}))
 
@@ -184,7 +188,7 @@ def test_suite_expands_batch_sizes_and_groups_and_refuses_bad_configs():
 
     config = yaml.safe_load(open("benchmarks/configs/gradient.yaml"))
     trials = gradient.trials(config)
-    assert len(trials) == 2 * 4 * 4 * 2  # targets x batch sizes x attacks x seeds
+    assert len(trials) == 3 * 4 * 4 * 2  # targets x batch sizes x attacks x seeds
     assert {t.target["batch_size"] for t in trials} == {1, 2, 4, 8}
     assert trials[0].label == "lenet5-mnist b1 all dlg seed 0"
     with pytest.raises(SplitlabError, match="gradient attacks"):
