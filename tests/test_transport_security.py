@@ -9,7 +9,9 @@ terminates TLS with a certificate the edge trusts (the compromised-proxy model) 
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,6 +95,10 @@ def test_a_missing_certificate_names_the_file_the_flag_and_the_variable(certs, t
         TlsConfig(cert=missing, key=str(certs / "cloud.key")).server_credentials()
     with pytest.raises(SplitlabError, match="--tls-client-cert needs --tls-client-key"):
         TlsConfig(ca=str(certs / "ca.pem"), client_cert=str(certs / "edge.pem")).channel_credentials()
+    cloud = subprocess.run([sys.executable, "-m", "cloud_server", "--artifacts", str(tmp_path), "--port", "0",
+                            "--tls-key", str(certs / "cloud.key")], env=dict(os.environ, SPLITLAB_TLS_CERT=missing),
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert cloud.returncode == 1 and missing in cloud.stderr and "--tls-cert" in cloud.stderr, cloud.stderr
     from edge_client.__main__ import main as edge_main
 
     monkeypatch.setenv("SPLITLAB_TLS_CA", missing)  # the variable is the flag's default
