@@ -100,8 +100,11 @@ def monolithic_session(model, input_shape, device: str = "cpu"):
     return head_session(export_head_onnx(model, input_shape), 1, providers)
 
 
-def monolithic_context(model, input_shape, inputs: dict[int, np.ndarray], seconds: float) -> dict:
-    """For context: torch with 2 threads at batch 64 and the whole model in ONNX Runtime."""
+def monolithic_context(model, input_shape, inputs: dict[int, np.ndarray], seconds: float,
+                       device: str = "cpu") -> dict:
+    """For context: torch with 2 threads at batch 64, the whole model in ONNX Runtime, and with
+    ``device="cuda"`` (where torch has it) torch on CUDA at batch 64, copies to and from the GPU
+    included."""
     import torch
 
     from models.onnx_runtime import set_torch_threads
@@ -118,6 +121,13 @@ def monolithic_context(model, input_shape, inputs: dict[int, np.ndarray], second
     for batch in (1, 64):
         x = inputs[batch][:batch]
         out[f"ort_b{batch}"] = stats(timed_loop(lambda: sess.run(None, {"input": x}), seconds, min_count(batch)), batch)
+    if device == "cuda" and torch.cuda.is_available():
+        import copy
+
+        gpu = copy.deepcopy(model).to("cuda")
+        x = torch.from_numpy(inputs[64][:64])
+        with torch.inference_mode():
+            out["torch_cuda_b64"] = stats(timed_loop(lambda: gpu(x.to("cuda")).cpu(), seconds, min_count(64), 5), 64)
     return out
 
 
@@ -248,6 +258,7 @@ class CloudProcess:
                                       "--device", device, "--log-level", "warning"],
                                      stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.address = None
+        self.placement = ""  # what the server says runs its tails ("onnxruntime on cuda")
         ready = threading.Event()
 
         def drain():
@@ -258,6 +269,7 @@ class CloudProcess:
                     continue
                 if event.get("event") == "serving":
                     self.address = "127.0.0.1:" + event["address"].rsplit(":", 1)[1]
+                    self.placement = f"{event.get('runtime')} on {event.get('device', 'cpu')}"
                     ready.set()
             ready.set()
 
@@ -291,6 +303,7 @@ def run(args) -> dict:
         store, models = build_store(tmp / "artifacts", {a: splits.get(a, []) for a in MODELS})
         cloud = CloudProcess(tmp / "artifacts", args.tail_runtime, args.device)
         try:
+            results["cloud_tails"] = cloud.placement
             client = CloudClient(cloud.address, timeout=600)
             client.wait_ready(60)
             for arch, arch_splits in splits.items():
@@ -298,11 +311,12 @@ def run(args) -> dict:
                 x = test_images(arch)
                 inputs = {1: x, 64: x}
                 model = models[arch]
-                entry = {"context": monolithic_context(model, shape, inputs, args.seconds), "splits": {}}
+                entry = {"context": monolithic_context(model, shape, inputs, args.seconds, args.device), "splits": {}}
                 mono_ort = monolithic_session(model, shape)
                 results["models"][arch] = entry
                 print(f"{arch}: monolithic context {short(entry['context'])}", flush=True)
-                edges = {w: Edge(client, HeadCache(tmp / "heads"), device=args.device, wire=w) for w in WIRES}
+                edges = {w: Edge(client, HeadCache(tmp / "heads"), edge_runtime(args.device), args.device, wire=w)
+                         for w in WIRES}
                 for split in arch_splits:
                     dep_id = f"{arch}-bench--{split}"
                     floor = timed_loop(lambda: client.health(), args.seconds / 2, 50)
@@ -319,12 +333,22 @@ def run(args) -> dict:
                                 cell["pipelined_n"] = tp["n"]
                                 row["cells"][f"{call}/{wire}/b{batch}"] = cell
                     entry["splits"][split] = row
+                    entry["edge_head"] = edges["float32"].deployment(dep_id).runner.description
                     print(f"{arch} {split}: {summary_line(row)}", flush=True)
             client.close()
         finally:
             results["cloud_exit"] = cloud.stop()
     results["load_after"] = os.getloadavg()
     return results
+
+
+def edge_runtime(device: str) -> str:
+    """ONNX Runtime for the edge's heads, or torch on a GPU machine whose onnxruntime has no CUDA."""
+    if device == "cpu":
+        return "onnxruntime"
+    from cloud_server.placement import ort_cuda_status
+
+    return "onnxruntime" if ort_cuda_status()[0] else "torch"
 
 
 def machine() -> dict:
@@ -382,7 +406,8 @@ def write_report(path: Path, results: dict, command: str) -> None:
         f"{', '.join(f'{v:.1f}' for v in results['load_before'])} / {', '.join(f'{v:.1f}' for v in results['load_after'])} "
         "(the machine is shared: single figures vary run to run; ratios are taken against the "
         "monolithic model measured next to each split point).  ",
-        f"Edge: this process, ONNX Runtime head, 1 thread. Cloud: `cloud-server --threads 1 --runtime "
+        f"Edge: this process, 1 thread, heads on {'; '.join(sorted({e.get('edge_head', '') for e in results['models'].values()}))}. "
+        f"Cloud: tails on {results.get('cloud_tails', '')}, `cloud-server --threads 1 --runtime "
         f"{results['settings']['tail_runtime']} --device {results['settings'].get('device', 'cpu')}` in a subprocess "
         "(edge heads on the same device). References: the whole torch model (\"mono\") and the whole model in ONNX "
         "Runtime, in the edge's process, 1 thread, on the CPU. Random weights. Latency: one request in flight, from the start of "
@@ -456,7 +481,10 @@ def context_section(results) -> list[str]:
                    f"{med('torch1_b1', 'images_per_s'):.0f} | {med('torch1_b64', 'images_per_s'):.0f} | "
                    f"{fmt(med('torch1_b64', 'p50_ms'), 1)} / {fmt(med('torch1_b64', 'p99_ms'), 1)} | "
                    f"{ctx['torch2_b64']['images_per_s']:.0f} | {fmt(ctx['ort_b1']['p50_ms'])} | {ctx['ort_b64']['images_per_s']:.0f} |")
-    out += ["", "(Medians over the measurements taken next to each split point.)", ""]
+    out += ["", "(Medians over the measurements taken next to each split point.)"]
+    out += [f"The whole {arch} in torch on CUDA, batch 64: {entry['context']['torch_cuda_b64']['images_per_s']:.0f} img/s."
+            for arch, entry in results["models"].items() if "torch_cuda_b64" in entry["context"]]
+    out += [""]
     return out
 
 
