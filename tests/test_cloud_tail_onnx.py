@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +29,7 @@ from models.loading import load_tail
 from models.onnx_runtime import head_session
 from protos import split_inference_pb2 as pb
 
-from conftest import ROOT
-
+ROOT = Path(__file__).resolve().parents[1]
 DEP = "lenet5-digits--relu2"
 
 
