@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The issue-19 GPU benchmark as one short run (about 5 minutes on one H200 with 16 cores):
+# The issue-19 GPU benchmark as one short run (about 5 minutes on one H200 with 16 cores; at most
+# 590 s, the sum of the steps' timeouts: run it with a 600 s limit):
 #   OUT=/some/dir bash benchmarks/serving_gpu.sh
 # Needs python3 with torch (CUDA), onnxruntime (onnxruntime-gpu for its CUDA provider; without it
 # the cloud runs its tails on torch's CUDA and the report says so), onnx, grpcio, numpy; installs
@@ -25,7 +26,7 @@ CORES=$(nproc)
 } > "$OUT/env.txt"
 cat "$OUT/env.txt"
 status=0
-timeout 180 "$PY" -m benchmarks.tail_devices --models he-cifar-cnn resnet18 --cpu-threads 1 "$CORES" \
+timeout 240 "$PY" -m benchmarks.tail_devices --models he-cifar-cnn resnet18 --cpu-threads 1 "$CORES" \
   --out "$OUT/tail_devices.md" --json "$OUT/tail_devices.json" 2>&1 | tee "$OUT/tail_devices.log" || status=1
 timeout 200 "$PY" -m benchmarks.serving --quick --device cuda --models he-cifar-cnn \
   --out "$OUT/serving-cuda.md" --json "$OUT/serving-cuda.json" 2>&1 | tee "$OUT/serving-cuda.log" || status=1
