@@ -412,6 +412,9 @@ def test_gpu_override(clean_env):
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
     assert services["edge"]["environment"]["SPLITLAB_RUNTIME"] == "torch"
     assert services["edge"]["environment"]["SPLITLAB_DEVICE"] == "cuda"
+    cloud = services["cloud"]  # tails on CUDA too (cloud-server --device cuda), still scalable
+    assert cloud["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert cloud["environment"]["SPLITLAB_CLOUD_DEVICE"] == "cuda" and cloud["deploy"]["replicas"] == 1
 
 
 # --- compose: variables and secrets --------------------------------------------------------------
