@@ -22,7 +22,7 @@ Two measures, neither of which is the attacked model's own verdict:
   face, beside the same to the other 39 people's mean faces, and how often the person's own mean
   face is the most similar of the 40 (identification by SSIM);
 * a separately trained recogniser of another architecture (``evaluator``: by default the
-  ``mia-cnn`` CNN, never seen by the attack) asked who the reconstruction is: top-1 and top-5
+  ``lenet5`` CNN, never seen by the attack) asked who the reconstruction is: top-1 and top-5
   over the 40 people (chance 0.025 and 0.125).
 
 Baselines: the mean face of all training images (what an attacker who knows faces but nobody in
@@ -33,7 +33,7 @@ artifact store (``benchmarks/face_inversion/<trial>.npz``) for the report to dra
     suite: face_inversion
     seeds: 1
     target: {arch: face-mlp, dataset: olivetti, split: fc1, options: {epochs: 30, batch_size: 64, scheme: full}}
-    evaluator: {arch: mia-cnn, options: {epochs: 30, batch_size: 32, lr: 0.002, scheme: full}}
+    evaluator: {arch: lenet5, options: {epochs: 15, batch_size: 32, lr: 0.002, scheme: full}}
     people: 40                       # the first N people, or a list of person ids
     attacks:
       - {label: white-box, knowledge: white-box, params: {iterations: 100, step: 0.1}}
