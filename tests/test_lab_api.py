@@ -45,7 +45,9 @@ def test_submit_is_accepted_with_location_and_defaults(client):
     body = r.json()
     assert r.headers["location"] == f"/v1/experiments/{body['id']}"
     assert body["status"] == "queued" and body["queue_position"] == 1
-    assert body["spec"]["train"] == {"epochs": 2, "limit": None, "dropout": 0.0, "weight_decay": 0.0}
+    assert body["spec"]["train"] == {"epochs": 2, "limit": None, "dropout": 0.0, "weight_decay": 0.0,
+                                     "weight_decay_scope": "all", "dp_epsilon": None, "dp_delta": 1e-5,
+                                     "dp_max_grad_norm": 1.0}
     assert body["spec"]["attacks"][0]["name"] == "whitebox"
     got = client.get(r.headers["location"])
     assert got.status_code == 200 and got.json()["id"] == body["id"]

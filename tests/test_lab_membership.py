@@ -47,7 +47,8 @@ def test_a_membership_spec_is_accepted_with_its_defaults(client):
     assert spec["kind"] == "membership" and spec["seeds"] == [0] and spec["samples"] == 100
     assert spec["through_pipeline"] is False and spec["split_point"] is None
     assert spec["train"] == {"epochs": 2, "limit": None, "dropout": 0.0, "weight_decay": 0.0, "lr": None,
-                             "batch_size": None}
+                             "batch_size": None, "weight_decay_scope": "all", "dp_epsilon": None,
+                             "dp_delta": 1e-5, "dp_max_grad_norm": 1.0}
     assert spec["attacks"] == [{"name": "shokri", "label": None, "params": {}, "aux_limit": None}]
     # an inversion spec without a kind is what it always was
     inversion = {"arch": "lenet5", "dataset": "digits", "split_points": ["conv1"], "attacks": ["whitebox"]}

@@ -77,13 +77,26 @@ SPEC_CONFIG = ConfigDict(extra="forbid", strict=True)
 
 
 class TrainSpec(BaseModel):
-    """Training budget and training-time defence (dropout, weight decay)."""
+    """Training budget and training-time defences (dropout, L2, DP-SGD), as ``python -m models train``."""
 
     model_config = SPEC_CONFIG
     epochs: int = Field(2, ge=1, description="training epochs (limit: --max-epochs)")
     limit: int | None = Field(None, ge=1, description="train on at most this many member images")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each FC layer (defence)")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 weight decay (defence)")
+    weight_decay_scope: Literal["all", "output"] = Field(
+        "all", description="L2 on every layer or on the output layer only (needs weight_decay > 0)")
+    dp_epsilon: float | None = Field(None, gt=0.0, le=1000.0,
+                                     description="DP-SGD (Opacus) to this target epsilon; null: no DP (defence)")
+    dp_delta: float = Field(1e-5, gt=0.0, lt=1.0, description="DP-SGD delta (with dp_epsilon)")
+    dp_max_grad_norm: float = Field(1.0, gt=0.0, le=1000.0,
+                                    description="DP-SGD per-example gradient clipping norm (with dp_epsilon)")
+
+    @model_validator(mode="after")
+    def _scope_needs_decay(self) -> "TrainSpec":
+        if self.weight_decay_scope == "output" and not self.weight_decay:
+            raise ValueError("weight_decay_scope 'output' needs weight_decay > 0")
+        return self
 
 
 class AttackSpec(BaseModel):
