@@ -64,3 +64,13 @@ def test_knowledge_and_classes_are_checked():
         knowledge_for("classifier-inversion/mi-face", KnowledgeSource("d", tail=model, record={"num_classes": 3}))
     with pytest.raises(AttackParameterError, match="ClassifierKnowledge"):
         create("classifier-inversion/mi-face").fit(object())
+
+
+def test_post_processing_keeps_a_face():
+    from attacker.attacks.inversion.classifier import postprocess
+    from models import load_dataset, to_tensor
+
+    face = to_tensor(load_dataset("olivetti").x_train[:2])
+    out = postprocess(face, 0.05, 1.0)
+    assert out.shape == face.shape and 0 <= out.min() and out.max() <= 1
+    assert 0.001 < (out - face).abs().mean() < 0.05  # it changed the image, and only a little

@@ -188,7 +188,7 @@ def postprocess(images: torch.Tensor, denoise: float, sharpen: float) -> torch.T
         hwc = img.transpose(1, 2, 0)
         if denoise:
             hwc = denoise_tv_chambolle(hwc, weight=denoise, channel_axis=-1)
-        if sharpen:
-            hwc = unsharp_mask(hwc, radius=2, amount=sharpen, channel_axis=-1)
+        if sharpen:  # channel by channel: unsharp_mask with channel_axis on one channel returns garbage (1e287)
+            hwc = np.stack([unsharp_mask(hwc[..., i], radius=2, amount=sharpen) for i in range(hwc.shape[-1])], -1)
         out.append(np.clip(hwc, 0, 1).transpose(2, 0, 1))
     return torch.from_numpy(np.stack(out)).float()
