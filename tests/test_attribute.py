@@ -80,3 +80,13 @@ def test_each_attack_takes_only_its_knowledge():
     with pytest.raises(AttackParameterError, match="softmax"):
         create("attribute/outputs", epochs=1).fit(
             OutputKnowledge(lambda im: np.full((len(im), 2), 3.0), x, y, 2))
+
+
+def test_cuda_asked_for_runs_where_there_is_none_or_on_it():
+    import torch
+
+    x, y = np.random.default_rng(0).random((16, 3, 4, 4), dtype=np.float32), np.arange(16) % 2
+    attack = create("attribute/features", epochs=1, device="cuda")
+    attack.fit(FeatureKnowledge(lambda im: np.asarray(im).reshape(len(im), -1), x, y, 2))
+    assert attack.infer(x.reshape(16, -1)).shape == (16,)
+    assert attack.device == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -74,3 +74,11 @@ def test_post_processing_keeps_a_face():
     out = postprocess(face, 0.05, 1.0)
     assert out.shape == face.shape and 0 <= out.min() and out.max() <= 1
     assert 0.001 < (out - face).abs().mean() < 0.05  # it changed the image, and only a little
+
+
+def test_cuda_asked_for_runs_where_there_is_none_or_on_it():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    attack = create("classifier-inversion/mi-face", iterations=3, device="cuda")
+    images = attack.fit(ClassifierWhiteBoxKnowledge((1, 4, 4), 3, model)).reconstruct([0, 1])
+    assert images.device.type == "cpu" and images.shape == (2, 1, 4, 4)
+    assert attack.device == ("cuda" if torch.cuda.is_available() else "cpu")

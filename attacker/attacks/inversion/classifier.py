@@ -114,7 +114,7 @@ class ClassifierInversionAttack(InversionAttack):
     def _search(self, x: torch.Tensor, classes: torch.Tensor, step_fn, steps: int) -> torch.Tensor:
         """Fredrikson's loop around ``step_fn(x) -> (cost, new x)``: best image kept, per-image stop."""
         p = self.params
-        best, best_cost = x.clone(), torch.full((len(x),), float("inf"), dtype=torch.float64)
+        best, best_cost = x.detach().cpu().clone(), torch.full((len(x),), float("inf"), dtype=torch.float64)
         since = torch.zeros(len(x), dtype=torch.long)
         active = torch.ones(len(x), dtype=torch.bool)
         for _ in tqdm(range(steps), desc=f"{self.key()}", disable=not p.progress, leave=False):
