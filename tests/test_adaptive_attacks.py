@@ -33,15 +33,20 @@ def _sent(store, dep, x):
     return head_session(str(store.deployment_dir(dep) / "head.onnx")).run(None, {"input": x.numpy()})[0]
 
 
+@pytest.fixture(scope="module")
+def undefended_psnr(lenet_digits, images):
+    dep = f"{MODEL}--conv1"
+    return _psnr(lenet_digits, dep, images, _sent(lenet_digits, dep, images), adaptive=False)
+
+
 @pytest.mark.parametrize("spec, gain", [("dropout:p=0.5", 10.0), ("quantize:bits=2", 1.0),
                                         ("gaussian:sigma=0.5", -0.5)])
-def test_defence_lowers_naive_psnr_and_the_adaptive_attack_does_at_least_as_well(lenet_digits, images, spec, gain):
+def test_defence_lowers_naive_psnr_and_the_adaptive_attack_does_at_least_as_well(lenet_digits, images, spec, gain,
+                                                                                 undefended_psnr):
     """Same 8 test images, conv1: the defended deployment's naive PSNR is well below the undefended
     one's; the adaptive attack gains where the defence is not zero-mean noise (dropout, rounding)
     and is no worse (within 0.5 dB) where it is (Gaussian: E||f+n-f0||^2 = ||f-f0||^2 + const)."""
-    x = images
-    clean_dep = f"{MODEL}--conv1"
-    clean = _psnr(lenet_digits, clean_dep, x, _sent(lenet_digits, clean_dep, x), adaptive=False)
+    x, clean = images, undefended_psnr
     dep = deploy(lenet_digits, MODEL, "conv1", defence=spec, overwrite=True)["deployment_id"]
     sent = _sent(lenet_digits, dep, x)
     naive, adaptive = (_psnr(lenet_digits, dep, x, sent, a) for a in (False, True))
