@@ -86,14 +86,14 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 @contextlib.contextmanager
-def figure(path: Path, ncols: int = 1, figsize: tuple[float, float] = (6, 3.5)):
-    """A matplotlib figure (headless) with ``ncols`` axes, saved to ``path`` when the block ends."""
+def figure(path: Path, ncols: int = 1, figsize: tuple[float, float] = (6, 3.5), nrows: int = 1):
+    """A matplotlib figure (headless) with ``nrows`` x ``ncols`` axes, saved to ``path`` when the block ends."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, ncols, figsize=figsize)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize)
     try:
         yield fig, axes
         fig.tight_layout()

@@ -290,9 +290,13 @@ def pareto_plot(rows: dict, cols: list[tuple[str, str, int]], path: Path) -> Pat
     """Task accuracy (y) against each attack's success (x), one panel per attack metric, the Pareto
     front (defences no other beats on both) joined."""
     attacks = [(c, k) for c, k, _ in cols if k not in ("accuracy", "train_seconds")]
-    ncols = len(attacks)
-    with figure(path, ncols, (2.6 * ncols, 2.8)) as (_, axes):
-        for ax, (caption, key) in zip(axes if ncols > 1 else [axes], attacks):
+    ncols = min(4, len(attacks))
+    nrows = -(-len(attacks) // ncols)
+    with figure(path, ncols, (2.8 * ncols, 2.6 * nrows), nrows) as (_, axes):
+        axes = list(getattr(axes, "flat", [axes]))
+        for ax in axes[len(attacks):]:
+            ax.set_visible(False)
+        for ax, (caption, key) in zip(axes, attacks):
             pts, names = [], []
             for d, g in rows.items():
                 s, a = mean_std(values(g, key))[0], mean_std(values(g, "accuracy"))[0]
@@ -304,8 +308,8 @@ def pareto_plot(rows: dict, cols: list[tuple[str, str, int]], path: Path) -> Pat
                 ax.annotate(d, (s, a), fontsize=5)
             front = pareto_front(pts)
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r--", linewidth=0.8)
-            ax.set_xlabel(caption, fontsize=6)
+            ax.set_xlabel(caption, fontsize=7)
+            ax.set_ylabel("task accuracy", fontsize=7)
             ax.tick_params(labelsize=6)
             ax.grid(alpha=0.3)
-        (axes[0] if ncols > 1 else axes).set_ylabel("task accuracy", fontsize=7)
     return path
