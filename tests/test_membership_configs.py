@@ -20,7 +20,7 @@ def load(name: str) -> dict:
 
 def test_reproduction_configs_expand_and_share_the_cifar10_target():
     table, compare = (membership.trials(load(n)) for n in ("membership-003", "membership-compare-cifar10"))
-    assert len(table) == 8 and len(compare) == 5
+    assert len(table) == 8 and len(compare) == 6
     targets = {t.target["name"]: t.target for t in table}
     assert [t.target for t in compare if t.target["name"] == "cifar10-overfit"][0] == targets["cifar10-overfit"]
     assert len(load("membership-003")["published"]) == 12
