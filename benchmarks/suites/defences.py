@@ -23,7 +23,8 @@ A trial is (target, defence, seed), all attacks in one trial (they share the tra
 - both may be combined in one entry.
 
 Task accuracy is the deployed pipeline's (head, feature defence, tail) at the first split point on
-the first ``accuracy_images`` test images, the same images for every defence. Where a defence has
+``accuracy_images`` test images drawn by the seed, the same images for every defence (the attacked
+images and the black-box attacker's auxiliary images are further test images of that draw). Where a defence has
 nothing random or rounded (none, deeper, nonlinear, training-time ones), the adaptive attacks are
 the naive ones and their figures are copied, not recomputed.
 
@@ -133,6 +134,7 @@ def trials(config: dict) -> list[Trial]:
 
 
 def run_trial(trial: Trial, ctx: Context) -> dict:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -156,8 +158,10 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
                "target_train_accuracy": manifest["train_accuracy"], "clean_test_accuracy": manifest["test_accuracy"]}
     if manifest.get("dp"):
         metrics["dp_spent_epsilon"] = manifest["dp"].get("spent_epsilon")
-    xa = to_tensor(dataset.x_test[:ev["accuracy_images"]])
-    ya = torch.as_tensor(dataset.y_test[:ev["accuracy_images"]])
+    # test images in an order drawn by the seed (an archive may store them sorted by class: CIFAR-10's does)
+    order = np.random.default_rng(trial.seed).permutation(len(dataset.x_test))
+    xa = to_tensor(dataset.x_test[order[:ev["accuracy_images"]]])
+    ya = torch.as_tensor(dataset.y_test[order[:ev["accuracy_images"]]])
     torch.manual_seed(trial.seed)
     pipelines = {}
     for split, dh in heads.items():
@@ -187,8 +191,8 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
                         f"{label}_seconds": time.perf_counter() - started})
 
     # inversion at each split point, naive and adaptive
-    images = to_tensor(dataset.x_test[:ev["images"]])
-    aux = to_tensor(dataset.x_test[ev["images"]:ev["images"] + t["aux"]])
+    images = to_tensor(dataset.x_test[order[:ev["images"]]])
+    aux = to_tensor(dataset.x_test[order[ev["images"]:ev["images"] + t["aux"]]])
     for split, dh in heads.items():
         with torch.no_grad():
             sent = dh.module(images)  # what the defended edge sends
