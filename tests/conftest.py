@@ -41,6 +41,18 @@ def lenet_digits(tmp_path_factory):
     return store
 
 
+def private_copy(store, tmp_path_factory):
+    """A copy of a session store for a module that deploys into it: what one module deploys must
+    not show up in another's listings, nor collide with its deployment ids."""
+    import shutil
+
+    from models.artifacts import ArtifactStore
+
+    root = tmp_path_factory.mktemp("artifacts-copy")
+    shutil.copytree(store.root, root, dirs_exist_ok=True)
+    return ArtifactStore(root)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "system(path, package): needs a system package (tests/system_prereqs.py)")
 

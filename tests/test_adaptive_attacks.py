@@ -14,8 +14,15 @@ from models.datasets import load_dataset, to_tensor
 from models.defences import features as fdef
 from models.deploy import deploy
 from models.onnx_runtime import head_session
+from conftest import private_copy
 
 MODEL = "lenet5-digits"
+
+
+@pytest.fixture(scope="module")
+def lenet_digits(lenet_digits, tmp_path_factory):
+    """This module deploys defended heads: it gets its own copy of the shared store."""
+    return private_copy(lenet_digits, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from models.defences import features as fdef
 from models.deploy import deploy
 from models.loading import load_model
 from models.split import split_model
+from conftest import private_copy
 
 MODEL = "lenet5-digits"
 DEFENDED = {  # name -> (split, spec)
@@ -26,6 +27,12 @@ DEFENDED = {  # name -> (split, spec)
     "deeper": ("conv1", "deeper:to=relu2"),
     "nonlinear": ("conv1", "nonlinear:kind=tanh,seed=1"),
 }
+
+
+@pytest.fixture(scope="module")
+def lenet_digits(lenet_digits, tmp_path_factory):
+    """This module deploys defended heads: it gets its own copy of the shared store."""
+    return private_copy(lenet_digits, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
