@@ -12,7 +12,7 @@ import yaml
 from benchmarks import training
 from benchmarks.__main__ import main as benchmarks_main
 from benchmarks.harness import report
-from benchmarks.harness.executors import LocalExecutor, machine_cores, run_trial
+from benchmarks.harness.executors import LOCAL_START_ATTEMPTS, LocalExecutor, RayExecutor, machine_cores, run_trial
 from benchmarks.harness.spec import Context, Trial, expand, seeds_of
 from benchmarks.harness.store import ResultsStore
 from models.errors import SplitlabError
@@ -76,6 +76,38 @@ def test_local_executor_never_oversubscribes_cores():
     assert LocalExecutor(workers=64, threads=1).workers == cores
     assert LocalExecutor(workers=None, threads=cores).workers == 1
     assert LocalExecutor(workers=1, threads=1).workers == 1
+
+
+class _SlowStartingRay:
+    """Stands in for the ``ray`` module: ``init`` raises Ray's startup timeout ``fails`` times."""
+
+    def __init__(self, fails: int):
+        self.fails, self.inits, self.shutdowns = fails, 0, 0
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.fails:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_ray_start_that_times_out_is_made_again_then_fails(capsys):
+    ray = _SlowStartingRay(fails=1)
+    assert RayExecutor(workers=1)._init(ray) is True
+    assert (ray.inits, ray.shutdowns) == (2, 1) and "starting it again" in capsys.readouterr().err
+    ray = _SlowStartingRay(fails=LOCAL_START_ATTEMPTS)
+    with pytest.raises(Exception, match="timed out during startup"):
+        RayExecutor(workers=1)._init(ray)
+    assert ray.inits == LOCAL_START_ATTEMPTS
+    ray = _SlowStartingRay(fails=1)  # a cluster address: nothing is started here, so no retry
+    with pytest.raises(Exception, match="timed out during startup"):
+        RayExecutor(address="10.0.0.1:6379")._init(ray)
+    assert ray.inits == 1
 
 
 def test_run_trial_returns_a_failure_instead_of_raising(tmp_path):

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import socket
+import sys
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -132,6 +133,12 @@ class LocalExecutor:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+# Ray waits a fixed 30 s for a new local raylet to register (not configurable). The same start takes
+# 5-9 s on this 2-core machine, but in one CI run the wait ran out; a local start that times out is
+# therefore stopped and made once more before the run fails.
+LOCAL_START_ATTEMPTS = 2
+
+
 class RayExecutor:
     """Each trial a Ray task asking for ``threads`` CPUs (and a GPU for ``cuda`` trials).
 
@@ -161,9 +168,18 @@ class RayExecutor:
                       configure_logging=True)
         if self.address:
             ray.init(address=self.address, **common)
-        else:
-            ray.init(num_cpus=self.workers * self.threads, **common)
-        return True
+            return True
+        for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+            try:
+                ray.init(num_cpus=self.workers * self.threads, **common)
+                return True
+            except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for this
+                if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                    raise
+                ray.shutdown()  # stops whatever half-started, so the next try begins clean
+                print(f"Ray: the local instance did not start within Ray's 30 s ({exc}); "
+                      f"starting it again (try {attempt + 1} of {LOCAL_START_ATTEMPTS})", file=sys.stderr)
+        return True  # not reached
 
     def run(self, trials: list[Trial], ctx: Context) -> Iterator[tuple[Trial, dict]]:
         if not trials:
