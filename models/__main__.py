@@ -105,8 +105,7 @@ def _threads(args) -> None:
 
 
 def cmd_list(args) -> int:
-    from .architectures import DEFAULT_INPUT_SHAPES
-    from .zoo import architecture_names, build_model, feature_shapes
+    from .zoo import DEFAULT_INPUT_SHAPES, architecture_names, build_model, feature_shapes
 
     names = [args.arch] if args.arch else architecture_names()
     for arch in names:

@@ -1,11 +1,35 @@
-"""Build architectures by name and answer questions about their split points."""
+"""Build architectures by name and answer questions about their split points.
+
+The zoo is the union of the family modules in ``FAMILIES``: each defines ``BUILDERS`` (name ->
+builder taking ``num_classes``, ``input_shape``, ``dropout``) and ``DEFAULT_INPUT_SHAPES``, so a
+family of architectures lives in one file of its own and is added here by one line.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
-from .architectures import BUILDERS, DEFAULT_INPUT_SHAPES, SplitNet
+from .architectures import SplitNet
 from .errors import SplitlabError
+
+FAMILIES = ("architectures",)  # modules of this package, in listing order
+
+
+def _merged() -> tuple[dict, dict]:
+    builders, shapes = {}, {}
+    for family in FAMILIES:
+        module = importlib.import_module(f"{__package__}.{family}")
+        clash = set(builders) & set(module.BUILDERS)
+        if clash:
+            raise RuntimeError(f"models.{family} redefines architectures {sorted(clash)}")
+        builders.update(module.BUILDERS)
+        shapes.update(module.DEFAULT_INPUT_SHAPES)
+    return builders, shapes
+
+
+BUILDERS, DEFAULT_INPUT_SHAPES = _merged()
 
 
 def architecture_names() -> list[str]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models import SplitlabError, architecture_names, build_model, feature_shapes, split_model
-from models.architectures import DEFAULT_INPUT_SHAPES
+from models.zoo import DEFAULT_INPUT_SHAPES
 
 
 @pytest.mark.parametrize("arch", architecture_names())
