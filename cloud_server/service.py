@@ -169,7 +169,8 @@ class SplitInferenceService(pb_grpc.SplitInferenceServicer):
         r = dep.record
         reply = pb.HeadReply(deployment_id=dep.id, input_shape=r["input_shape"], feature_shape=r["feature_shape"],
                              preprocessing=r.get("preprocessing", ""), sha256=digest, split=r["split"],
-                             arch=r["arch"], num_classes=int(r["num_classes"]), dataset=r.get("dataset", ""))
+                             arch=r["arch"], num_classes=int(r["num_classes"]), dataset=r.get("dataset", ""),
+                             dp_compatible=bool(r.get("dp_compatible", False)))
         if request.known_sha256 and request.known_sha256 == digest:
             reply.not_modified = True
         else:

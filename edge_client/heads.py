@@ -30,7 +30,7 @@ class Head:
     deployment_id: str
     onnx: bytes
     sha256: str
-    meta: dict          # arch, split, dataset, input_shape, feature_shape, num_classes, preprocessing
+    meta: dict          # arch, split, dataset, input_shape, feature_shape, num_classes, preprocessing, dp_compatible
     from_cache: bool
 
 
@@ -66,7 +66,7 @@ class HeadCache:
         meta = {"deployment_id": reply.deployment_id, "arch": reply.arch, "split": reply.split,
                 "dataset": reply.dataset, "input_shape": list(reply.input_shape),
                 "feature_shape": list(reply.feature_shape), "num_classes": reply.num_classes,
-                "preprocessing": reply.preprocessing, "sha256": reply.sha256}
+                "preprocessing": reply.preprocessing, "sha256": reply.sha256, "dp_compatible": reply.dp_compatible}
         if reply.not_modified and have is not None and have.sha256 == reply.sha256:
             return Head(dep_id, have.onnx, have.sha256, meta, True)
         if reply.not_modified:  # the server thinks we have it, but we do not: ask again in full

@@ -126,8 +126,10 @@ def onnxruntime_runner(onnx_bytes: bytes, device: str = "cpu", threads: int = 1,
 
 
 def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", threads: int = 1) -> HeadRunner:
-    """The head rebuilt in torch from the architecture, the ONNX file's weights and the feature
-    defences recorded in its metadata (:mod:`models.defences.features`).
+    """The head rebuilt in torch from the architecture (its DP-SGD variant, GroupNorm for BatchNorm,
+    when ``head_meta`` says ``dp_compatible``: the cloud's ``GetHead`` reply carries it), the ONNX
+    file's weights (by name) and the feature defences recorded in its metadata
+    (:mod:`models.defences.features`).
 
     The rebuilt head is checked against ONNX Runtime on random inputs: its values when the head
     draws no randomness (to within one step of a quantize defence), only its output shape when it
@@ -136,10 +138,9 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
     """
     import onnx
     import torch
-    from onnx import numpy_helper
 
-    from models import build_model
     from models.defences import features as fdef
+    from models.loading import architecture, load_onnx_weights
     from models.onnx_runtime import head_session, set_torch_threads
 
     notes = []
@@ -154,7 +155,7 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
     set_torch_threads(threads)
     input_shape = tuple(int(s) for s in head_meta["input_shape"])
     chain = fdef.onnx_defences(onnx_bytes)
-    model = build_model(head_meta["arch"], int(head_meta["num_classes"]), input_shape)
+    model = architecture(dict(head_meta, num_classes=int(head_meta["num_classes"]), input_shape=input_shape))
     defended = fdef.rebuild_head(model, head_meta["split"], chain, input_shape)
     head = defended.module
     graph = onnx.load_from_string(onnx_bytes).graph
@@ -162,11 +163,10 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
     if random_ops and not any(d.random for d in chain):
         raise SplitlabError(f"--runtime torch cannot rebuild this head: it draws random numbers ({', '.join(random_ops)}: "
                             "a feature defence) that its metadata does not describe; use --runtime onnxruntime")
-    weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     try:
-        head.load_state_dict({k: weights[k] for k in head.state_dict()}, strict=True)
-    except (KeyError, RuntimeError) as exc:
-        raise SplitlabError(f"--runtime torch cannot rebuild this head from its ONNX weights ({exc}); "
+        load_onnx_weights(head, graph)
+    except SplitlabError as exc:
+        raise SplitlabError(f"--runtime torch cannot rebuild this head from its ONNX weights ({exc}{_why_unnamed(head, graph, head_meta)}); "
                             "use --runtime onnxruntime") from None
     head = head.eval()
     probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32)
@@ -188,6 +188,20 @@ def torch_runner(onnx_bytes: bytes, head_meta: dict, device: str = "cpu", thread
             return HeadOutput(head(torch.from_numpy(x).to(used)).float().cpu().numpy())
 
     return HeadRunner("torch", used, "float32", run, notes)
+
+
+def _why_unnamed(head, graph, head_meta: dict) -> str:
+    """What is likely wrong when a head with normalisation layers lacks their weights by name."""
+    from torch import nn
+
+    group_norm = any(n.op_type == "InstanceNormalization" for n in graph.node)  # how GroupNorm exports
+    if group_norm and not head_meta.get("dp_compatible"):
+        return ("; the head has GroupNorm layers (a model trained with DP-SGD) but its metadata does not say "
+                "dp_compatible: the cloud that sent it predates that field, update it")
+    if any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for m in head.modules()):
+        return ("; a head deployed before heads were exported unfolded (models.deploy.export_head_onnx) has "
+                "its normalisation layers folded into other constants: deploy it again")
+    return ""
 
 
 def make_runner(onnx_bytes: bytes, head_meta: dict, runtime: str = "onnxruntime", device: str = "cpu",

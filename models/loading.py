@@ -6,6 +6,7 @@ from torch import nn
 
 from .architectures import SplitNet
 from .artifacts import ArtifactStore, load_into
+from .errors import SplitlabError
 from .split import split_model
 from .zoo import build_model
 
@@ -16,6 +17,29 @@ def architecture(record: dict) -> SplitNet:
     dropout = record.get("options", record).get("dropout", 0.0)
     return build_model(record["arch"], record["num_classes"], record["input_shape"], dropout,
                        dp_compatible=bool(record.get("dp_compatible", False)))
+
+
+def load_onnx_weights(module: nn.Module, graph) -> nn.Module:
+    """Load ``module``'s parameters and buffers from the initializers of an ONNX ``graph`` with the
+    same names (heads are exported unfolded, :func:`models.deploy.export_head_onnx`); BatchNorm's
+    step counter, which no graph holds, is left as it is. Raises :class:`SplitlabError` naming the
+    first state-dict entries the graph lacks (a head exported with folding, or another architecture)."""
+    import torch
+    from onnx import numpy_helper
+
+    weights = {i.name: i for i in graph.initializer}
+    state = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
+    absent = [k for k in state if k not in weights]
+    if absent:
+        raise SplitlabError(f"the ONNX graph has no initializers named {', '.join(absent[:4])}"
+                            + (f" (and {len(absent) - 4} more)" if len(absent) > 4 else ""))
+    loaded = {k: torch.from_numpy(numpy_helper.to_array(weights[k]).copy()) for k in state}
+    bad = [f"{k} {tuple(loaded[k].shape)} != {tuple(v.shape)}" for k, v in state.items()
+           if loaded[k].numel() != v.numel()]
+    if bad:
+        raise SplitlabError(f"the ONNX graph's initializers do not fit the architecture: {'; '.join(bad[:4])}")
+    module.load_state_dict({k: t.reshape(state[k].shape) for k, t in loaded.items()}, strict=False)
+    return module
 
 
 def load_model(store: ArtifactStore, model_id: str) -> tuple[SplitNet, dict]:

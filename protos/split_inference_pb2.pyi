@@ -76,7 +76,7 @@ class GetHeadRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., known_sha256: _Optional[str] = ...) -> None: ...
 
 class HeadReply(_message.Message):
-    __slots__ = ("deployment_id", "onnx_model", "input_shape", "feature_shape", "preprocessing", "sha256", "split", "arch", "num_classes", "not_modified", "dataset")
+    __slots__ = ("deployment_id", "onnx_model", "input_shape", "feature_shape", "preprocessing", "sha256", "split", "arch", "num_classes", "not_modified", "dataset", "dp_compatible")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ONNX_MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +88,7 @@ class HeadReply(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     NOT_MODIFIED_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    DP_COMPATIBLE_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     onnx_model: bytes
     input_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -99,7 +100,8 @@ class HeadReply(_message.Message):
     num_classes: int
     not_modified: bool
     dataset: str
-    def __init__(self, deployment_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_shape: _Optional[_Iterable[int]] = ..., preprocessing: _Optional[str] = ..., sha256: _Optional[str] = ..., split: _Optional[str] = ..., arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., not_modified: _Optional[bool] = ..., dataset: _Optional[str] = ...) -> None: ...
+    dp_compatible: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., onnx_model: _Optional[bytes] = ..., input_shape: _Optional[_Iterable[int]] = ..., feature_shape: _Optional[_Iterable[int]] = ..., preprocessing: _Optional[str] = ..., sha256: _Optional[str] = ..., split: _Optional[str] = ..., arch: _Optional[str] = ..., num_classes: _Optional[int] = ..., not_modified: _Optional[bool] = ..., dataset: _Optional[str] = ..., dp_compatible: _Optional[bool] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
     __slots__ = ()

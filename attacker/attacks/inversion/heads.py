@@ -20,7 +20,6 @@ import logging
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from models.errors import SplitlabError
@@ -79,21 +78,14 @@ def _via_onnx2torch(onnx_bytes: bytes) -> nn.Module:
 
 
 def _via_rebuild(onnx_bytes: bytes, record: dict) -> nn.Module:
+    from models.loading import architecture, load_onnx_weights
     from models.split import split_model
-    from models.zoo import build_model
 
     missing = [k for k in ("arch", "split", "num_classes", "input_shape") if k not in record]
     if missing:
         raise SplitlabError(f"the deployment record lacks {missing}")
-    model = build_model(record["arch"], record["num_classes"], record["input_shape"])
-    head, _ = split_model(model, record["split"])
-    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in _parse(onnx_bytes).graph.initializer}
-    state = head.state_dict()
-    absent = [k for k in state if k not in weights]
-    if absent:
-        raise SplitlabError(f"the ONNX head has no initializers named {absent[:4]} (folded or renamed)")
-    head.load_state_dict({k: weights[k].reshape(state[k].shape) for k in state}, strict=True)
-    return head
+    head, _ = split_model(architecture(record), record["split"])  # the DP variant when dp_compatible
+    return load_onnx_weights(head, _parse(onnx_bytes).graph)
 
 
 def head_from_onnx(onnx_bytes: bytes, record: dict | None = None, input_shape=None) -> tuple[nn.Module, str]:
