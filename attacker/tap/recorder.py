@@ -9,7 +9,9 @@ parses them (``InferRequest`` features, the reply, ``GetHead`` payloads,
 Nothing here can stop traffic: a full queue (by items or bytes) drops the event, a failing store
 (disk full, locked, unwritable, missing) fails the batch, and both are counted, logged (rate
 limited) and exposed by :meth:`Recorder.stats` and the stats file. A store that cannot be opened is
-retried every second.
+retried every second. Whether the store's writes fail now (``store_failing`` in the stats, from
+the last write tried: set by a failed open or write, cleared by the next write that succeeds)
+is what the tap's own health service reports (:mod:`attacker.tap.service`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Recorder:
         self._counts = collections.Counter()
         self._last_error = ""
         self._last_log = 0.0
+        self._store_failing = False  # the last write (or open) of the store failed
         self._started = time.time()
         self.ready = threading.Event()  # set once the writer has tried to open the store
         self.extra_stats = None  # callable -> dict of the proxy's own counters, merged into stats()
@@ -116,7 +119,8 @@ class Recorder:
                "recorded": counts.get("recorded", 0), "heads_recorded": counts.get("heads_recorded", 0),
                "dropped_queue_full": counts.get("dropped_queue_full", 0),
                "record_failures": counts.get("record_failures", 0),
-               "malformed": counts.get("malformed", 0), "last_error": self._last_error}
+               "malformed": counts.get("malformed", 0), "last_error": self._last_error,
+               "store_failing": self._store_failing}
         if self.extra_stats is not None:
             for _ in range(5):  # the counters may change size while another thread copies them
                 try:
@@ -170,6 +174,7 @@ class Recorder:
                 self._store = CaptureStore(self.store_dir, *self.retention, busy_timeout=self.busy_timeout)
             except Exception as exc:
                 self._next_open = time.monotonic() + 1.0
+                self._store_failing = True
                 self._note_failure(f"cannot open capture store {self.store_dir}: {exc}")
         return self._store
 
@@ -202,24 +207,35 @@ class Recorder:
             try:
                 store.add_captures(rows)
                 self._counts["recorded"] += len(rows)
+                self._store_failing = False
             except Exception as exc:
-                self._fail(len(rows), f"writing {len(rows)} capture(s) failed: {exc}")
+                self._fail(len(rows), f"writing {len(rows)} capture(s) failed: {exc}", store=True)
         for peer, when, reply in heads:
             try:
                 head = pb.HeadReply.FromString(reply)
+            except Exception as exc:
+                self._fail(1, f"recording a GetHead payload failed: {exc}")
+                continue
+            try:
                 if head.onnx_model:
                     store.add_head(_head_fields(head), head.onnx_model, when, peer)
                     self._counts["heads_recorded"] += 1
                 else:  # not_modified: the edge had it cached, no bytes on the wire this time
                     store.touch_head(head.deployment_id, head.sha256, when)
+                self._store_failing = False
             except Exception as exc:
-                self._fail(1, f"recording a GetHead payload failed: {exc}")
+                self._fail(1, f"recording a GetHead payload failed: {exc}", store=True)
         for when, reply in deployments:
             try:
                 msg = pb.ListDeploymentsReply.FromString(reply)
-                store.add_deployment_info([_deployment_fields(d) for d in msg.deployments], when)
             except Exception as exc:
                 self._fail(0, f"recording a ListDeployments reply failed: {exc}")
+                continue
+            try:
+                store.add_deployment_info([_deployment_fields(d) for d in msg.deployments], when)
+                self._store_failing = False
+            except Exception as exc:
+                self._fail(0, f"recording a ListDeployments reply failed: {exc}", store=True)
 
     # --- parsing -------------------------------------------------------------------------------
     def _request_row(self, method: str, peer: str, when: float, request, md_request_id: str) -> dict:
@@ -314,8 +330,11 @@ class Recorder:
             self._counts["record_failures"] += n
         self._note_failure(message)
 
-    def _fail(self, n: int, message: str) -> None:
+    def _fail(self, n: int, message: str, store: bool = False) -> None:
+        """Count ``n`` failed records; ``store``: the store's write failed (not the message)."""
         self._counts["record_failures"] += n
+        if store:
+            self._store_failing = True
         self._note_failure(message)
 
     def _note_failure(self, message: str) -> None:

@@ -36,6 +36,16 @@ through unchanged and the tap cannot read it: such connections are counted as
 the cloud with --tls-ca (and --tls-client-cert/--tls-client-key for mutual TLS); it records
 everything.
 
+Health: the tap's own service ``splitlab.attacker.Tap`` answers SERVING while the tap forwards
+and records, and NOT_SERVING while the capture store's writes fail (disk full, store unwritable
+or locked, the recorder process gone): traffic still passes then, but nothing is recorded, which
+for a tap is being out of service. It is checked every ``health_interval`` seconds (1 s) from the
+recorder's ``store_failing`` (:mod:`attacker.tap.recorder`: the last write tried) and recovers at
+the first capture written after the store works again; each change is logged, and the failed
+records are counted in the stats (``record_failures``, ``last_error``). The overall service ""
+on --admin stays SERVING while the tap runs (it forwards traffic); in proxy mode "" is the
+cloud's, forwarded. A tap started with --no-record has nothing to fail.
+
 SIGTERM / SIGINT stop the tap gracefully: no new connections or calls, in-flight calls get --grace
 seconds, the recorder drains its queue and writes the final counters.
 """
@@ -94,6 +104,7 @@ class TapConfig:
     poll_interval: float = POLL_INTERVAL  # sniff mode: seconds between reads of the packet socket (0: on arrival)
     priority: str = "normal"  # "idle": the recording threads run only on cores nothing else wants (attacker/tap/priority.py)
     tls: TlsConfig = field(default_factory=TlsConfig)  # proxy mode: TLS towards the edge and/or the cloud
+    health_interval: float = 1.0  # seconds between checks of the recording's health (see the module docstring)
 
 
 def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -113,6 +124,8 @@ class Tap:
         self._channel: aio.Channel | None = None
         self._handler: ProxyHandler | None = None
         self._log_task: asyncio.Task | None = None
+        self._health_task: asyncio.Task | None = None
+        self.recording_problem = ""  # why recording fails now (the tap's health is NOT_SERVING), "" when it works
         self._relay: Relay | Sniffer | None = None
         self._parser: RecorderProcess | None = None
         self._decoder: ChunkDecoder | None = None  # sniff mode: decodes in this process
@@ -200,6 +213,11 @@ class Tap:
         await self._server.start()
         self._serving = True
         self._log_task = asyncio.get_running_loop().create_task(self._log_stats())
+        if cfg.record:
+            if self.recorder is not None:  # proxy and sniff: the writer thread opens the store
+                await asyncio.get_running_loop().run_in_executor(None, self.recorder.ready.wait, 10.0)
+            await self._check_recording()  # a store that cannot be opened shows at once
+            self._health_task = asyncio.get_running_loop().create_task(self._watch_recording())
         where = (f"sniffing {cfg.interface} for {cfg.upstream}" if cfg.mode == "sniff"
                  else f"listening on {cfg.listen} (port {self.port}), forwarding to {cfg.upstream}")
         log.info("tap (%s mode) %s, recording into %s%s", cfg.mode, where,
@@ -210,8 +228,9 @@ class Tap:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.config.grace if grace is None else grace
         self._serving = False
-        if self._log_task is not None:
-            self._log_task.cancel()
+        for task in (self._log_task, self._health_task):
+            if task is not None:
+                task.cancel()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._relay is not None:
@@ -252,8 +271,33 @@ class Tap:
         return out
 
     def _health_status(self) -> int:
-        return health_pb2.HealthCheckResponse.SERVING if self._serving else \
+        return health_pb2.HealthCheckResponse.SERVING if self._serving and not self.recording_problem else \
             health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def _check_recording(self) -> None:
+        """Read the recorder's state (off the loop: the passive tap asks its recorder process) and,
+        when it changed, log it and set the tap's health."""
+        stats = await asyncio.get_running_loop().run_in_executor(None, self.stats)
+        problem = recording_problem(stats)
+        if problem == self.recording_problem:
+            return
+        if problem:
+            log.error("tap health NOT_SERVING: %s (traffic is unaffected; failed records so far: %d)", problem,
+                      stats.get("record_failures", 0))
+        else:
+            log.warning("tap health SERVING again: the capture store takes writes (failed records so far: %d)",
+                        stats.get("record_failures", 0))
+        self.recording_problem = problem
+        if self._health is not None and self._serving:
+            await self._health.set(TAP_HEALTH_SERVICE, self._health_status())
+
+    async def _watch_recording(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.health_interval)
+            try:
+                await self._check_recording()
+            except Exception:  # the watch must outlive any one failed look
+                log.exception("checking the recorder's health failed")
 
     async def _log_stats(self) -> None:
         last = None
@@ -263,6 +307,15 @@ class Tap:
             if line != last:
                 log.info("tap stats: %s", line)
                 last = line
+
+
+def recording_problem(stats: dict) -> str:
+    """Why the tap is not recording, from its stats ("" when it is)."""
+    if stats.get("recorder_dead"):
+        return stats["recorder_dead"]
+    if stats.get("store_failing"):
+        return f"capture store writes fail: {stats.get('last_error') or 'unknown error'}"
+    return ""
 
 
 def _admin_address(listen: str) -> str:
