@@ -13,6 +13,7 @@ identity in eval mode, so they never change what a deployed head computes).
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Callable
 
 import torch
@@ -114,21 +115,35 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-def resnet18(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0,
-             width: int = 64) -> SplitNet:
-    """ResNet-18 with the CIFAR stem (3x3 conv, no max-pool); split at the stem and each stage."""
+def resnet(blocks: tuple[int, ...], num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0,
+           width: int = 64) -> SplitNet:
+    """ResNet of basic blocks, ``blocks[i]`` in stage ``i`` (channels ``width`` x 1, 2, 4, 8), with the
+    CIFAR stem (3x3 conv, no max-pool); split at the stem and each stage."""
     c = input_shape[0]
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         stem=nn.Sequential(nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()))
     cin = width
-    for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
+    for i, (n, mult, stride) in enumerate(zip(blocks, (1, 2, 4, 8), (1, 2, 2, 2)), start=1):
         cout = width * mult
-        layers[f"layer{i}"] = nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1))
+        layers[f"layer{i}"] = nn.Sequential(*(BasicBlock(cin if j == 0 else cout, cout, stride if j == 0 else 1)
+                                              for j in range(n)))
         cin = cout
     layers["avgpool"] = nn.AdaptiveAvgPool2d(1)
     layers["flatten"] = nn.Flatten()
     _fc_block(layers, "fc", cin, num_classes, dropout)
-    return SplitNet(layers, ["stem", "layer1", "layer2", "layer3", "layer4"])
+    return SplitNet(layers, ["stem"] + [f"layer{i}" for i in range(1, len(blocks) + 1)])
+
+
+def resnet18(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0,
+             width: int = 64) -> SplitNet:
+    """ResNet-18 (two basic blocks a stage) with the CIFAR stem; split at the stem and each stage."""
+    return resnet((2, 2, 2, 2), num_classes, input_shape, dropout, width)
+
+
+def resnet10(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0,
+             width: int = 64) -> SplitNet:
+    """ResNet-10 (one basic block a stage): the shallower depth of the architecture study."""
+    return resnet((1, 1, 1, 1), num_classes, input_shape, dropout, width)
 
 
 def mia_cnn(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0,
@@ -186,6 +201,10 @@ BUILDERS: dict[str, Callable[..., SplitNet]] = {
     "lenet5": lenet5,
     "he-cifar-cnn": he_cifar_cnn,
     "resnet18": resnet18,
+    "resnet10": resnet10,
+    # the CPU-scale ResNets of the architecture study (parameters matched to models.transformers')
+    "resnet10-w16": partial(resnet10, width=16),
+    "resnet18-w16": partial(resnet18, width=16),
     "mia-cnn": mia_cnn,
     "aia-lenet": aia_lenet,
     "face-mlp": face_mlp,
@@ -196,6 +215,9 @@ DEFAULT_INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
     "lenet5": (1, 28, 28),
     "he-cifar-cnn": (3, 32, 32),
     "resnet18": (3, 32, 32),
+    "resnet10": (3, 32, 32),
+    "resnet10-w16": (3, 32, 32),
+    "resnet18-w16": (3, 32, 32),
     "mia-cnn": (3, 32, 32),
     "aia-lenet": (3, 32, 32),
     "face-mlp": (1, 112, 92),

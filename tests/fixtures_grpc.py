@@ -40,9 +40,11 @@ def running_server(artifacts, **overrides):
         server.stop(grace=0.5)
 
 
-def save_untrained(store: ArtifactStore, model_id: str, arch: str, seed: int = 0) -> torch.nn.Module:
-    """Store an untrained (seeded) model with the manifest fields deployment needs."""
-    dataset, input_shape = MODELS[arch]
+def save_untrained(store: ArtifactStore, model_id: str, arch: str, seed: int = 0,
+                   dataset: tuple[str, tuple[int, int, int]] | None = None) -> torch.nn.Module:
+    """Store an untrained (seeded) model with the manifest fields deployment needs; ``dataset``:
+    ``(name, input_shape)`` for an architecture that ``MODELS`` does not list."""
+    dataset, input_shape = dataset or MODELS[arch]
     torch.manual_seed(seed)
     model = build_model(arch, 10, input_shape).eval()
     manifest = {"arch": arch, "dataset": dataset, "num_classes": 10, "input_shape": list(input_shape),
