@@ -186,6 +186,17 @@ class CloudClient:
             details += self.tls.hint(details)
         return CloudError(exc.code(), details, request_id)
 
+    def unreachable(self, timeout: float = 5.0) -> str:
+        """Why the cloud cannot be reached now, with the TLS hint (:meth:`error`), or "" when it
+        answers: a health check that does not wait for the connection (a stream does, so its
+        requests only time out; see ``edge_client.stream``)."""
+        try:
+            self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return f"the cloud at {self.address} is unreachable: {self.error(exc, '').message}"
+        return ""
+
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The server's health status name (``SERVING``, ``NOT_SERVING`` ...)."""
         reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service),

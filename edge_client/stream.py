@@ -22,7 +22,11 @@ experiment ended every time (5 of 5). So:
   stream broke;
 - the channel reconnects within 0.1-2 s (``client.channel_options``): with gRPC's default backoff
   (up to 120 s) an edge behind a relay tap whose cloud was restarting missed its deadlines;
-- the next ``submit`` opens a new call: a long run goes on once the cloud is back.
+- the next ``submit`` opens a new call: a long run goes on once the cloud is back;
+- a request that expires on a call that has delivered no reply asks once per call why (a health
+  check that does not wait for the connection, :meth:`CloudClient.unreachable`): waiting for the
+  connection hides a TLS misconfiguration or a cloud that is down, which its message then names
+  (with the ``SPLITLAB_TLS_*`` hint of :mod:`protos.tls`).
 
 Measured (cloud SIGKILLed 1 s into a stream of 2,154 batch-1 requests, back 1.5 s later): direct
 and through the passive tap, every request answered; through the proxy tap (which answers
@@ -77,6 +81,7 @@ class _Call:
     replies: int = 0
     broken: bool = False
     cancelled_because: str = ""   # set when the watchdog gave up on the call
+    unreachable: str | None = None  # why the cloud could not be reached, asked once when a request expired unanswered
     grpc_call: object = None
     reader: threading.Thread | None = None
 
@@ -182,7 +187,10 @@ class InferStream:
                     entry.future.set_exception(exc)
             code, why, broke = grpc.StatusCode.CANCELLED, "the stream ended", False
         except grpc.RpcError as exc:
-            code, why, broke = exc.code(), f"the stream to {self._client.address} broke ({exc.details() or exc.code().name})", True
+            details = exc.details() or exc.code().name
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                details += self._client.tls.hint(details)
+            code, why, broke = exc.code(), f"the stream to {self._client.address} broke ({details})", True
             if call.cancelled_because:
                 code, why = grpc.StatusCode.DEADLINE_EXCEEDED, call.cancelled_because
         self._break(call, code, why, broke)
@@ -260,13 +268,19 @@ class InferStream:
                     wait = self._deadlines[0][0] - now if self._deadlines else None
                     self._lock.wait(wait)
                     continue
+            for _, _, call in expired:
+                if not call.replies and call.unreachable is None:
+                    call.unreachable = self._client.unreachable()  # e.g. TLS misconfigured: the stream only waits
             for call in stuck:  # nothing came back since these were sent: presume the call dead
+                if call.unreachable:
+                    call.cancelled_because += f" ({call.unreachable})"
                 call.grpc_call.cancel()
             for rid, entry, call in expired:
                 waited = entry.deadline - entry.sent
+                why = f" ({call.unreachable})" if call.unreachable else ""
                 entry.future.set_exception(CloudError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no reply within {waited:g} s on the stream to {self._client.address}", rid))
+                    f"no reply within {waited:g} s on the stream to {self._client.address}{why}", rid))
 
     # --- lifecycle -----------------------------------------------------------------------------
     def close(self, wait: bool = True) -> None:
@@ -283,6 +297,8 @@ class InferStream:
         with self._lock:
             self._lock.wait_for(lambda: not self._retrying and not any(c.pending for c in self._live))
         for call in self._half_close():
+            if call.unreachable:  # never connected: no cloud will end it
+                call.grpc_call.cancel()
             call.reader.join(5.0)
             if call.reader.is_alive():  # answered everything but never ended the call
                 call.grpc_call.cancel()

@@ -120,17 +120,41 @@ class TlsConfig:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.client and self.server_name else []
 
     def hint(self, details: str) -> str:
-        """What to add to an UNAVAILABLE error's ``details`` when a TLS mismatch is the likely cause:
-        gRPC reports a handshake the server refused only as "Socket closed"."""
+        """What to add to an UNAVAILABLE error's ``details`` when a TLS misconfiguration is the likely
+        cause, naming the flags and variables to fix ("" when the details show none).
+
+        What gRPC reports for each (measured with ``make certs`` certificates, grpcio 1.85):
+
+        * plaintext client, TLS server: only "Socket closed" (the server drops the connection);
+        * TLS client, plaintext server: "Tls handshake failed ... WRONG_VERSION_NUMBER";
+        * the server's certificate not signed by --tls-ca: "... CERTIFICATE_VERIFY_FAILED";
+        * the certificate does not carry the name dialled: "Hostname Verification Check failed";
+        * mutual TLS refused (no client certificate, or one of another CA): "Socket closed".
+        """
+        def flags(*names: str) -> str:
+            return " / ".join(FLAGS[n][0] for n in names) + " (" + ", ".join(FLAGS[n][1] for n in names) + ")"
+
+        if "WRONG_VERSION_NUMBER" in details:
+            return (f" (TLS is on here ({flags('ca')}) but the server does not speak TLS: turn it on at the "
+                    f"server with {flags('cert', 'key')}, or leave {FLAGS['ca'][1]} and the other "
+                    "SPLITLAB_TLS_* variables of the client unset for plaintext)")
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            where = f"the CA in {self.ca}" if self.ca else "the system's trust roots (no --tls-ca given)"
+            return (f" (the server's certificate is not signed by {where}: give the CA that signed it with "
+                    f"{flags('ca')}; make certs writes it to certs/ca.pem)")
+        if "Hostname Verification" in details or "No match found for server name" in details:
+            return (f" (the server's certificate does not carry the name dialled: give a name it does with "
+                    f"{flags('server_name')})")
         if "Socket closed" not in details and "andshake" not in details:
             return ""
         if not self.client:
-            return (f" (if the server speaks TLS, give its CA: {FLAGS['ca'][0]} or {FLAGS['ca'][1]})")
+            return (f" (the connection was closed at once: if the server speaks TLS, turn TLS on here with its CA: "
+                    f"{flags('ca')})")
         if not self.client_cert:
             return (f" (TLS handshake refused: if the server requires mutual TLS, give a client certificate: "
-                    f"{FLAGS['client_cert'][0]}/{FLAGS['client_key'][0]} or {FLAGS['client_cert'][1]}/"
-                    f"{FLAGS['client_key'][1]})")
-        return " (TLS handshake refused: is the client certificate signed by the CA the server trusts?)"
+                    f"{flags('client_cert', 'client_key')})")
+        return (f" (TLS handshake refused: is the client certificate ({FLAGS['client_cert'][0]}, "
+                f"{FLAGS['client_cert'][1]}) signed by the CA the server trusts ({FLAGS['client_ca'][0]} there)?)")
 
     def check(self) -> "TlsConfig":
         """Read every given file now, so a wrong path fails at start-up with its flag's name."""
