@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacker.attacks.attribute.evaluation import attacker_and_victims, attribute_metrics
 from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
@@ -77,40 +78,6 @@ def trials(config: dict) -> list[Trial]:
                                        "aux_limit": config.get("aux_limit"), "victims": config.get("victims")})
                for attribute in config["attributes"] for obs in observations]
     return expand(NAME, [(target["arch"], spec)], attacks, seeds_of(config))
-
-
-def attacker_and_victims(dataset, seed: int, attribute: str, aux_limit: int | None, victims: int | None):
-    """The attacker's labelled images (privacy split: shadow and aux parts) and the victims (test split)."""
-    from attacker.attacks.attribute import attribute_labels
-    from models.splits import privacy_splits
-
-    parts = privacy_splits(len(dataset.x_train), seed)
-    owned = np.concatenate([parts["shadow_train"], parts["shadow_out"], parts["aux"]])
-    idx, labels = attribute_labels(dataset, "train", attribute)
-    keep = np.isin(idx, owned)
-    aux_idx, aux_y = idx[keep], labels[keep]
-    if aux_limit:
-        pick = np.sort(np.random.default_rng(seed).permutation(len(aux_idx))[:aux_limit])
-        aux_idx, aux_y = aux_idx[pick], aux_y[pick]
-    vic_idx, vic_y = attribute_labels(dataset, "test", attribute)
-    if victims:
-        pick = np.sort(np.random.default_rng(seed + 1).permutation(len(vic_idx))[:victims])
-        vic_idx, vic_y = vic_idx[pick], vic_y[pick]
-    return aux_idx, aux_y, vic_idx, vic_y
-
-
-def attribute_metrics(pred, truth, aux_labels, classes: list[str]) -> dict:
-    """Accuracy, macro-F1 and per-class F1 of ``pred``, and of the attacker's majority class (baseline)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    labels = list(range(len(classes)))
-    majority = np.full_like(truth, np.bincount(aux_labels, minlength=len(classes)).argmax())
-    per_class = f1_score(truth, pred, labels=labels, average=None, zero_division=0)
-    return {"accuracy": float(accuracy_score(truth, pred)),
-            "macro_f1": float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)),
-            "baseline_accuracy": float(accuracy_score(truth, majority)),
-            "baseline_macro_f1": float(f1_score(truth, majority, labels=labels, average="macro", zero_division=0)),
-            **{f"f1_{i}": float(v) for i, v in enumerate(per_class)}, "victims": int(len(truth))}
 
 
 def run_trial(trial: Trial, ctx: Context) -> dict:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attacker.attacks.inversion.face_metrics import everyone_face, face_metrics, mean_faces
 from benchmarks.harness.report import fmt, group, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
@@ -93,36 +94,11 @@ def trials(config: dict) -> list[Trial]:
     return expand(NAME, [(target["arch"], spec)], attacks, seeds_of(config))
 
 
-def face_metrics(images: np.ndarray, people: np.ndarray, means: np.ndarray, evaluator, target=None) -> dict:
-    """SSIM/PSNR of each image (N, 1, H, W) to its person's mean face and to the others', SSIM
-    identification, and the evaluator's (and the target's) top-1 / top-5."""
-    import torch
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    ssim = np.array([[structural_similarity(img[0], m[0], data_range=1.0) for m in means] for img in images])
-    psnr = np.array([[peak_signal_noise_ratio(m[0], img[0], data_range=1.0) for m in means] for img in images])
-    rows = np.arange(len(images))
-    others = np.ones_like(ssim, dtype=bool)
-    others[rows, people] = False
-    with torch.no_grad():
-        logits = evaluator(torch.from_numpy(images).float())
-        top5 = logits.topk(5, dim=1).indices.numpy()
-        target_top1 = None if target is None else target(torch.from_numpy(images).float()).argmax(1).numpy()
-    out = {"eval_top1": float((top5[:, 0] == people).mean()),
-           "eval_top5": float((top5 == people[:, None]).any(1).mean()),
-           "ssim_own": float(ssim[rows, people].mean()), "ssim_others": float(ssim[others].mean()),
-           "psnr_own": float(psnr[rows, people].mean()), "psnr_others": float(psnr[others].mean()),
-           "ssim_identified": float((ssim.argmax(1) == people).mean())}
-    if target_top1 is not None:
-        out["target_top1"] = float((target_top1 == people).mean())
-    return out
-
-
 def run_trial(trial: Trial, ctx: Context) -> dict:
     from attacker.attacks.knowledge import KnowledgeSource, knowledge_for
     from attacker.attacks.membership.knowledge import model_query
     from attacker.attacks.registry import create
-    from models import ArtifactStore, load_dataset, to_tensor
+    from models import ArtifactStore, load_dataset
     from models.reference import obtain_model
     from models.split import split_model
     from models.training import TrainOptions
@@ -151,10 +127,9 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     t0 = time.perf_counter()
     images = attack.fit(knowledge).reconstruct(people).numpy()
     seconds = time.perf_counter() - t0
-    x = to_tensor(dataset.x_train).numpy()
-    means = np.stack([x[dataset.y_train == c].mean(0) for c in range(dataset.num_classes)])
+    means = mean_faces(dataset)
     metrics = face_metrics(images, people, means, evaluator.eval(), model.eval())
-    blank = np.repeat(x.mean(0, keepdims=True), len(people), 0)
+    blank = np.repeat(everyone_face(dataset), len(people), 0)
     metrics.update({f"baseline_{k}": v for k, v in face_metrics(blank, people, means, evaluator).items()})
     path = Path(ctx.artifacts) / "benchmarks" / NAME / f"{trial.trial_id}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,14 @@ attribute/outputs   :class:`OutputAttributeAttack`  :class:`OutputKnowledge`: th
 =================== ============================== ====================================================
 
 Both: ``create(key, **params).fit(knowledge).infer(observations) -> labels``. The attributes as
-classes: :mod:`.attributes`.
+classes: :mod:`.attributes`; the attacker's images, the victims and the scores: :mod:`.evaluation`.
 """
 
 from .attack import AttributeAttack, AttributeParams, FeatureAttributeAttack, OutputAttributeAttack
 from .attributes import ATTRIBUTES, attribute_classes, attribute_labels
+from .evaluation import attacker_and_victims, attacker_indices, attribute_metrics
 from .knowledge import AttributeKnowledge, FeatureKnowledge, OutputKnowledge
 
 __all__ = ["ATTRIBUTES", "AttributeAttack", "AttributeKnowledge", "AttributeParams", "FeatureAttributeAttack",
-           "FeatureKnowledge", "OutputAttributeAttack", "OutputKnowledge", "attribute_classes", "attribute_labels"]
+           "FeatureKnowledge", "OutputAttributeAttack", "OutputKnowledge", "attacker_and_victims", "attacker_indices",
+           "attribute_classes", "attribute_labels", "attribute_metrics"]
