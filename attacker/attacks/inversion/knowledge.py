@@ -16,7 +16,8 @@ Each builds itself from a :class:`~attacker.attacks.knowledge.KnowledgeSource` w
   head run locally, see :mod:`attacker.attacks.queries`) and auxiliary images: the target's
   training set, a disjoint set of the same distribution, or random noise (:func:`noise_images`).
 * :class:`QueryFreeKnowledge` - the frozen tail, labelled auxiliary images, the feature shape and
-  the deployment's architecture name and split (to build a same-structure shadow head); no queries.
+  the deployment's architecture name, split and ``dp_compatible`` (to build a same-structure shadow
+  head); no queries.
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ class QueryFreeKnowledge(Knowledge):
     split: str | None = None
     num_classes: int | None = None
     origin: str = "a tail module"
+    dp_compatible: bool = False  # the target was trained with DP-SGD: its head has GroupNorm for BatchNorm
 
     def __post_init__(self) -> None:
         if not isinstance(self.tail, nn.Module):
@@ -321,6 +323,7 @@ class QueryFreeKnowledge(Knowledge):
             where = "artifact store"
         return cls(tail, source.aux_images, source.aux_labels, tuple(record["input_shape"]),
                    tuple(record["feature_shape"]), record.get("arch"), record.get("split"), record.get("num_classes"),
+                   dp_compatible=bool(record.get("dp_compatible", False)),
                    origin=f"the tail ({where}) and {_aux_words(source, labelled=True)}")
 
 

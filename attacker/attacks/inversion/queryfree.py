@@ -8,7 +8,9 @@ testbed's one training loop, :func:`models.fit.fit`), then runs the white-box rM
 Shadow structures (:func:`shadow_head`):
 
 * ``same`` - the target's head architecture (from the deployment record), freshly initialised
-  with the attack's own ``seed`` (not the target's training seed);
+  with the attack's own ``seed`` (not the target's training seed); for a target trained with
+  DP-SGD (``dp_compatible`` in the record) its DP variant, GroupNorm where the zoo has BatchNorm,
+  as the target's head is built;
 * ``different`` - He et al.'s Table 5 structures, and one of ours for ReLU32:
 
 | target | split | target head | different shadow |
@@ -62,8 +64,9 @@ DIFFERENT_SHADOWS: dict[tuple[str, str], Callable[[int], nn.Module]] = {
 
 
 def shadow_head(arch: str | None, split: str | None, structure: str, input_shape, num_classes: int | None,
-                seed: int = 0) -> nn.Module:
-    """A freshly initialised shadow head of the given ``structure`` ('same' or 'different')."""
+                seed: int = 0, dp_compatible: bool = False) -> nn.Module:
+    """A freshly initialised shadow head of the given ``structure`` ('same' or 'different');
+    ``dp_compatible``: the 'same' head as a DP-SGD-trained target's (GroupNorm for BatchNorm)."""
     torch.manual_seed(seed)
     if structure == "same":
         if not arch or not split:
@@ -71,7 +74,7 @@ def shadow_head(arch: str | None, split: str | None, structure: str, input_shape
         from models.split import split_model
         from models.zoo import build_model
 
-        model = build_model(arch, num_classes or 10, tuple(input_shape))
+        model = build_model(arch, num_classes or 10, tuple(input_shape), dp_compatible=dp_compatible)
         return split_model(model, split)[0]
     builder = DIFFERENT_SHADOWS.get((arch or "", split or ""))
     if builder is None:
@@ -136,7 +139,7 @@ class QueryFreeAttack(InversionAttack):
         p = self.params
         started = time.perf_counter()
         shadow = shadow_head(knowledge.arch, knowledge.split, p.shadow, knowledge.input_shape,
-                             knowledge.num_classes, p.seed)
+                             knowledge.num_classes, p.seed, knowledge.dp_compatible)
         got = probe_feature_shape(shadow, knowledge.input_shape)
         if got != tuple(knowledge.feature_shape):
             raise AttackParameterError(f"the {p.shadow} shadow head outputs {got}, the tail takes {knowledge.feature_shape}")

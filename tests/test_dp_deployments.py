@@ -1,7 +1,9 @@
-"""The edge's ``--runtime torch`` on models with normalisation layers: a DP-SGD-trained mia-cnn
-(stored as its GroupNorm variant, ``dp_compatible``) deployed, served and run by the edge with
-both runtimes gives the full model's predictions, with and without feature defences; a plain
-(BatchNorm) mia-cnn too; heads it cannot rebuild are refused saying why (issue 16)."""
+"""Deployments of a DP-SGD-trained mia-cnn (stored as its GroupNorm variant, ``dp_compatible``).
+
+The edge's ``--runtime torch``: deployed, served and run by the edge with both runtimes, it gives
+the full model's predictions, with and without feature defences; a plain (BatchNorm) mia-cnn
+too; heads it cannot rebuild are refused saying why. The query-free attacker's ``same`` shadow
+head is built like the target's head, GroupNorm included (issue 16)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from edge_client.client import CloudClient
 from edge_client.edge import Edge, preprocess
 from edge_client.heads import HeadCache
 from edge_client.runtime import make_runner
+from attacker.attacks.inversion.knowledge import QueryFreeKnowledge
+from attacker.attacks.inversion.queryfree import QueryFreeAttack, QueryFreeParams
 from fixtures_grpc import running_server
 from models import ArtifactStore, SplitlabError, load_dataset, to_tensor
 from models.deploy import deploy, export_onnx
@@ -102,3 +106,18 @@ def test_a_head_exported_with_folded_normalisation_is_refused_saying_redeploy(st
         rec["feature_shape"])
     with pytest.raises(SplitlabError, match="folded into other constants: deploy it again"):
         make_runner(folded, rec, runtime="torch")
+
+
+def test_the_queryfree_same_shadow_of_a_dp_target_is_built_like_its_head(store, digits):
+    x, y = to_tensor(digits.x_train[:64]), torch.as_tensor(digits.y_train[:64])
+    knowledge = QueryFreeKnowledge.from_store(store, "mia-dp--relu2", x, y)
+    assert knowledge.dp_compatible is True
+    attack = QueryFreeAttack(QueryFreeParams(epochs=1, batch_size=32, progress=False)).fit(knowledge)
+    target, _ = split_model(load_model(store, "mia-dp")[0], "relu2")
+    assert [type(m) for m in attack.shadow.modules()][1:] == [type(m) for m in target.modules()][1:]
+    assert isinstance(attack.shadow.bn1, torch.nn.GroupNorm)
+    attack.shadow.load_state_dict(target.state_dict(), strict=True)  # the same parameters, named alike
+    with torch.no_grad():
+        assert torch.equal(attack.shadow.eval()(x), target(x))
+    plain = QueryFreeKnowledge.from_store(store, "mia-plain--relu2", x, y)
+    assert plain.dp_compatible is False
