@@ -14,7 +14,7 @@ import torch
 from .architectures import SplitNet
 from .errors import SplitlabError
 
-FAMILIES = ("architectures", "transformers")  # modules of this package, in listing order
+FAMILIES = ("architectures", "transformers", "morph")  # modules of this package, in listing order
 
 
 def _merged() -> tuple[dict, dict]:
