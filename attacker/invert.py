@@ -8,6 +8,14 @@ Methods and what each needs (the knowledge its threat model allows, nothing more
              head in --artifacts (benchmarks, tests)
   queryfree  the tail from --artifacts (the cloud attacks) + labelled auxiliary images (--aux-data)
 
+Adaptive (--adaptive): the attacker knows the deployment's feature defence (its spec in
+deployment.json: noise, dropout, quantisation, an extra non-linear layer) and attacks through it:
+whitebox optimises through the defence (noise as an expectation over draws, dropout's mask read off
+the captured zeros, rounding straight-through); queryfree inverts through its shadow head followed
+by the defence (--param train_through_defence=true trains the shadow head through it too); blackbox
+queries through the deployed edge return defended features already, so its inverse network trains
+on them either way. Without it the attack is naive: it ignores the defence.
+
 Captures: --capture ID (repeatable), --last N (default 8), or --follow (attack live traffic as it
 arrives: the store is polled every --poll seconds; stop with Ctrl-C, --max-batches or --duration).
 Attack parameters: --param NAME=VALUE (repeatable; see the attack's docstring, e.g. iterations=500,
@@ -63,6 +71,9 @@ def add_arguments(p) -> None:
                         "default random-noise for noise, else other)")
     p.add_argument("--artifacts", help="artifact store (the model provider's / cloud's knowledge; offline queries)")
     p.add_argument("--edge", help="edge REST base URL for live black-box queries, e.g. http://edge:8080")
+    p.add_argument("--adaptive", action="store_true",
+                   help="the attacker knows the deployment's feature defence (deployment.json) and attacks through "
+                        "it (see above); default: naive")
     p.add_argument("--head-from", choices=HEAD_SOURCES, default="auto",
                    help="white-box head source: a captured GetHead payload or the artifact store (default: "
                         "capture if one was seen, else artifacts)")
@@ -155,7 +166,7 @@ def knowledge_source(args, store: CaptureStore, progress: bool):
 
     return KnowledgeSource(args.deployment, artifacts=_artifacts(args), captures=store, edge_url=args.edge,
                            head_from=args.head_from, query_timeout=args.query_timeout, threads=args.threads,
-                           progress=progress)
+                           progress=progress, adaptive=args.adaptive)
 
 
 def add_aux(source, args, aux: str) -> None:

@@ -38,6 +38,9 @@ def test_configs_expand_to_every_target_defence_and_seed():
     (lambda c: c["whitebox"].update(adaptive=True), "set by the suite"),
     (lambda c: c["whitebox"].update(eot_samples=0), "eot_samples"),
     (lambda c: c["blackbox"].update(aux=1), "aux"),
+    (lambda c: c["queryfree"].update(aux=True), "queryfree: 'aux'"),
+    (lambda c: c["queryfree"].update(shadow="bigger"), "shadow"),
+    (lambda c: c["queryfree"].update(whitebox={"adaptive": True}), "whitebox.adaptive"),
     (lambda c: c.update(evaluation={"images": 0}), "'evaluation'"),
 ])
 def test_bad_configs_fail_before_any_trial_runs(change, message):
@@ -62,6 +65,7 @@ def test_cut_down_quick_suite_runs_end_to_end(tmp_path):
     config["targets"][0]["splits"] = ["conv1"]
     config["whitebox"] = {"iterations": 60, "eot_samples": 2}
     config["blackbox"] = {"epochs": 1, "aux": 64}
+    config["queryfree"] = {"epochs": 1, "aux": 64, "whitebox": {"iterations": 20}}
     path = tmp_path / "defences.yaml"
     path.write_text(yaml.safe_dump(config))
     assert benchmarks_main(["run", str(path), "--artifacts", str(tmp_path / "art"), "--no-progress",
@@ -75,6 +79,9 @@ def test_cut_down_quick_suite_runs_end_to_end(tmp_path):
     assert none["whitebox_adaptive@conv1_psnr"] == pytest.approx(none["whitebox_naive@conv1_psnr"])
     assert drop["whitebox_naive@conv1_psnr"] < none["whitebox_naive@conv1_psnr"] - 5
     assert drop["whitebox_adaptive@conv1_psnr"] > drop["whitebox_naive@conv1_psnr"] + 5
+    # query-free: an undefended deployment's adaptive figures are the naive ones; dropout's are its own
+    assert none["queryfree_adaptive@conv1_psnr"] == none["queryfree_naive@conv1_psnr"] > 0
+    assert drop["queryfree_adaptive@conv1_psnr"] != drop["queryfree_naive@conv1_psnr"]
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "## lenet5-digits" in report and "WB conv1 PSNR adaptive" in report
+    assert "## lenet5-digits" in report and "WB conv1 PSNR adaptive" in report and "QF conv1 PSNR naive" in report
     assert (tmp_path / "out" / "defences-lenet5-digits.png").is_file()

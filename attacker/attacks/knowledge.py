@@ -44,6 +44,11 @@ class KnowledgeSource:
     read back in ``captures``), else through ``head`` or the artifact store's ``head.onnx``.
     ``head_from`` picks where the white-box head comes from (``auto``: a head in hand, else the one
     the tap captured, else the artifact store).
+
+    ``adaptive``: the attacker knows the deployment's feature defence (its spec in the record) and
+    attacks through it (:mod:`attacker.attacks.inversion.known_defence`); ``clean_queries``: the
+    query function or head in hand returns undefended features (the model provider's own head), so
+    an adaptive black-box attacker applies the defence to them itself.
     """
 
     deployment_id: str | None = None
@@ -63,12 +68,17 @@ class KnowledgeSource:
     query_timeout: float = 10.0
     threads: int = 1
     progress: bool = False
+    adaptive: bool = False
+    clean_queries: bool = False
 
     def __post_init__(self) -> None:
         if self.head_from not in HEAD_SOURCES:
             raise KnowledgeError(f"head_from must be one of {', '.join(HEAD_SOURCES)}, got {self.head_from!r}")
         if self.query is not None and not callable(self.query):
             raise KnowledgeError(f"query must be callable (images -> features), got {type(self.query).__name__}")
+        for name in ("adaptive", "clean_queries"):
+            if not isinstance(getattr(self, name), bool):
+                raise KnowledgeError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def require_deployment(self, what: str) -> str:
         if not self.deployment_id:

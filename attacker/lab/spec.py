@@ -116,6 +116,8 @@ class AttackSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict,
                                    description="parameters of the attack (e.g. iterations), as the "
                                                "attack declares them")
+    adaptive: bool = Field(False, description="the attacker knows the deployment's feature defence (its spec in "
+                                              "deployment.json) and attacks through it; false: naive")
 
     @field_validator("aux_images", mode="after")
     @classmethod
@@ -157,8 +159,9 @@ class AttackSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        """Short name used in result rows and image names, e.g. ``blackbox-same-distribution``."""
-        parts = [self.name] + [p for p in (self.aux, self.shadow) if p]
+        """Short name used in result rows and image names, e.g. ``blackbox-same-distribution``
+        (``-adaptive`` appended for an adaptive attacker)."""
+        parts = [self.name] + [p for p in (self.aux, self.shadow, self.adaptive and "adaptive") if p]
         return "-".join(parts)
 
 

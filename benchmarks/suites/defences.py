@@ -5,11 +5,15 @@
 Why one suite: a defence is a trade. What it costs (task accuracy, training time) and what it buys
 (membership AUC and TPR at 1% FPR; the PSNR/SSIM of inverted features) only mean something side by
 side, on the same target, seed and images; and a defence only counts against an attacker who knows
-it. So each inversion runs twice: *naive* (the attacker ignores the defence: white-box rMLE through
-the defence's deterministic part, a black-box inverse network trained on clean features of its
-auxiliary images) and *adaptive* (white-box through the defence as its spec says,
-``WhiteBoxParams.adaptive``; the inverse network trained on features queried through the defended
-head, which is what queries through a defended edge return).
+it. So each inversion (white-box, black-box and query-free, He et al.'s three settings) runs twice,
+the choice being the attacker's knowledge (``KnowledgeSource.adaptive``, as with ``attacker invert
+--adaptive`` and the lab's ``"adaptive": true``; :mod:`attacker.attacks.inversion.known_defence`):
+*naive* (the attacker ignores the defence: white-box rMLE through the defence's deterministic part;
+a black-box inverse network trained on clean features of its auxiliary images; a query-free shadow
+head trained through the tail alone) and *adaptive* (it knows the spec from the deployment record:
+white-box through the defence; the inverse network trained on those clean features with the
+defence drawn afresh per batch; the shadow head, trained through the tail as the tail was, inverted
+through itself followed by the defence).
 
 A trial is (target, defence, seed), all attacks in one trial (they share the trained target):
 
@@ -24,11 +28,14 @@ A trial is (target, defence, seed), all attacks in one trial (they share the tra
 
 Task accuracy is the deployed pipeline's (head, feature defence, tail) at the first split point on
 ``accuracy_images`` test images drawn by the seed, the same images for every defence (the attacked
-images and the black-box attacker's auxiliary images are further test images of that draw). Where a defence has
-nothing random or rounded (none, deeper, nonlinear, training-time ones), the adaptive attacks are
-the naive ones and their figures are copied, not recomputed.
+images and the black-box attacker's auxiliary images are further test images of that draw; the
+query-free attacker's labelled auxiliary images are training images in an order drawn by the seed:
+the cloud holds the tail and the data it was trained on). Where the adaptive attacker knows nothing
+the naive one does not use, its figures are copied, not recomputed: for white-box where a defence
+has nothing random or rounded (none, deeper, nonlinear, training-time ones; the white-box head
+holds the deterministic layers already), for black-box and query-free where it adds no layer (none,
+deeper, training-time ones).
 
-Query-free inversion is not run here (its shadow head through a defended tail is future work).
 Config::
 
     suite: defences
@@ -44,6 +51,7 @@ Config::
       - {name: membership/threshold, label: threshold, params: {metric: loss}}
     whitebox: {iterations: 300, eot_samples: 4}     # WhiteBoxParams (adaptive is set per run)
     blackbox: {epochs: 10, aux: 1000}               # BlackBoxParams, plus the auxiliary image count
+    queryfree: {epochs: 10, aux: 1000, whitebox: {iterations: 300, eot_samples: 4}}  # QueryFreeParams, aux count
     notes: benchmarks/results/defences/notes.md     # optional: included at the end of the report
 """
 
@@ -52,7 +60,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -62,7 +70,7 @@ TARGET_KEYS = {"name", "arch", "dataset", "options", "splits"}
 DEFENCE_KEYS = {"name", "training", "feature"}
 ATTACK_KEYS = {"name", "label", "params", "aux_limit"}
 EVALUATION = {"members": 200, "non_members": 200, "images": 16, "accuracy_images": 1000}
-INVERSIONS = {"whitebox": "WB", "blackbox": "BB"}  # attack -> its short name in the report
+INVERSIONS = {"whitebox": "WB", "blackbox": "BB", "queryfree": "QF"}  # attack -> its short name in the report
 MODES = ("naive", "adaptive")
 
 
@@ -83,18 +91,22 @@ def _membership_attacks(config: dict) -> list[dict]:
 
 def _inversion_params(config: dict) -> dict:
     from attacker.attacks.inversion.blackbox import BlackBoxParams
+    from attacker.attacks.inversion.queryfree import QueryFreeParams
     from attacker.attacks.inversion.whitebox import WhiteBoxParams
 
     wb = dict(config.get("whitebox") or {})
     bb = dict(config.get("blackbox") or {})
-    aux = bb.pop("aux", 1000)
+    qf = dict(config.get("queryfree") or {})
+    counts = {name: block.pop("aux", 1000) for name, block in (("blackbox", bb), ("queryfree", qf))}
     if "adaptive" in wb:
         raise SplitlabError("whitebox: 'adaptive' is set by the suite (every inversion runs naive and adaptive)")
-    if not isinstance(aux, int) or isinstance(aux, bool) or aux < 2:
-        raise SplitlabError(f"blackbox: 'aux' must be an image count of at least 2, got {aux!r}")
+    for name, aux in counts.items():
+        if not isinstance(aux, int) or isinstance(aux, bool) or aux < 2:
+            raise SplitlabError(f"{name}: 'aux' must be an image count of at least 2, got {aux!r}")
     WhiteBoxParams.from_dict({**wb, "progress": False})
     BlackBoxParams.from_dict({**bb, "progress": False})
-    return {"whitebox": wb, "blackbox": bb, "aux": aux}
+    QueryFreeParams.from_dict({**qf, "progress": False})
+    return {"whitebox": wb, "blackbox": bb, "queryfree": qf, "aux": counts["blackbox"], "qf_aux": counts["queryfree"]}
 
 
 def trials(config: dict) -> list[Trial]:
@@ -143,6 +155,7 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     from attacker.membership_metrics import membership_metrics
     from benchmarks.suites.targets import obtain_target
     from models import ArtifactStore, to_tensor
+    from attacker.attacks.inversion.known_defence import has_layers
     from models.defences import features as fdef
     from models.split import split_model
 
@@ -193,43 +206,62 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     # inversion at each split point, naive and adaptive
     images = to_tensor(dataset.x_test[order[:ev["images"]]])
     aux = to_tensor(dataset.x_test[order[ev["images"]:ev["images"] + t["aux"]]])
+    labelled = np.random.default_rng(trial.seed + 1).permutation(len(dataset.x_train))[:t["qf_aux"]]
+    labelled = (to_tensor(dataset.x_train[labelled]), torch.as_tensor(dataset.y_train[labelled]).long())
     for split, dh in heads.items():
         with torch.no_grad():
             sent = dh.module(images)  # what the defended edge sends
+        # what the adaptive attacker knows beyond the naive one: for white-box the defence's random or
+        # rounded parts (it holds the rest in the head), for the others any layer of the defence
+        knows_more = {"whitebox": fdef.hides_from_whitebox(dh.defences)}
+        knows_more |= dict.fromkeys(("blackbox", "queryfree"), has_layers(dh.defences))
         for kind in INVERSIONS:
             for mode in MODES:
                 key = f"{kind}_{mode}@{split}"
-                if mode == "adaptive" and not fdef.hides_from_whitebox(dh.defences):
-                    # nothing random or rounded: the adaptive attack is the naive one (same head, same queries)
+                if mode == "adaptive" and not knows_more[kind]:
                     naive = f"{kind}_naive@{split}"
                     metrics.update({f"{key}_{m}": metrics[f"{naive}_{m}"] for m in ("psnr", "ssim", "seconds")})
                     continue
                 started = time.perf_counter()
-                recon = _invert(kind, mode, dh, input_shape, sent, aux, t, trial)
+                recon = _invert(kind, mode, model, dh, input_shape, sent, aux if kind == "blackbox" else labelled,
+                                t, trial)
                 score = _image_scores(recon, images)
                 metrics.update({f"{key}_psnr": score["psnr_mean"], f"{key}_ssim": score["ssim_mean"],
                                 f"{key}_seconds": time.perf_counter() - started})
     return metrics
 
 
-def _invert(kind: str, mode: str, dh, input_shape, sent, aux, t: dict, trial: Trial):
-    """One inversion attack on ``sent`` with only its threat model's knowledge of the deployment."""
-    from attacker.attacks.inversion.knowledge import BlackBoxKnowledge, WhiteBoxKnowledge
-    from attacker.attacks.queries import head_query
+def _invert(kind: str, mode: str, model, dh, input_shape, sent, aux, t: dict, trial: Trial):
+    """One inversion attack on ``sent`` with only its threat model's knowledge of the deployment; the
+    attacker knows the defence (from the deployment record) when ``mode`` is adaptive."""
+    import torch
+
+    from attacker.attacks.inversion.knowledge import WhiteBoxKnowledge
+    from attacker.attacks.knowledge import KnowledgeSource, knowledge_for
     from attacker.attacks.registry import create
     from models.defences import features as fdef
+    from models.split import split_model
 
     adaptive = mode == "adaptive"
+    params = {**t[kind], "device": trial.device, "progress": False}
     if kind == "whitebox":
-        attack = create("whitebox", **{**t["whitebox"], "adaptive": adaptive, "device": trial.device, "progress": False})
-        knowledge = WhiteBoxKnowledge.from_defended(dh, input_shape)
-    else:
-        # adaptive: queries through the defended head (what a defended edge answers); naive: clean features
-        head = dh.module if adaptive else fdef.whitebox_head(dh)
-        attack = create("blackbox", **{"seed": trial.seed, **t["blackbox"], "device": trial.device, "progress": False})
-        knowledge = BlackBoxKnowledge(head_query(head), aux, input_shape, "same-distribution", dh.split,
-                                      origin=f"{len(aux)} test images, {'defended' if adaptive else 'clean'} features")
-    return attack.fit(knowledge).reconstruct(sent)
+        attack = create("whitebox", **params)
+        return attack.fit(WhiteBoxKnowledge.from_defended(dh, input_shape, adaptive=adaptive)).reconstruct(sent)
+    head, tail = split_model(model, dh.split)
+    with torch.no_grad():
+        classes = int(tail(sent[:1]).shape[1])
+    record = {"input_shape": list(input_shape), "feature_shape": list(sent.shape[1:]), "split": dh.split,
+              "arch": t["arch"], "num_classes": classes, "feature_defense": fdef.to_json(dh.defences)}
+    if kind == "blackbox":  # the model provider's clean head: an adaptive attacker adds the defence itself
+        attack = create("blackbox", **{"seed": trial.seed, **params})
+        source = KnowledgeSource(record=record, head=head, clean_queries=True, adaptive=adaptive, aux_images=aux,
+                                 aux_setting="same-distribution", aux_name="test images")
+    else:  # the cloud: the tail and labelled training images
+        attack = create("queryfree", **{"seed": trial.seed, **params,
+                                        "whitebox": {**t[kind].get("whitebox", {}), "progress": False}})
+        source = KnowledgeSource(record=record, tail=tail, adaptive=adaptive, aux_images=aux[0], aux_labels=aux[1],
+                                 aux_name="training images")
+    return attack.fit(knowledge_for(attack, source)).reconstruct(sent)
 
 
 def _image_scores(recon, images) -> dict:
@@ -258,9 +290,10 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     body = ["One row per defence, mean ± std over seeds. Task accuracy: the deployed pipeline's (head, feature "
             "defence, tail; the tail is not retrained) at the first split point, on the same test images for every "
             "defence. Membership: AUC and TPR at 1% FPR of each attack on the deployed pipeline. Inversion: PSNR "
-            "(dB) of white-box (WB) and black-box (BB) reconstructions of the same test images, naive (the attacker "
-            "ignores the defence) and adaptive (it knows the defence's spec: white-box optimises through it, the "
-            "inverse network trains on defended features). SSIM in the second table per model.", ""]
+            "(dB) of white-box (WB), black-box (BB) and query-free (QF) reconstructions of the same test images, "
+            "naive (the attacker ignores the defence) and adaptive (it knows the defence's spec from the deployment "
+            "record: white-box optimises through it, the inverse network trains on defended features, the shadow "
+            "head is inverted through it). SSIM in the second table per model.", ""]
     for name, rs in by_model.items():
         rows = group(rs, lambda r: r["target"]["defence"])
         cols = _columns(rs)
@@ -276,10 +309,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
             png = f"defences-{name}.png"
             pareto_plot(rows, cols, out_dir / png)
             body += ["", f"![task accuracy against each attack's success, {name}]({png})", ""]
-    notes = config.get("notes")
-    if notes and Path(notes).is_file():
-        body += ["", Path(notes).read_text().rstrip()]
-    return body
+    return body + notes_section(config)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

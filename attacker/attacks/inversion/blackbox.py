@@ -48,6 +48,11 @@ set). Features are queried once and cached when they fit in ``max_cache_mb``; ot
 mini-batch is queried again (more queries, same result). On ``device="cuda"`` the network, the
 cached features and the auxiliary images move to the GPU; the least-squares fit of the skip path
 stays on the CPU (float64 normal equations, solved once before training).
+
+Adaptive (the knowledge's ``defences``, :mod:`.known_defence`): the attacker's queries return clean
+features and it knows the deployment's defence, so it trains g on defended features as the edge
+would send them: the least-squares skip is fitted on one draw of the defence, and every training
+mini-batch draws afresh (more draws of the noise or the dropout masks than one query per image).
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ from models.fit import fit as train_network
 from ..base import as_float_tensor, check_choice, check_positive, check_positive_int
 from .base import InversionAttack, InversionParams
 from .knowledge import BlackBoxKnowledge
+from .known_defence import defence_layers
 
 
 def _growth(c: int, size: tuple[int, int], target: tuple[int, int]) -> tuple[list[nn.Module], tuple[int, int]]:
@@ -270,6 +276,9 @@ class BlackBoxAttack(InversionAttack):
         if per_image_mb * len(aux) <= p.max_cache_mb:
             cached = torch.cat([self._query(aux[i:i + p.query_batch]) for i in range(0, len(aux), p.query_batch)])
         torch.manual_seed(p.seed)
+        defence = None
+        if knowledge.defences:  # adaptive: the known defence applied to the clean queried features
+            defence = defence_layers(knowledge.defences, self.feature_shape[0]).to(self.device)
         net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
         self.skip_mse, self.body_kept = None, None
         fit_feats = cached
@@ -279,6 +288,9 @@ class BlackBoxAttack(InversionAttack):
             m = min(len(aux), LSTSQ_MAX_IMAGES, int(p.max_cache_mb / per_image_mb))
             if m >= 1:
                 fit_feats = torch.cat([self._query(aux[i:min(m, i + p.query_batch)]) for i in range(0, m, p.query_batch)])
+        if defence is not None and fit_feats is not None:
+            with torch.no_grad():
+                fit_feats = defence(fit_feats.to(self.device)).cpu()
         if closed_form and fit_feats is not None:
             self.skip_mse = fit_linear_skip(net.skip, fit_feats, aux[:len(fit_feats)], p.lstsq_samples, seed=p.seed)
             net.skip.requires_grad_(False)
@@ -288,8 +300,14 @@ class BlackBoxAttack(InversionAttack):
         # a linear inverse that is already exact to 60 dB leaves the body nothing to learn but noise
         epochs = 0 if self.skip_mse is not None and self.skip_mse < LINEAR_ENOUGH else p.epochs
         inputs = cached if cached is not None else (lambda idx: self._query(aux[idx]))
+
+        def augment(feats: torch.Tensor, _generator) -> torch.Tensor:  # the defence drawn afresh per batch
+            with torch.no_grad():
+                return defence(feats.to(self.device))
+
         result = train_network(net, inputs, aux, loss=_sum_of_squares, epochs=epochs, batch_size=p.batch_size,
                                lr=p.lr, weight_decay=p.weight_decay, seed=p.seed, device=self.device,
+                               augment=None if defence is None else augment,
                                progress=p.progress, desc=f"blackbox inverse net ({knowledge.setting})", leave=False)
         if self.skip_mse is not None:
             self.body_kept = False

@@ -18,6 +18,10 @@ Each builds itself from a :class:`~attacker.attacks.knowledge.KnowledgeSource` w
 * :class:`QueryFreeKnowledge` - the frozen tail, labelled auxiliary images, the feature shape and
   the deployment's architecture name, split and ``dp_compatible`` (to build a same-structure shadow
   head); no queries.
+
+An *adaptive* attacker (``KnowledgeSource.adaptive``) also knows the deployment's feature defence
+from its record and attacks through it: each knowledge says so (``adaptive``) and carries the
+defence in the form its attack applies it (:mod:`.known_defence`); a naive one carries none.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..base import AttackParameterError, as_float_tensor
 from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource
 from ..queries import edge_query, head_query, onnx_query
 from .heads import head_from_onnx, onnx_input_shape
+from .known_defence import has_layers, known_chain
 
 BLACKBOX_SETTINGS = ("same-set", "same-distribution", "random-noise", "other")
 
@@ -81,7 +86,8 @@ class WhiteBoxKnowledge(Knowledge):
     (:func:`models.defences.features.adaptive_head`: fresh draws per call, rounding
     straight-through, dropout as its scale), and ``defences`` that spec. The attacker knows the
     defence's spec, not its draws: an adaptive attack optimises through ``defended_head``, a naive
-    one through ``head`` (the defence's deterministic part only).
+    one through ``head`` (the defence's deterministic part only). ``adaptive``: the attacker attacks
+    through the defence (``KnowledgeSource.adaptive``; ``WhiteBoxParams.adaptive`` does the same).
     """
 
     THREAT_MODEL = "white-box"
@@ -94,6 +100,7 @@ class WhiteBoxKnowledge(Knowledge):
     origin: str = "a torch module"
     defended_head: nn.Module | None = None
     defences: tuple = ()
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         for name in ("head", "defended_head"):
@@ -143,6 +150,12 @@ class WhiteBoxKnowledge(Knowledge):
 
     @classmethod
     def from_source(cls, source: KnowledgeSource) -> "WhiteBoxKnowledge":
+        k = cls._from_source(source)
+        k.adaptive = source.adaptive
+        return k
+
+    @classmethod
+    def _from_source(cls, source: KnowledgeSource) -> "WhiteBoxKnowledge":
         record = source.deployment_record() or {}
         if source.head is not None and source.head_from == "auto":
             return cls(source.head, source.input_shape(), record.get("split"), origin="the head in hand")
@@ -197,20 +210,25 @@ class WhiteBoxKnowledge(Knowledge):
 
     @classmethod
     def from_defended(cls, defended: fdef.DefendedHead, input_shape, origin: str = "a defended head in hand",
-                      source: str = "torch") -> "WhiteBoxKnowledge":
+                      source: str = "torch", adaptive: bool = False) -> "WhiteBoxKnowledge":
         """What a white-box attacker knowing the deployment (its head and its defence spec) has."""
-        adaptive = None
+        adaptive_head = None
         if fdef.hides_from_whitebox(defended.defences):
             origin += (f"; the noise of the defence ({fdef.label(defended.defences)}) is unknown to it, its spec "
                        "(deployment.json) is known")
-            adaptive = fdef.adaptive_head(defended)
+            adaptive_head = fdef.adaptive_head(defended)
         return cls(fdef.whitebox_head(defended), tuple(input_shape), defended.split, source, origin=origin,
-                   defended_head=adaptive, defences=tuple(defended.defences))
+                   defended_head=adaptive_head, defences=tuple(defended.defences), adaptive=adaptive)
 
 
 @dataclass
 class BlackBoxKnowledge(Knowledge):
-    """Query access to the head and auxiliary images (``setting`` labels where they came from)."""
+    """Query access to the head and auxiliary images (``setting`` labels where they came from).
+
+    ``defences``: the known defence the attacker applies to its queried features (drawn afresh per
+    mini-batch) - an adaptive attacker whose queries return clean features; empty for a naive one
+    and where the queries carry the defence already (through the deployed edge or its head.onnx).
+    """
 
     AUX = "images"
     THREAT_MODEL = "black-box"
@@ -221,8 +239,11 @@ class BlackBoxKnowledge(Knowledge):
     setting: str = "other"
     split: str | None = None
     origin: str = "a query function"
+    defences: tuple = ()
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
+        self.defences = fdef.defences(list(self.defences))
         if not callable(self.query):
             raise AttackParameterError("query must be callable: images (N, C, H, W) -> features")
         if self.setting not in BLACKBOX_SETTINGS:
@@ -245,6 +266,9 @@ class BlackBoxKnowledge(Knowledge):
     def from_source(cls, source: KnowledgeSource) -> "BlackBoxKnowledge":
         input_shape = source.input_shape()
         dep = source.deployment_id
+        record = source.deployment_record()
+        clean = source.clean_queries and (source.query is not None or source.head is not None)
+        chain = known_chain(record, source.adaptive) if clean else ()
         if source.query is not None:
             query, where = source.query, f"queried through {source.query_label}"
         elif source.edge_url is not None:
@@ -258,13 +282,21 @@ class BlackBoxKnowledge(Knowledge):
                 raise KnowledgeError(f"no head.onnx for {dep!r} in the artifact store ({path}) to query offline")
             query = onnx_query(path.read_bytes(), source.threads)
             where = "queried offline through the artifact store's head"
-        return cls(query, source.aux_images, input_shape, source.aux_setting or "other",
-                   (source.deployment_record() or {}).get("split"), origin=f"{_aux_words(source)}, {where}")
+        if chain:
+            where += f"; the known defence ({fdef.label(chain)}, deployment.json) applied to them, drawn per batch"
+        elif source.adaptive and not clean and has_layers(fdef.record_defences(record)):
+            where += "; the queries carry the deployment's defence already"
+        return cls(query, source.aux_images, input_shape, source.aux_setting or "other", (record or {}).get("split"),
+                   origin=f"{_aux_words(source)}, {where}", defences=chain, adaptive=source.adaptive)
 
 
 @dataclass
 class QueryFreeKnowledge(Knowledge):
-    """The frozen tail, labelled auxiliary data and what the deployment record says (no head, no queries)."""
+    """The frozen tail, labelled auxiliary data and what the deployment record says (no head, no queries).
+
+    ``defences``: the deployment's feature defence, known to an adaptive attacker (it trains its
+    shadow head through it and inverts through it); empty for a naive one.
+    """
 
     AUX = "labelled"
     THREAT_MODEL = "query-free"
@@ -279,8 +311,11 @@ class QueryFreeKnowledge(Knowledge):
     num_classes: int | None = None
     origin: str = "a tail module"
     dp_compatible: bool = False  # the target was trained with DP-SGD: its head has GroupNorm for BatchNorm
+    defences: tuple = ()
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
+        self.defences = fdef.defences(list(self.defences))
         if not isinstance(self.tail, nn.Module):
             raise AttackParameterError(f"tail must be a torch module, got {type(self.tail).__name__}")
         self.input_shape = _shape("input_shape", self.input_shape)
@@ -321,10 +356,13 @@ class QueryFreeKnowledge(Knowledge):
 
             tail, record = load_tail(source.artifacts, source.deployment_id)
             where = "artifact store"
+        chain = known_chain(record, source.adaptive)
+        known = f"; the defence {fdef.label(chain)} (deployment.json)" if chain else ""
         return cls(tail, source.aux_images, source.aux_labels, tuple(record["input_shape"]),
                    tuple(record["feature_shape"]), record.get("arch"), record.get("split"), record.get("num_classes"),
                    dp_compatible=bool(record.get("dp_compatible", False)),
-                   origin=f"the tail ({where}) and {_aux_words(source, labelled=True)}")
+                   origin=f"the tail ({where}) and {_aux_words(source, labelled=True)}{known}", defences=chain,
+                   adaptive=source.adaptive)
 
 
 # --- auxiliary data ---------------------------------------------------------------------------

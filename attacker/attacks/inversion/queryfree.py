@@ -25,6 +25,23 @@ The inversion uses :data:`QUERYFREE_DEFAULTS` where ``whitebox`` leaves a parame
 
 Shadows of a ``relu`` split end in ReLU (the tail expects non-negative features); those of a
 ``conv`` split do not. A ``different`` shadow exists only for these split points.
+
+Against a feature defence (issue 16). The deployment adds its defence after the head, and the tail
+was trained on clean features (a deploy-time defence does not retrain it). A *naive* attacker (no
+defence in its knowledge) trains g through the tail and inverts the defended features it captured
+as if they were clean. An *adaptive* one (the knowledge's ``defences``, from ``deployment.json``:
+:mod:`.known_defence`) inverts through g followed by the defence, with the white-box attack's
+adaptive machinery (:meth:`WhiteBoxKnowledge.from_defended`: an expectation over noise draws,
+dropout's mask read off the captured zeros, rounding straight-through). Its shadow head is trained
+through the tail alone by default, as the tail was: g then approximates the clean head, which is
+what the defence is applied to. ``train_through_defence=True`` trains it through the defence as
+well, tail(D(g(x))) with D as deployed (noise and dropout masks drawn afresh each step, so the loss
+is an expectation over them; rounding straight-through) - what an attacker would do against a tail
+retrained on defended features. Measured on lenet5 / MNIST at conv1 against ``dropout:p=0.5``
+(3 epochs on 6000 training images, 200 iterations, the same ten test images): through the defence
+the shadow head inverts even clean features worse (15.2 against 16.2 dB) and the adaptive attack
+gets 11.7 dB; trained through the tail alone and inverted through the defence, 13.4 dB (naive:
+12.9). ``whitebox.adaptive`` is not a setting here: the knowledge decides.
 """
 
 from __future__ import annotations
@@ -40,8 +57,9 @@ from models.fit import fit as train_network
 
 from ..base import AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int
 from .base import InversionAttack, InversionParams, placed
-from .knowledge import QueryFreeKnowledge, probe_feature_shape
-from .whitebox import WhiteBoxParams, rmle_invert
+from .knowledge import QueryFreeKnowledge, WhiteBoxKnowledge, probe_feature_shape
+from .known_defence import defence_layers, defended
+from .whitebox import WhiteBoxAttack, WhiteBoxParams
 
 
 def _seq(*layers) -> nn.Sequential:
@@ -106,6 +124,7 @@ class QueryFreeParams(InversionParams):
     seed: int = 1234
     progress: bool = True
     whitebox: WhiteBoxParams | dict = field(default_factory=WhiteBoxParams)
+    train_through_defence: bool = False  # adaptive: train the shadow head through the known defence too
 
     def __post_init__(self) -> None:
         if isinstance(self.whitebox, dict):
@@ -119,9 +138,15 @@ class QueryFreeParams(InversionParams):
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
         check_positive_int("seed", self.seed, minimum=0)
+        if not isinstance(self.train_through_defence, bool):
+            raise AttackParameterError(f"train_through_defence must be true or false, got {self.train_through_defence!r}")
         if not isinstance(self.whitebox, WhiteBoxParams):
             raise AttackParameterError(f"whitebox must be WhiteBoxParams or a dict, got {type(self.whitebox).__name__}")
         self.whitebox.validate()
+        if self.whitebox.adaptive:
+            raise AttackParameterError("whitebox.adaptive: the query-free attack is adaptive when its knowledge holds "
+                                       "the deployment's defence (attacker invert --adaptive; the lab's "
+                                       "\"adaptive\": true)")
         if self.whitebox.device is not None:
             raise AttackParameterError(f"whitebox.device ({self.whitebox.device!r}): the inversion runs where the shadow "
                                        "head is; set the query-free attack's own device instead")
@@ -145,22 +170,30 @@ class QueryFreeAttack(InversionAttack):
             raise AttackParameterError(f"the {p.shadow} shadow head outputs {got}, the tail takes {knowledge.feature_shape}")
         x, y = knowledge.aux_images, knowledge.aux_labels
         tail = placed(knowledge.tail, self.device)
+        channels = knowledge.feature_shape[0]
+        # adaptive and trained through the defence: as deployed (fresh draws per step, rounding straight-through)
+        trained_through = knowledge.defences if p.train_through_defence else ()
+        defence = defence_layers(trained_through, channels, straight_through=True).to(self.device)
 
         def through_tail(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(tail(features), labels)
+            return nn.functional.cross_entropy(tail(defence(features)), labels)
 
         train_network(shadow, x, y, loss=through_tail, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed,
                       device=self.device, progress=p.progress, desc=f"queryfree shadow ({p.shadow})", leave=False)
         for q in shadow.parameters():
             q.requires_grad_(False)
         with torch.no_grad():
-            correct = sum(int((tail(shadow(x[i:i + 512].to(self.device))).argmax(1).cpu() == y[i:i + 512]).sum())
-                          for i in range(0, len(x), 512))
+            correct = sum(int((tail(defence(shadow(x[i:i + 512].to(self.device)))).argmax(1).cpu()
+                               == y[i:i + 512]).sum()) for i in range(0, len(x), 512))
         self.shadow = shadow
         self.shadow_accuracy = correct / len(x)
         self.resolved = queryfree_whitebox(p.whitebox, knowledge.split)
         if not p.progress:  # no progress bars means none for the inversion stage either
             self.resolved = self.resolved.replace(progress=False)
+        # the inversion: white-box rMLE through the shadow head (and the known defence, adaptively)
+        head = defended(shadow.cpu(), knowledge.defences, knowledge.split, channels)
+        self.inverter = WhiteBoxAttack(self.resolved.replace(device=self.device, adaptive=bool(knowledge.defences)))
+        self.inverter.fit(WhiteBoxKnowledge.from_defended(head, knowledge.input_shape, "the shadow head"))
         self.fit_seconds = time.perf_counter() - started
         return self
 
@@ -172,6 +205,6 @@ class QueryFreeAttack(InversionAttack):
         self._require_fit("reconstruct")
         k = self.knowledge
         target = as_float_tensor("features", features, tuple(k.feature_shape))
-        images, self.last_stats = rmle_invert(self.shadow, target, k.input_shape, self.resolved,
-                                              desc=f"queryfree {k.split or ''}".strip())
+        images = self.inverter.reconstruct(target)
+        self.last_stats = self.inverter.last_stats
         return images

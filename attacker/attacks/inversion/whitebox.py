@@ -201,8 +201,9 @@ class WhiteBoxAttack(InversionAttack):
     def fit(self, knowledge: WhiteBoxKnowledge) -> "WhiteBoxAttack":
         super().fit(knowledge)
         self.resolved = self.params.resolved(knowledge.split)
-        # adaptive against an undefended (or deterministic) deployment is the naive attack: nothing to average
-        self.adaptive = self.params.adaptive and knowledge.defended_head is not None
+        # adaptive (its parameter, or knowledge of the defence) against an undefended (or deterministic)
+        # deployment is the naive attack: nothing to average
+        self.adaptive = (self.params.adaptive or knowledge.adaptive) and knowledge.defended_head is not None
         self.head = placed(knowledge.defended_head if self.adaptive else knowledge.head, self.device)
         random = self.adaptive and any(d.random and not isinstance(d, fdef.Dropout) for d in knowledge.defences)
         self.samples = self.params.eot_samples if random else 1
