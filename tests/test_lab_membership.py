@@ -11,10 +11,10 @@ With 100 members and 100 non-members a guessing attack's AUC has a standard devi
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 from fastapi.testclient import TestClient
+from lab_pipeline import wait as _wait
 from test_lab_api import AUTH, make_app
 
 from attacker.lab.app import LabConfig, create_app
@@ -27,7 +27,6 @@ SPEC = {"kind": "membership", "arch": "lenet5", "dataset": "digits", "train": TR
         "seeds": [0, 1], "samples": 100}
 LIMITS = Limits(max_epochs=40)
 CHANCE_MARGIN = 0.6
-FINAL = ("done", "failed", "cancelled")
 
 
 @pytest.fixture
@@ -103,7 +102,7 @@ def test_the_openapi_document_states_each_kind(client):
     doc = client.get("/v1/openapi.json").json()
     body = doc["paths"]["/v1/experiments"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     refs = {item["$ref"].rsplit("/", 1)[1] for item in body["oneOf"]}
-    assert refs == {"ExperimentSpec", "MembershipExperimentSpec"}
+    assert refs == {"ExperimentSpec", "MembershipExperimentSpec", "AttributeExperimentSpec", "ClassifierInversionSpec"}
     schemas = doc["components"]["schemas"]
     membership = schemas["MembershipExperimentSpec"]
     assert "kind" in membership["required"] and membership["properties"]["kind"]["const"] == "membership"
@@ -111,15 +110,6 @@ def test_the_openapi_document_states_each_kind(client):
     assert "kind" not in schemas["ExperimentSpec"].get("required", [])
     attack = schemas["MembershipAttackSpec"]["properties"]["name"]
     assert set(attack["enum"]) == {"threshold", "shokri", "lira", "nasr"}
-
-
-def _wait(client, exp_id: str, timeout: float = 900.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        rec = client.get(f"/v1/experiments/{exp_id}").json()
-        if rec["status"] in FINAL or time.monotonic() > deadline:
-            return rec
-        time.sleep(0.5)
 
 
 def test_membership_experiment_on_an_overfit_target(tmp_path):

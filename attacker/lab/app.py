@@ -107,7 +107,13 @@ def create_app(config: LabConfig, run_experiment, start_workers: bool = True) ->
                               "private images through the live edge and tap, attack the captured features. "
                               "Membership experiments (kind membership): train or reuse a target, run "
                               "membership attacks against its answers (in process or through the live "
-                              "pipeline), score them on its members and held-out non-members, plot the ROC.")
+                              "pipeline), score them on its members and held-out non-members, plot the ROC. "
+                              "Attribute experiments (kind attribute): infer a private attribute (race, age band) "
+                              "of the victims from the split features the tap captured or the released outputs, "
+                              "against the majority-class baseline. Classifier-inversion experiments (kind "
+                              "classifier-inversion): reconstruct each person's face from a deployed recogniser "
+                              "(MI-FACE, white-box from the captured head or API-only), scored by SSIM/PSNR to the "
+                              "person's mean face and an optional evaluator.")
     app.state.store, app.state.pool, app.state.config = store, pool, config
     app.add_middleware(BodyLimit)
     bearer = HTTPBearer(auto_error=False, description="SPLITLAB_API_TOKEN (needed for POST and DELETE)")

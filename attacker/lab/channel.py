@@ -34,6 +34,7 @@ class Sent:
     wire_bytes: np.ndarray       # feature payload bytes per image on the wire
     wire_dtype: str
     seconds: float
+    logits: np.ndarray | None = None  # (N, classes) float32: the cloud's answers as the tap recorded them
 
 
 class EdgeChannel:
@@ -84,17 +85,19 @@ class EdgeChannel:
                 check()
             classes.append(self._infer(deployment_id, image, rid))
         caps = self._collect(deployment_id, request_ids, after)
-        feats, sizes, dtype = [], [], ""
+        feats, sizes, logits, dtype = [], [], [], ""
         for rid in request_ids:
             cap = caps[rid]
             f = self.captures.features(cap)
             if len(f) != 1:
                 raise SplitlabError(f"capture of request {rid} holds {len(f)} feature rows, expected 1")
             feats.append(f[0])
+            logits.append(None if cap.logits is None else cap.logits.reshape(len(f), -1)[0])
             dtype = cap.wire_dtype
             sizes.append(math.prod(cap.shape[1:]) * WIRE_ITEMSIZE.get(cap.wire_dtype, 4))
+        recorded = None if any(v is None for v in logits) else np.stack(logits).astype(np.float32)
         return Sent(list(request_ids), np.asarray(classes), np.stack(feats).astype(np.float32),
-                    np.asarray(sizes), dtype, time.perf_counter() - started)
+                    np.asarray(sizes), dtype, time.perf_counter() - started, recorded)
 
     def _collect(self, deployment_id: str, request_ids: list[str], after: int) -> dict:
         wanted = set(request_ids)
@@ -103,7 +106,8 @@ class EdgeChannel:
         while True:
             if self.flush is not None:
                 self.flush()
-            for cap in self.captures.captures(deployment=deployment_id, after_id=after, ok_only=True):
+            caps = self.captures.captures(deployment=deployment_id, after_id=after, ok_only=True, with_logits=True)
+            for cap in caps:
                 if cap.request_id in wanted:
                     found[cap.request_id] = cap  # the newest wins
             if len(found) == len(wanted):

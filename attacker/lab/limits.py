@@ -23,6 +23,9 @@ class Limits:
     max_shadow_models: int = 16     # shadow_models / reference_models of a membership attack
     max_seeds: int = 5              # seeds (targets trained and attacked) per membership experiment
     max_attack_epochs: int = 500    # epochs of a membership attack network (shokri, nasr)
+    # attribute and classifier-inversion experiments
+    max_victims: int = 5000         # attribute: victims' images sent through the edge
+    max_queries: int = 100000       # classifier inversion through the API: queries of the edge, all people
 
     @classmethod
     def from_env(cls, env=None) -> "Limits":

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from html import escape
+from . import tables as t
 
 # (column, metric key, format) of the results table: mean ± std over the seeds.
 COLUMNS = (("AUC", "auc", "{:.3f}"), ("TPR @ 1% FPR", "tpr_at_1pct_fpr", "{:.3f}"),
@@ -23,40 +23,34 @@ def summary(spec: dict) -> str:
             f"per seed · seeds {seeds}")
 
 
-def sections(res: dict, num, pm) -> str:
-    """Targets, results and ROC sections; ``num`` and ``pm`` format a number and a mean ± std."""
-    return _targets(res, num) + _results(res, pm) + _roc(res)
+def sections(res: dict) -> str:
+    """Targets, results and ROC sections."""
+    return _targets(res) + _results(res) + _roc(res)
 
 
-def _targets(res: dict, num) -> str:
+def _targets(res: dict) -> str:
     targets = res.get("targets") or []
     if not targets:
         return ""
-    body = "".join(
-        f"<tr><td class=num>{int(t['seed'])}</td><td><code>{escape(str(t.get('model_id')))}</code></td>"
-        f"<td>{'reused' if t.get('reused') else 'trained'}</td>"
-        f"<td class=num>{num(t.get('train_accuracy'), '{:.3f}')}</td>"
-        f"<td class=num>{num(t.get('test_accuracy'), '{:.3f}')}</td>"
-        f"<td class=num>{num(t.get('members'), '{:d}')}</td>"
-        f"<td>{escape(str(t.get('deployment_id') or t.get('queries')))}</td></tr>" for t in targets)
-    return ("<h2>Targets</h2><table id=targets><thead><tr><th>seed</th><th>model</th><th></th><th>train acc</th>"
-            "<th>test acc</th><th>members</th><th>queried</th></tr></thead>"
-            f"<tbody>{body}</tbody></table>"
-            "<p class=muted>the train-test accuracy gap is the overfitting membership attacks feed on.</p>")
+    rows = [t.row(t.number(x["seed"], "{:d}"), t.code(x.get("model_id")),
+                  t.text("reused" if x.get("reused") else "trained"),
+                  t.number(x.get("train_accuracy"), "{:.3f}"), t.number(x.get("test_accuracy"), "{:.3f}"),
+                  t.number(x.get("members"), "{:d}"), t.text(x.get("deployment_id") or x.get("queries")))
+            for x in targets]
+    return ("<h2>Targets</h2>" + t.table(["seed", "model", "", "train acc", "test acc", "members", "queried"], rows,
+                                         "targets")
+            + "<p class=muted>the train-test accuracy gap is the overfitting membership attacks feed on.</p>")
 
 
-def _results(res: dict, pm) -> str:
+def _results(res: dict) -> str:
     rows = res.get("rows") or []
     if not rows:
         return "<h2>Results</h2><p class=muted>no results yet</p>"
-    head = "".join(f"<th>{escape(c)}</th>" for c, _, _ in COLUMNS)
-    body = "".join(
-        f"<tr><td>{escape(row['attack'])}</td><td class=num>{len(row.get('seeds', []))}</td>"
-        + "".join(f"<td class=num>{pm(row, key, fmt)}</td>" for _, key, fmt in COLUMNS)
-        + f"<td>{escape(str(row.get('threshold_source', '')))}</td></tr>" for row in rows)
-    return (f"<h2>Results</h2><table id=results><thead><tr><th>attack</th><th>seeds</th>{head}<th>threshold</th>"
-            f"</tr></thead><tbody>{body}</tbody></table>"
-            "<p class=muted>mean ± std over the seeds. TPR at a low FPR is the highest TPR the ROC reaches at or "
+    body = [t.row(t.text(r["attack"]), t.number(len(r.get("seeds", [])), "{:d}"),
+                  *(t.mean_std(r, key, fmt) for _, key, fmt in COLUMNS),
+                  t.text(r.get("threshold_source", ""))) for r in rows]
+    return ("<h2>Results</h2>" + t.table(["attack", "seeds", *(c for c, _, _ in COLUMNS), "threshold"], body, "results")
+            + "<p class=muted>mean ± std over the seeds. TPR at a low FPR is the highest TPR the ROC reaches at or "
             "below it; balanced accuracy, precision, recall, F1 and advantage (TPR − FPR) are at the threshold "
             "the attack chose on its own shadow data (<em>given</em>), or, for an attack that chooses none, at "
             "the best threshold on the evaluated scores (<em>max-advantage</em>: an upper bound).</p>")
@@ -66,5 +60,4 @@ def _roc(res: dict) -> str:
     roc = (res.get("images") or {}).get("roc")
     if not roc:
         return ""
-    return (f'<h2>ROC</h2><figure><img class=grid src="{escape(roc["url"])}" alt="ROC curves">'
-            f"<figcaption>{escape(roc.get('caption', ''))}</figcaption></figure>")
+    return f"<h2>ROC</h2>{t.figures({'ROC curves': roc})}"

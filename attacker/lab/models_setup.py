@@ -41,8 +41,8 @@ def lab_train_options(arch: str, dataset: str, train_spec: dict, seed: int):
     """The ``TrainOptions`` of an experiment's training spec (its optional keys at their defaults)."""
     from models.training import TrainOptions
 
-    optional = {k: train_spec[k] for k in ("limit", "dropout", "weight_decay", "lr", "batch_size", "dp_epsilon")
-                if train_spec.get(k) is not None}
+    optional = {k: train_spec[k] for k in ("limit", "dropout", "weight_decay", "lr", "batch_size", "dp_epsilon",
+                                           "scheme") if train_spec.get(k) is not None}
     if train_spec.get("weight_decay_scope", "all") != "all":
         optional["weight_decay_scope"] = train_spec["weight_decay_scope"]
     if train_spec.get("dp_epsilon") is not None:  # delta and clip mean something only with DP

@@ -11,8 +11,14 @@ from __future__ import annotations
 import json
 from html import escape
 
-from . import membership_pages
+from . import attribute_pages, classifier_inversion_pages, membership_pages
+from . import tables as t
 from .kinds import kind_of
+
+# The page sections of each kind other than inversion (whose sections are below): a module with
+# ``summary(spec) -> str`` (the line under the title) and ``sections(results) -> str``.
+KIND_PAGES = {"membership": membership_pages, "attribute": attribute_pages,
+              "classifier-inversion": classifier_inversion_pages}
 
 ACTIVE = ("queued", "running", "interrupted")
 
@@ -57,25 +63,34 @@ def _bar(fraction: float, small: bool = False) -> str:
     return f'<span class="bar"><span id="bar" style="width:{pct:.1f}%"></span></span>'
 
 
-def _num(value, fmt: str = "{:.2f}") -> str:
-    if value is None:
-        return "–"
-    try:
-        return fmt.format(value)
-    except (TypeError, ValueError):
-        return escape(str(value))
-
-
-def _pm(row: dict, key: str, fmt: str = "{:.2f}") -> str:
-    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
-    if mean is None:
-        return "–"
-    return f"{_num(mean, fmt)} ± {_num(std, fmt)}"
-
-
 def _subject(spec: dict) -> str:
+    if spec.get("deployment_id"):
+        return f"deployment {spec['deployment_id']}"
     model = spec.get("arch") or f"model {spec.get('model_id')}"
     return f"{model} on {spec.get('dataset') or '(model dataset)'}"
+
+
+def _where(spec: dict) -> str:
+    """The index's split point column: the split points, or the kind and its split point."""
+    if spec.get("split_points"):
+        return ", ".join(spec["split_points"])
+    return " · ".join(v for v in (kind_of(spec), spec.get("split_point")) if v)
+
+
+def _attacks(spec: dict) -> str:
+    if spec.get("attacks"):
+        return ", ".join(_attack_label(a) for a in spec["attacks"])
+    if spec.get("observations"):  # attribute experiments
+        return ", ".join(f"{o} → {a}" for o in spec["observations"] for a in spec.get("attributes", []))
+    return str(spec.get("knowledge") or "")
+
+
+def _count(spec: dict) -> int:
+    """Images the experiment is about: private images, members, victims or people."""
+    people = spec.get("people")
+    if people is not None:
+        return people if isinstance(people, int) else len(people)
+    return int(spec.get("samples") or spec.get("victims") or 0)
 
 
 def _attack_label(a) -> str:
@@ -91,18 +106,14 @@ def index(items: list[dict], total: int, status: str | None) -> str:
     rows = []
     for r in items:
         spec = r["spec"]
-        rows.append(
-            f'<tr><td><a href="/experiments/{escape(r["id"])}">{escape(r["id"])}</a></td>'
-            f"<td>{_status(r['status'])}</td><td>{escape(_subject(spec))}</td>"
-            f"<td>{escape(', '.join(spec.get('split_points', [])) or kind_of(spec))}</td>"
-            f"<td>{escape(', '.join(_attack_label(a) for a in spec.get('attacks', [])))}</td>"
-            f"<td class=num>{int(spec.get('samples', 0))}</td>"
-            f"<td>{_bar(r['progress']['fraction'], True)} <span class=muted>{escape(r['progress']['step'])}</span></td>"
-            f"<td class=muted>{escape((r['created'] or '')[:19].replace('T', ' '))}</td></tr>")
-    table = ("<table><thead><tr><th>id</th><th>status</th><th>model</th><th>split points</th><th>attacks</th>"
-             "<th>images</th><th>progress</th><th>submitted</th></tr></thead><tbody>"
-             + ("".join(rows) or '<tr><td colspan="8" class="muted">no experiments yet</td></tr>')
-             + "</tbody></table>")
+        rows.append(t.row(
+            t.markup(f'<a href="/experiments/{escape(r["id"])}">{escape(r["id"])}</a>'), t.markup(_status(r["status"])),
+            t.text(_subject(spec)), t.text(_where(spec)), t.text(_attacks(spec)), t.number(_count(spec), "{:d}"),
+            t.markup(f"{_bar(r['progress']['fraction'], True)} "
+                     f"<span class=muted>{escape(r['progress']['step'])}</span>"),
+            f"<td class=muted>{escape((r['created'] or '')[:19].replace('T', ' '))}</td>"))
+    table = t.table(["id", "status", "model", "split points", "attacks", "images", "progress", "submitted"], rows,
+                    empty="no experiments yet")
     shown = f"{len(items)} of {total}" + (f" with status {escape(status)}" if status else "")
     body = (f"<h1>splitlab experiments</h1><p class=muted>{shown} · newest first · "
             f'<a href="/v1/docs">API documentation</a> · <a href="/healthz">health</a></p>{table}'
@@ -118,10 +129,11 @@ def index(items: list[dict], total: int, status: str | None) -> str:
 
 def experiment(r: dict) -> str:
     exp_id, spec, res = r["id"], r["spec"], r.get("results") or {}
-    membership = kind_of(spec) == "membership"
-    attacks = escape(", ".join(_attack_label(a) for a in spec.get("attacks", [])))
-    if membership:
-        what = f"{escape(_subject(spec))} · attacks {attacks} · {escape(membership_pages.summary(spec))}"
+    kind = KIND_PAGES.get(kind_of(spec))
+    attacks = escape(_attacks(spec))
+    if kind is not None:
+        what = (escape(_subject(spec)) + (f" · attacks {attacks}" if spec.get("attacks") else "")
+                + f" · {escape(kind.summary(spec))}")
     else:
         what = (f"{escape(_subject(spec))} · split points {escape(', '.join(spec.get('split_points', [])))} · "
                 f"attacks {attacks} · {int(spec.get('samples', 0))} private images · seed {int(spec.get('seed', 0))}"
@@ -137,8 +149,8 @@ def experiment(r: dict) -> str:
     parts = [head]
     if r.get("error"):
         parts.append(f'<h2>Error</h2><div class="error">{escape(r["error"])}</div>')
-    if membership:
-        parts.append(membership_pages.sections(res, _num, _pm))
+    if kind is not None:
+        parts.append(kind.sections(res))
     else:
         parts += [_model_section(res), _results_table(res), _splits_table(res), _images(exp_id, res)]
     parts.append(f"<h2>Spec</h2><pre>{escape(json.dumps(spec, indent=2))}</pre>"
@@ -170,11 +182,11 @@ def _model_section(res: dict) -> str:
     base = res.get("baseline") or {}
     text = (f"<h2>Model</h2><p><code>{escape(str(m.get('model_id')))}</code> ({escape(str(m.get('arch')))} on "
             f"{escape(str(m.get('dataset')))}, {'reused' if m.get('reused') else 'trained for this experiment'}) · "
-            f"train accuracy {_num(m.get('train_accuracy'), '{:.3f}')} · test accuracy "
-            f"{_num(m.get('test_accuracy'), '{:.3f}')}</p>")
+            f"train accuracy {t.num(m.get('train_accuracy'), '{:.3f}')} · test accuracy "
+            f"{t.num(m.get('test_accuracy'), '{:.3f}')}</p>")
     if base:
         text += (f"<p class=muted>Blank baseline (an all-black image for every original): PSNR "
-                 f"{_pm(base, 'psnr')} dB, SSIM {_pm(base, 'ssim', '{:.3f}')}</p>")
+                 f"{t.pm(base, 'psnr')} dB, SSIM {t.pm(base, 'ssim', '{:.3f}')}</p>")
     return text
 
 
@@ -182,16 +194,13 @@ def _results_table(res: dict) -> str:
     rows = res.get("rows") or []
     if not rows:
         return "<h2>Results</h2><p class=muted>no results yet</p>"
-    body = "".join(
-        f"<tr><td>{escape(row['split'])}</td><td>{escape(row['attack'])}</td>"
-        f"<td class=num>{_pm(row, 'psnr')}</td><td class=num>{_pm(row, 'ssim', '{:.3f}')}</td>"
-        f"<td class=num>{_pm(row, 'mse', '{:.4f}')}</td><td class=num>{_num(row.get('accuracy'), '{:.3f}')}</td>"
-        f"<td class=num>{_num(row.get('bytes_per_image'), '{:,.0f}')}</td>"
-        f"<td class=num>{_num(row.get('attack_seconds'), '{:.1f}')}</td></tr>" for row in rows)
-    return ("<h2>Results</h2><table id=results><thead><tr><th>split point</th><th>attack</th><th>PSNR (dB)</th>"
-            "<th>SSIM</th><th>MSE</th><th>task accuracy</th><th>bytes / image</th><th>attack s</th></tr></thead>"
-            f"<tbody>{body}</tbody></table>"
-            "<p class=muted>mean ± std over the private images; task accuracy is the edge → tap → cloud "
+    body = [t.row(t.text(r["split"]), t.text(r["attack"]), t.mean_std(r, "psnr"),
+                  t.mean_std(r, "ssim", "{:.3f}"), t.mean_std(r, "mse", "{:.4f}"),
+                  t.number(r.get("accuracy"), "{:.3f}"), t.number(r.get("bytes_per_image"), "{:,.0f}"),
+                  t.number(r.get("attack_seconds"), "{:.1f}")) for r in rows]
+    return ("<h2>Results</h2>" + t.table(["split point", "attack", "PSNR (dB)", "SSIM", "MSE", "task accuracy",
+                                          "bytes / image", "attack s"], body, "results")
+            + "<p class=muted>mean ± std over the private images; task accuracy is the edge → tap → cloud "
             "pipeline's top-1 on them; bytes / image are the features' bytes on the wire.</p>")
 
 
@@ -199,24 +208,17 @@ def _splits_table(res: dict) -> str:
     splits = res.get("splits") or []
     if not splits:
         return ""
-    body = "".join(
-        f"<tr><td>{escape(s['split'])}</td><td><code>{escape(str(s.get('deployment_id')))}</code></td>"
-        f"<td>{escape('x'.join(map(str, s.get('feature_shape') or [])))}</td>"
-        f"<td class=num>{_num(s.get('accuracy'), '{:.3f}')}</td>"
-        f"<td class=num>{_num(s.get('bytes_per_image'), '{:,.0f}')}</td>"
-        f"<td class=num>{_num(s.get('images_sent'), '{:d}')}</td></tr>" for s in splits)
-    return ("<h2>Deployments</h2><table><thead><tr><th>split point</th><th>deployment</th><th>features</th>"
-            "<th>task accuracy</th><th>bytes / image</th><th>images sent</th></tr></thead>"
-            f"<tbody>{body}</tbody></table>")
+    body = [t.row(t.text(s["split"]), t.code(s.get("deployment_id")),
+                  t.text("x".join(map(str, s.get("feature_shape") or []))),
+                  t.number(s.get("accuracy"), "{:.3f}"), t.number(s.get("bytes_per_image"), "{:,.0f}"),
+                  t.number(s.get("images_sent"), "{:d}")) for s in splits]
+    return "<h2>Deployments</h2>" + t.table(["split point", "deployment", "features", "task accuracy", "bytes / image",
+                                             "images sent"], body)
 
 
 def _images(exp_id: str, res: dict) -> str:
     images = res.get("images") or {}
     if not images:
         return ""
-    figs = "".join(
-        f'<figure><img class=grid src="{escape(url)}" alt="{escape(name)}"><figcaption>{escape(caption)}'
-        f"</figcaption></figure>"
-        for name, url, caption in ((n, i["url"], i.get("caption", n)) for n, i in images.items()))
     return ("<h2>Originals and reconstructions</h2><p class=muted>Each grid: the private images sent (top) and "
-            f"the attack's reconstructions from the captured features (bottom).</p>{figs}")
+            f"the attack's reconstructions from the captured features (bottom).</p>{t.figures(images)}")

@@ -1,7 +1,8 @@
 """Run one split-point experiment end to end through the live services and score it.
 
-(Membership experiments run in :mod:`.membership_runner`; :class:`ExperimentRunner` dispatches on
-the spec's kind.)
+(Membership experiments run in :mod:`.membership_runner`, attribute experiments in
+:mod:`.attribute_runner`, classifier-inversion experiments in :mod:`.classifier_inversion_runner`;
+:class:`ExperimentRunner` dispatches on the spec's kind.)
 
 1. train the model (or reuse it: a stored ``model_id``, or the same training spec seen before);
 2. pick ``samples`` private images from the dataset's test part (seeded, spread over the classes);
@@ -92,7 +93,7 @@ def _finite(v):
 
 class ExperimentRunner:
     """The ``run_experiment(record, context)`` callable the worker pool calls; the spec's kind
-    picks the run (inversion here, membership in :mod:`.membership_runner`)."""
+    picks the run (inversion here, the other kinds in their ``*_runner`` modules)."""
 
     def __init__(self, config: RunnerConfig):
         self.config = config
@@ -101,11 +102,16 @@ class ExperimentRunner:
     def __call__(self, record: dict, ctx) -> dict:
         from .kinds import kind_of
 
-        if kind_of(record["spec"]) == "membership":
-            from .membership_runner import MembershipRun
-
-            return MembershipRun(self, record, ctx).run()
-        return _Run(self, record, ctx).run()
+        kind = kind_of(record["spec"])
+        if kind == "membership":
+            from .membership_runner import MembershipRun as Run
+        elif kind == "attribute":
+            from .attribute_runner import AttributeRun as Run
+        elif kind == "classifier-inversion":
+            from .classifier_inversion_runner import ClassifierInversionRun as Run
+        else:
+            Run = _Run
+        return Run(self, record, ctx).run()
 
 
 class Steps:

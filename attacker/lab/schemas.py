@@ -40,7 +40,11 @@ class Experiment(BaseModel):
                           "MSE mean/std, accuracy, bytes per image, attack seconds, image URLs); membership: "
                           "targets per seed, trials per attack x seed (AUC, TPR at 1% and 0.1% FPR, balanced "
                           "accuracy, precision, recall, F1, advantage) and rows per attack (their mean and std "
-                          "over the seeds), the ROC image URL; partial while running")
+                          "over the seeds), the ROC image URL; attribute: model, victims, rows per observation x "
+                          "attribute (accuracy, macro-F1, per-class F1, majority baseline, attacker images, edge "
+                          "queries); classifier-inversion: model, attack, summary and baseline (SSIM/PSNR own and others, "
+                          "identification, evaluator top-1/top-5), per-person rows, the faces image URL; partial "
+                          "while running")
     error: str | None = None
     restarts: int = Field(0, description="times it was interrupted by a service restart and re-run")
     cancel_requested: bool = False

@@ -92,7 +92,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        ("max_membership_samples", "membership: members (and as many non-members) per seed"),
                        ("max_shadow_models", "membership: shadow / reference models of an attack"),
                        ("max_seeds", "membership: seeds per experiment"),
-                       ("max_attack_epochs", "membership: epochs of an attack network")):
+                       ("max_attack_epochs", "membership: epochs of an attack network"),
+                       ("max_victims", "attribute: victims' images sent through the edge"),
+                       ("max_queries", "classifier inversion through the API: queries of the edge in all")):
         env = "SPLITLAB_LAB_" + name.upper()
         limits.add_argument("--" + name.replace("_", "-"), type=int, default=_env(env, getattr(defaults, name), int),
                             help=f"{what} (env {env}, default {getattr(defaults, name)})")
