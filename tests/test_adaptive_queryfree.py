@@ -136,3 +136,46 @@ def test_a_shadow_head_trained_through_the_defence_drives_the_tail(deployed):
     attack.fit(knowledge_for(attack, KnowledgeSource(record=record, tail=tail, aux_images=t.x_train[:6000],
                                                      aux_labels=t.y_train[:6000], adaptive=True)))
     assert attack.shadow_accuracy > 0.5 and attack.reconstruct(sent).shape == t.x_eval.shape
+
+
+@pytest.fixture(scope="module")
+def defended_captures(lenet_digits, tmp_path_factory):
+    """A dropout-defended lenet5 / digits deployment (private store) and a capture store holding what
+    its edge sent for four test images."""
+    import numpy as np
+
+    from attacker.captures.store import CaptureStore
+    from conftest import private_copy
+    from models.datasets import load_dataset
+    from models.deploy import deploy
+    from models.onnx_runtime import head_session
+
+    store = private_copy(lenet_digits, tmp_path_factory)
+    dep = deploy(store, "lenet5-digits", SPLIT, defence="dropout:p=0.5")["deployment_id"]
+    x = load_dataset("digits").x_test[:4]
+    from models.datasets import to_tensor
+
+    sent = head_session(str(store.deployment_dir(dep) / "head.onnx")).run(None, {"input": to_tensor(x).numpy()})[0]
+    captures = CaptureStore(tmp_path_factory.mktemp("captures") / "store")
+    captures.add_captures([{"method": "Infer", "request_id": "req-0", "deployment_id": dep, "time": 1.0,
+                            "latency": 0.001, "features": np.asarray(sent), "shape": sent.shape,
+                            "wire_dtype": "float32", "top1": [0] * len(sent)}])
+    captures.close()
+    return store, dep, captures.root
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("whitebox", ["--head-from", "artifacts", "--param", "iterations=5"]),
+    ("queryfree", ["--aux-data", "digits:train:200", "--param", "epochs=1", "--param", 'whitebox={"iterations": 5}']),
+])
+def test_attacker_invert_adaptive_knows_the_defence(defended_captures, method, extra, tmp_path, capsys):
+    from attacker.__main__ import main
+
+    store, dep, captures = defended_captures
+    argv = ["invert", "--method", method, "--deployment", dep, "--artifacts", str(store.root), "--store",
+            str(captures), "--out", str(tmp_path / "out"), "--no-progress", *extra]
+    assert main(argv + ["--adaptive"]) == 0
+    out = capsys.readouterr().out
+    assert "dropout0.5" in out and (tmp_path / "out" / "summary.json").is_file()
+    if method == "queryfree":  # only the adaptive attacker's knowledge names the defence
+        assert main(argv) == 0 and "dropout0.5" not in capsys.readouterr().out
