@@ -99,7 +99,7 @@ def _attack_label(a) -> str:
     if a.get("label"):  # a membership attack's own label
         return a["label"]
     parts = [a.get("name", "?")] + [a[k] for k in ("aux", "shadow") if a.get(k)]
-    return "-".join(parts)
+    return "-".join(parts + (["adaptive"] if a.get("adaptive") is True else []))
 
 
 def index(items: list[dict], total: int, status: str | None) -> str:

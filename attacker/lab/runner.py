@@ -230,7 +230,8 @@ class _Run(Steps):
         info: dict = {"params": {k: v for k, v in params.items() if k != "progress"}}
         query = channel.query_function(dep["deployment_id"], f"{self.prefix}-{s}-{attack.label}", self.ctx.check)
         source = KnowledgeSource(dep["deployment_id"], artifacts=self.store, captures=captures, record=dep,
-                                 query=query, query_label="the edge's /v1/infer", aux_setting=attack.aux)
+                                 query=query, query_label="the edge's /v1/infer", aux_setting=attack.aux,
+                                 adaptive=attack.adaptive)
         if obj.Knowledge.AUX != "none":
             source.aux_images, source.aux_labels = self._aux_data(attack, manifest, ds, tuple(dep["input_shape"]))
         knowledge = knowledge_for(obj, source)
