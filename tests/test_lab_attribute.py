@@ -125,3 +125,27 @@ def test_invalid_attribute_specs_get_422_naming_the_field(client, change, field)
 def test_a_target_trained_on_every_image_leaves_the_attacker_nothing():
     with pytest.raises(SplitlabError, match="privacy split scheme"):
         attacker_indices({"target_out": [1, 2]})
+
+
+def test_the_schema_says_where_the_target_comes_from_exactly_as_the_service_checks(experiment, lab, tmp_path):
+    """deployment_id, or arch (with dataset) or model_id, each with split_point: for every
+    combination of given, null and absent keys, the published JSON schema accepts the body exactly
+    when the service does (and a refusal names one of the keys)."""
+    import itertools
+
+    import jsonschema_rs
+
+    model = experiment["results"]["model"]
+    choices = {"arch": ["aia-lenet", None, ...], "model_id": [model["model_id"], ...],
+               "deployment_id": [model["deployment_id"], None, ...], "split_point": ["pool1", ...],
+               "dataset": ["utkface", ...], "train": [{"epochs": 1}, ...]}  # ... = key left out
+    with TestClient(make_app(tmp_path, artifacts=lab.paths["artifacts"])) as client:
+        doc = client.get("/v1/openapi.json").json()
+        schema = doc["components"]["schemas"]["AttributeExperimentSpec"]
+        validator = jsonschema_rs.validator_for({**schema, "components": doc["components"]})
+        for values in itertools.product(*choices.values()):
+            body = {"kind": "attribute"} | {k: v for k, v in zip(choices, values) if v is not ...}
+            r = client.post("/v1/experiments", json=body, headers=AUTH)
+            assert validator.is_valid(body) == (r.status_code == 202), (body, r.status_code, r.text)
+            if r.status_code == 422:
+                assert r.json()["error"].split(":")[0] in choices, r.json()
