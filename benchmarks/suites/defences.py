@@ -72,6 +72,9 @@ ATTACK_KEYS = {"name", "label", "params", "aux_limit"}
 EVALUATION = {"members": 200, "non_members": 200, "images": 16, "accuracy_images": 1000}
 INVERSIONS = {"whitebox": "WB", "blackbox": "BB", "queryfree": "QF"}  # attack -> its short name in the report
 MODES = ("naive", "adaptive")
+# columns of the main table that describe the target, not an attack's success (no Pareto panel);
+# the train accuracy next to the task accuracy is the generalisation gap membership attacks feed on
+COSTS = ("accuracy", "target_train_accuracy", "train_seconds", "dp_spent_epsilon")
 
 
 def _membership_attacks(config: dict) -> list[dict]:
@@ -275,7 +278,9 @@ def _image_scores(recon, images) -> dict:
 def _columns(rs: list[dict]) -> list[tuple[str, str, int]]:
     """(caption, metric, digits) of the main table: cost, membership, then inversion per split."""
     t = rs[0]["target"]
-    cols = [("task acc", "accuracy", 3), ("train s", "train_seconds", 0)]
+    cols = [("task acc", "accuracy", 3), ("train acc", "target_train_accuracy", 3), ("train s", "train_seconds", 0)]
+    if any("dp_spent_epsilon" in (r.get("metrics") or {}) for r in rs):
+        cols.append(("DP eps spent", "dp_spent_epsilon", 2))
     for spec in t["membership"]:
         cols += [(f"{spec['label']} AUC", f"{spec['label']}_auc", 3),
                  (f"{spec['label']} TPR@1%", f"{spec['label']}_tpr_at_1pct_fpr", 3)]
@@ -323,7 +328,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def pareto_plot(rows: dict, cols: list[tuple[str, str, int]], path: Path) -> Path:
     """Task accuracy (y) against each attack's success (x), one panel per attack metric, the Pareto
     front (defences no other beats on both) joined."""
-    attacks = [(c, k) for c, k, _ in cols if k not in ("accuracy", "train_seconds")]
+    attacks = [(c, k) for c, k, _ in cols if k not in COSTS]
     ncols = min(4, len(attacks))
     nrows = -(-len(attacks) // ncols)
     with figure(path, ncols, (2.8 * ncols, 2.6 * nrows), nrows) as (_, axes):
