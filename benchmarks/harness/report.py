@@ -102,6 +102,16 @@ def figure(path: Path, ncols: int = 1, figsize: tuple[float, float] = (6, 3.5), 
         plt.close(fig)
 
 
+def notes_section(config: dict) -> list[str]:
+    """The hand-written notes file the config names (``notes:``, relative to the repository root), as
+    the report's last section: reports are regenerated, notes are not."""
+    notes = config.get("notes")
+    if not notes:
+        return []
+    path = Path(notes) if Path(notes).is_absolute() else Path(__file__).resolve().parents[2] / notes
+    return ["", path.read_text().rstrip()] if path.is_file() else []
+
+
 def failures(results: list[dict]) -> list[str]:
     """A section listing the trials that failed or never ran (empty when all succeeded)."""
     bad = [r for r in results if r["status"] != "ok"]

@@ -24,6 +24,7 @@ SUITES: dict[str, str] = {
     "attribute": "benchmarks.suites.attribute",
     "defences": "benchmarks.suites.defences",
     "face_inversion": "benchmarks.suites.face_inversion",
+    "architectures": "benchmarks.suites.architectures",
 }
 
 
