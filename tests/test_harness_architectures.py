@@ -54,6 +54,8 @@ def test_trials_are_the_family_suites_trials_for_every_architecture():
     (lambda c: c["membership"]["attacks"].append({"name": "gradient/dlg"}), "runs membership attacks"),
     (lambda c: c.update(compare=[["lenet5", "vit-huge"]]), "does not list: vit-huge"),
     (lambda c: c.update(colour="blue"), "unknown colour"),
+    (lambda c: c.update(morph={"paper_psnr": ["high"]}), "paper_psnr"),
+    (lambda c: c["membership"].update(architectures=["resnet18"]), "the config's architectures"),
     (lambda c: [c.pop(f) for f in architectures.FAMILIES], "at least one of the sections"),
 ])
 def test_bad_configs_fail_before_any_trial_runs(change, message):
@@ -71,7 +73,7 @@ def _result(arch: str, family: str, seed: int, metrics: dict, label: str, **targ
 
 def test_findings_compare_the_transformer_with_the_cnn_and_a_step_with_the_one_before(tmp_path):
     config = {"architectures": ["cnn", "vit", "morph-00-a", "morph-01-b"], "compare": [["cnn", "vit"]],
-              "steps": {"morph-01-b": "patchify stem"}, "morph": {"attack": "ig", "batch_size": 1}}
+              "steps": {"morph-01-b": "patchify stem"}, "morph": {"attack": "ig", "batch_size": 1, "paper_psnr": [10.58, 10.74]}}
     psnr = {"cnn": (10, 11), "vit": (30, 31), "morph-00-a": (12, 13), "morph-01-b": (12.6, 12.7)}
     results = [_result(arch, "gradient", s, {"psnr_mean": v, "mse_mean": 0.1, "ssim_mean": 0.2, "blank_psnr": 8.0,
                                             "target_test_accuracy": 0.5, "label_accuracy": 1.0,
@@ -86,6 +88,7 @@ def test_findings_compare_the_transformer_with_the_cnn_and_a_step_with_the_one_b
     assert "| 10.500 ± 0.707 | 30.500 ± 0.707 | holds (beyond the spread" in rows["transformers leak more than CNNs: vit vs cnn"]
     assert "holds (within the spread" in rows["patchify stem raises GIA success: morph-01-b vs morph-00-a"]
     assert "| 1. morph-00-a | 0.5000 ± 0.0000 | 0.1000 ± 0.0000 | 12.50 ± 0.71 | not computed |" in body
+    assert "| 12.65 ± 0.07 | not computed | 0.2000 ± 0.0000 | 10.74 |" in body  # the paper's PSNR beside ours
     assert (tmp_path / "morph-psnr.png").stat().st_size > 1000
     assert architectures.verdict([3.0], [2.0]) == "does not hold (one seed: no spread to judge by)"
 
