@@ -9,12 +9,21 @@ For each person the attack (``classifier-inversion/mi-face``) makes up the image
 surest is that person, with one of two kinds of knowledge:
 
 * ``white-box``: the head the edge downloads joined to the tail the cloud serves (exact gradients);
-* ``api``: the edge's answers only (probabilities; NES gradient estimates, bounded queries).
-  In-process here with the edge's float64 softmax; the edge answers the same (see the membership
-  live test).
+* ``api``: the edge's answers only (probabilities; NES gradient estimates, bounded queries per
+  person), searching a coarse pixel grid or the eigenfaces of the attacker's auxiliary faces
+  (:mod:`attacker.attacks.inversion.search_space`). In-process here with the edge's float64
+  softmax; the edge answers the same (see the membership live test).
+* ``query-free``: the tail only (the cloud's view) and labelled auxiliary faces: a shadow head is
+  trained through the tail (the query-free attack's training), then inverted through with exact
+  gradients; ``shadow_folds: 2`` trains one shadow per half of the people on the other half's
+  photos only (people-disjoint).
 
-With the tail alone (the cloud's query-free view) no image can be made: it maps features, not
-images, to classes (``attacker/attacks/inversion/classifier_knowledge.py``).
+The attacker's auxiliary faces are the dataset's held-out images (8-10 of each person): photos the
+target never trained on, taken like the training ones - what an attacker who collected other
+pictures of the enrolled people would own. The eigenface basis of a person leaves that person's own
+photos out (the API attack never holds a photo of whom it reconstructs); the query-free shadow is
+trained with labels, so unless people-disjoint it has seen the person's held-out photos. What
+those photos alone show is a reference row: their mean, per person.
 
 Two measures, neither of which is the attacked model's own verdict:
 
@@ -25,8 +34,9 @@ Two measures, neither of which is the attacked model's own verdict:
   ``lenet5`` CNN, never seen by the attack) asked who the reconstruction is: top-1 and top-5
   over the 40 people (chance 0.025 and 0.125).
 
-Baselines: the mean face of all training images (what an attacker who knows faces but nobody in
-particular would draw) under the same measures. One grid of all 40 people (a training image beside
+Baseline: the mean face of all training images (what an attacker who knows faces but nobody in
+particular would draw) under the same measures; reference: the mean of the person's held-out
+photos (what the auxiliary data alone shows). One grid of all 40 people (a training image beside
 each attack's reconstruction) is written as ``faces.png``; reconstructions are kept under the
 artifact store (``benchmarks/face_inversion/<trial>.npz``) for the report to draw. Config::
 
@@ -35,9 +45,11 @@ artifact store (``benchmarks/face_inversion/<trial>.npz``) for the report to dra
     target: {arch: face-mlp, dataset: olivetti, split: fc1, options: {epochs: 30, batch_size: 64, scheme: full}}
     evaluator: {arch: lenet5, options: {epochs: 15, batch_size: 32, lr: 0.002, scheme: full}}
     people: 40                       # the first N people, or a list of person ids
+    notes: benchmarks/results/face_inversion/notes.md   # optional: hand-written notes, the report's last section
     attacks:
       - {label: white-box, knowledge: white-box, params: {iterations: 100, step: 0.1}}
-      - {label: api, knowledge: api, params: {max_queries: 2000}}
+      - {label: api, knowledge: api, params: {basis: faces, sigma: 0.5, step: 0.3, samples: 10, max_queries: 1050}}
+      - {label: query-free, knowledge: query-free, params: {iterations: 100, step: 100}}
 """
 
 from __future__ import annotations
@@ -48,14 +60,15 @@ from pathlib import Path
 import numpy as np
 
 from attacker.attacks.inversion.face_metrics import everyone_face, face_metrics, mean_faces
-from benchmarks.harness.report import fmt, group, ok, table, values
+from benchmarks.harness.report import fmt, group, notes_section, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
 NAME = "face_inversion"
 TITLE = "Classifier model inversion (faces)"
-KNOWLEDGE = ("white-box", "api")
-KEYS = {"suite", "title", "seeds", "out", "target", "evaluator", "people", "attacks"}
+KNOWLEDGE = ("white-box", "api", "query-free")
+AUX = "the held-out AT&T images (8-10 of each person; never trained on)"
+KEYS = {"suite", "title", "seeds", "out", "target", "evaluator", "people", "attacks", "notes"}
 COLUMNS = [("evaluator top-1", "eval_top1"), ("evaluator top-5", "eval_top5"), ("SSIM own", "ssim_own"),
            ("SSIM others", "ssim_others"), ("PSNR own", "psnr_own"), ("PSNR others", "psnr_others"),
            ("identified by SSIM", "ssim_identified"), ("target top-1", "target_top1")]
@@ -86,8 +99,7 @@ def trials(config: dict) -> list[Trial]:
     for entry in config["attacks"]:
         entry = checked_entry("attack", entry, {"label", "knowledge"}, {"label", "knowledge", "params"})
         if entry["knowledge"] not in KNOWLEDGE:
-            raise SplitlabError(f"attack {entry['label']}: knowledge must be one of {', '.join(KNOWLEDGE)} (the tail "
-                                "alone gives no image)")
+            raise SplitlabError(f"attack {entry['label']}: knowledge must be one of {', '.join(KNOWLEDGE)}")
         attack_class("classifier-inversion/mi-face").Params.from_dict(entry.get("params") or {})
         attacks.append((entry["label"], {"name": "classifier-inversion/mi-face", "knowledge": entry["knowledge"],
                                          "params": entry.get("params") or {}}))
@@ -95,10 +107,11 @@ def trials(config: dict) -> list[Trial]:
 
 
 def run_trial(trial: Trial, ctx: Context) -> dict:
+    from attacker.attacks.inversion.knowledge import probe_feature_shape
     from attacker.attacks.knowledge import KnowledgeSource, knowledge_for
     from attacker.attacks.membership.knowledge import model_query
     from attacker.attacks.registry import create
-    from models import ArtifactStore, load_dataset
+    from models import ArtifactStore, load_dataset, to_tensor
     from models.reference import obtain_model
     from models.split import split_model
     from models.training import TrainOptions
@@ -116,13 +129,18 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     evaluator, eval_manifest = obtain(target["evaluator"]["arch"], target["evaluator"]["options"])
     record = {"input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
               "split": target["split"], "model_id": manifest["model_id"]}
+    head, tail = split_model(model, target["split"])
+    aux = {"aux_images": to_tensor(dataset.x_test), "aux_labels": dataset.y_test, "aux_name": AUX}
     if spec["knowledge"] == "api":
-        source = KnowledgeSource(record=record, query=model_query(model), query_label="the model in process")
+        source = KnowledgeSource(record=record, query=model_query(model), query_label="the model in process", **aux)
+    elif spec["knowledge"] == "query-free":
+        shape = probe_feature_shape(head, dataset.input_shape)  # what the cloud's deployment record says
+        source = KnowledgeSource(record={**record, "arch": target["arch"], "feature_shape": list(shape)}, tail=tail,
+                                 **aux)
     else:
-        head, tail = split_model(model, target["split"])
         source = KnowledgeSource(record=record, head=head, tail=tail)
     attack = create(spec["name"], {"seed": trial.seed, "device": trial.device, **spec["params"]})
-    knowledge = knowledge_for(attack, source)
+    knowledge = knowledge_for(attack, source, setting=spec["knowledge"])
     people = np.asarray(target["people"])
     t0 = time.perf_counter()
     images = attack.fit(knowledge).reconstruct(people).numpy()
@@ -131,6 +149,9 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
     metrics = face_metrics(images, people, means, evaluator.eval(), model.eval())
     blank = np.repeat(everyone_face(dataset), len(people), 0)
     metrics.update({f"baseline_{k}": v for k, v in face_metrics(blank, people, means, evaluator).items()})
+    x_aux = aux["aux_images"].numpy()
+    own_photos = np.stack([x_aux[dataset.y_test == p].mean(0) for p in people])
+    metrics.update({f"aux_{k}": v for k, v in face_metrics(own_photos, people, means, evaluator).items()})
     path = Path(ctx.artifacts) / "benchmarks" / NAME / f"{trial.trial_id}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, images=(images * 255).round().astype(np.uint8), people=people)
@@ -157,15 +178,16 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
              fmt(values(rs, "attack_seconds"), 0)]
             for label, rs in groups.items()]
     everyone = [r for rs in groups.values() for r in rs]
-    rows.append(["mean face of everyone (baseline)", "", *(fmt(values(everyone, f"baseline_{key}"), 3)
-                                                          if key != "target_top1" else "-" for _, key in COLUMNS),
-                 "", ""])
+    for name, prefix in (("mean face of everyone (baseline)", "baseline"),
+                         ("mean of the person's held-out photos (the auxiliary data; reference)", "aux")):
+        rows.append([name, "", *(fmt(values(everyone, f"{prefix}_{key}"), 3) if key != "target_top1" else "-"
+                                 for _, key in COLUMNS), "", ""])
     body += table(["attack", "seeds", *(c for c, _ in COLUMNS), "queries / person", "attack s"], rows)
     grid = face_grid(groups, config, out_dir / "faces.png")
     if grid:
         body += ["", f"![each person: a training image, then each attack's reconstruction ({', '.join(groups)})]"
                      "(faces.png)"]
-    return body
+    return body + notes_section(config)
 
 
 def face_grid(groups: dict, config: dict, path: Path) -> Path | None:

@@ -2,7 +2,7 @@
 
 Fredrikson et al. (CCS 2015) invert a face recogniser: the attacker knows a person's class (their
 name) and the model's confidence for any image it makes up, and searches the image space for the
-one the model is surest is that person. Two threat models, one class each:
+one the model is surest is that person. Three threat models, one class each:
 
 * :class:`ClassifierWhiteBoxKnowledge` - the whole classifier as a differentiable module: the
   model provider's stored model, or in the split deployment the head the edge downloaded (the
@@ -10,18 +10,21 @@ one the model is surest is that person. Two threat models, one class each:
   cloud serves. Exact gradients.
 * :class:`ClassifierQueryKnowledge` - the public API only: ``query(images) -> probabilities``, the
   edge's ``/v1/infer`` answer (``scores``), or the stored model queried in-process with the same
-  float64 softmax. No gradients: the attack estimates them from queries.
-
-*The tail alone* (the cloud's query-free view) maps features to classes: gradient ascent through it
-reconstructs a feature vector the tail is sure of, not an image. Turning features into an image
-needs the head (white-box) or queries of it (black-box): no image attack is possible from the tail
-alone, and :meth:`ClassifierKnowledge.from_source` says so rather than invert in the wrong space.
+  float64 softmax. No gradients: the attack estimates them from queries. Optionally the
+  attacker's own face images (``aux_images``), for the eigenface search space.
+* :class:`ClassifierQueryFreeKnowledge` - the tail only (the cloud's view: no head, no queries) and
+  labelled auxiliary images. He et al.'s query-free attack applied to classifier inversion: the
+  attacker trains a shadow head so that shadow head + the known tail classifies its auxiliary
+  images (:class:`.queryfree.QueryFreeAttack`'s training, reused as it is), then inverts through
+  shadow head + tail with exact gradients. The tail alone, without auxiliary data, maps features
+  to classes: inverting it gives features, not images, and :meth:`ClassifierKnowledge.from_source`
+  says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +34,9 @@ from ..base import AttackParameterError, check_positive_int
 from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource
 
 TAIL_ONLY = ("the tail alone maps features to classes: inverting it reconstructs features, not images; an image "
-             "needs the head (a captured GetHead payload or the artifact store) or queries (the edge's URL)")
+             "needs the head (a captured GetHead payload or the artifact store), queries (the edge's URL), or "
+             "labelled auxiliary images (aux_images, aux_labels) to train a shadow head through the tail (query-free)")
+SETTINGS = ("white-box", "api", "query-free")
 
 
 @dataclass
@@ -54,8 +59,10 @@ class ClassifierKnowledge(Knowledge):
 
     @classmethod
     def missing(cls, source: KnowledgeSource) -> str | None:
+        if source.tail is not None and source.query is None and source.edge_url is None and source.head is None:
+            return None if _labelled_aux(source) or source.artifacts is not None else TAIL_ONLY
         if source.query is None and source.edge_url is None and source.head is None and source.artifacts is None:
-            return TAIL_ONLY if source.tail is not None else (
+            return (
                 "classifier inversion needs the classifier: a query function or the edge's URL (black-box), or the "
                 "head and tail (in hand, captured, or in the artifact store)")
         if not source.deployment_id and source.query is None and source.head is None:
@@ -63,15 +70,23 @@ class ClassifierKnowledge(Knowledge):
         return None
 
     @classmethod
-    def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "ClassifierKnowledge":
-        """Queries where the source offers them (a query function, the edge), else the white-box model."""
+    def from_source(cls, source: KnowledgeSource, num_classes: int | None = None,
+                    setting: str | None = None) -> "ClassifierKnowledge":
+        """The ``setting`` asked for; else queries where the source offers them (a query function, the
+        edge), else query-free where it has a tail but no head, else the white-box model."""
         record = source.deployment_record() or {}
         k = int(num_classes or record.get("num_classes") or 0)
         if not k:
             raise KnowledgeError("classifier inversion needs the number of classes (num_classes)")
-        if source.query is not None or source.edge_url is not None:
-            return ClassifierQueryKnowledge.from_source(source, k)
-        return ClassifierWhiteBoxKnowledge.from_source(source, k)
+        if setting not in (None, *SETTINGS):
+            raise KnowledgeError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+        if setting is None:
+            setting = ("api" if source.query is not None or source.edge_url is not None else
+                       "query-free" if source.tail is not None and source.head is None and source.captures is None
+                       and _labelled_aux(source) else "white-box")
+        kinds = {"api": ClassifierQueryKnowledge, "query-free": ClassifierQueryFreeKnowledge,
+                 "white-box": ClassifierWhiteBoxKnowledge}
+        return kinds[setting].from_source(source, k)
 
 
 @dataclass
@@ -111,6 +126,8 @@ class ClassifierWhiteBoxKnowledge(ClassifierKnowledge):
 class ClassifierQueryKnowledge(ClassifierKnowledge):
     query: Callable = None
     origin: str = "a query function"
+    aux_images: Any = None     # optional: faces the attacker owns, for the eigenface search space
+    aux_labels: Any = None     # optional: their classes (a class's own images are left out of its basis)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -127,4 +144,37 @@ class ClassifierQueryKnowledge(ClassifierKnowledge):
         from ..queries import probability_query
 
         query, where = probability_query(source)
-        return cls(source.input_shape(), int(num_classes or source.deployment_record()["num_classes"]), query, where)
+        return cls(source.input_shape(), int(num_classes or source.deployment_record()["num_classes"]), query, where,
+                   source.aux_images, source.aux_labels)
+
+
+@dataclass
+class ClassifierQueryFreeKnowledge(ClassifierKnowledge):
+    """The tail and labelled auxiliary images, as :class:`.knowledge.QueryFreeKnowledge` holds them."""
+
+    queryfree: Any = None
+    origin: str = "a tail and labelled auxiliary images"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from .knowledge import QueryFreeKnowledge
+
+        if not isinstance(self.queryfree, QueryFreeKnowledge):
+            raise AttackParameterError(f"queryfree must be a QueryFreeKnowledge (the tail and labelled auxiliary "
+                                       f"images), got {type(self.queryfree).__name__}")
+        labels = self.queryfree.aux_labels
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise AttackParameterError(f"aux_labels must be class indices 0..{self.num_classes - 1}")
+
+    @classmethod
+    def from_source(cls, source: KnowledgeSource, num_classes: int | None = None) -> "ClassifierQueryFreeKnowledge":
+        from .knowledge import QueryFreeKnowledge
+
+        if not _labelled_aux(source):
+            raise KnowledgeError(TAIL_ONLY)
+        qk = QueryFreeKnowledge.from_source(source)
+        return cls(qk.input_shape, int(num_classes or qk.num_classes), qk, f"query-free: {qk.origin}")
+
+
+def _labelled_aux(source: KnowledgeSource) -> bool:
+    return source.aux_images is not None and source.aux_labels is not None
