@@ -25,6 +25,7 @@ predicted for everyone). Config::
     params: {epochs: 20}                         # the attack's parameters (AttributeParams)
     aux_limit: 2000                              # optional: the attacker's images used
     victims: 1000                                # optional: victims drawn from the test split
+    notes: benchmarks/results/attribute/notes.md # optional: hand-written notes, the report's last section
     published:                                   # a paper's figures, shown beside ours
       - {source: "003 task 3", attribute: race, accuracy: 0.51, baseline: 0.4252, f1: [0.64, 0.44, 0.39, 0.22, 0.01]}
 """
@@ -37,14 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from attacker.attacks.attribute.evaluation import attacker_and_victims, attribute_metrics
-from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
 NAME = "attribute"
 TITLE = "Attribute inference"
 KEYS = {"suite", "title", "seeds", "out", "target", "observations", "attributes", "params", "aux_limit", "victims",
-        "published"}
+        "published", "notes"}
 PUBLISHED_KEYS = {"source", "attribute", "accuracy", "baseline", "f1"}
 
 
@@ -140,8 +141,9 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
         if not groups:
             continue
         first = next(iter(groups.values()))[0]["metrics"]
+        targets = {r["seed"]: r["metrics"]["target_test_accuracy"] for rs in groups.values() for r in rs}
         body += [f"### {attribute} ({', '.join(classes)}); target test accuracy (gender) "
-                 f"{first['target_test_accuracy']:.3f}, {first['victims']} victims, "
+                 f"{fmt(list(targets.values()), 3)}, {first['victims']} victims, "
                  f"{first.get('fit_aux_samples', '?')} attacker images", ""]
         rows = [[obs, len(rs), fmt(values(rs, "accuracy"), 3), fmt(values(rs, "baseline_accuracy"), 3),
                  fmt(values(rs, "macro_f1"), 3), *(fmt(values(rs, f"f1_{i}"), 2) for i in range(len(classes))),
@@ -158,7 +160,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     if ok(results):
         plot(results, config["attributes"], out_dir / "attribute.png")
         body += ["![accuracy per observation against the majority baseline](attribute.png)"]
-    return body
+    return body + notes_section(config)
 
 
 def plot(results: list[dict], attributes: list[str], path: Path) -> Path:
