@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from fixtures_grpc import running_server
 
@@ -98,3 +99,39 @@ def finished(client, spec: dict) -> dict:
     record = wait(client, r.json()["id"])
     assert record["status"] == "done", record["error"]
     return record
+
+
+def experiment_fixtures(name: str, spec: dict, models: str | None = None):
+    """The fixtures of a lab kind's test module, to assign at module level
+    (``artifacts, lab, experiment, client = experiment_fixtures(...)``):
+
+    * ``artifacts`` (module): the cloud's artifact store: a private copy of the session fixture
+      ``models``' store (``conftest.private_copy``: what the module deploys stays its own), or empty;
+    * ``lab`` (module): :func:`live_lab` on it;
+    * ``experiment`` (module): ``spec`` run to done there (its record);
+    * ``client``: a lab API without workers on the same artifacts, for the 422 tests (nothing runs).
+    """
+    from conftest import private_copy
+    from test_lab_api import make_app
+
+    @pytest.fixture(scope="module")
+    def artifacts(request, tmp_path_factory) -> Path:
+        if models is None:
+            return tmp_path_factory.mktemp(f"{name}-artifacts")
+        return Path(private_copy(request.getfixturevalue(models), tmp_path_factory).root)
+
+    @pytest.fixture(scope="module")
+    def lab(artifacts, tmp_path_factory):
+        with live_lab(tmp_path_factory.mktemp(name), artifacts=artifacts) as client:
+            yield client
+
+    @pytest.fixture(scope="module")
+    def experiment(lab):
+        return finished(lab, spec)
+
+    @pytest.fixture
+    def client(artifacts, tmp_path):
+        with TestClient(make_app(tmp_path, artifacts=artifacts)) as c:
+            yield c
+
+    return artifacts, lab, experiment, client

@@ -3,16 +3,18 @@
 the real AT&T faces, with the head the tap captured when the edge downloaded it, reconstructs
 faces that are closer to their own person's mean face than to anyone else's.
 
-The target is face-mlp trained for two epochs in batches of 16 at a learning rate of 5e-4 (train
-accuracy 0.09: barely trained, yet its gradients already hold each person's face; its head at fc1
-is 124 MB: the pipeline here takes gRPC messages up to 256 MB), attacked white-box for 6 people, 20
-steps each. Measured: SSIM to the own mean face 0.028 against 0.002 to the others', every one of
-the 6 identified by SSIM; the mean face of everyone, judged the same way, identifies none (it is
-about as close to everyone: SSIM 0.58 against 0.56). (Two epochs at 1e-3 or 1e-2 in batches of 32
-left the target at chance, 0.025, and its reconstructions unidentified.) The evaluator here is an
-untrained lenet5 stored for the test (it checks that a named evaluator judges the reconstructions
-and shows on the page; a trained one's figures are the suite's, ``benchmarks/results/face_inversion``). The API-only run is a
-budget of a few queries per person: it shows that every query goes through the edge and the tap.
+The target and the evaluator are the session's (conftest ``face_models``: trained once, as
+``face_inversion-quick.yaml`` says, for this module and ``test_face_inversion.py``): face-mlp, 6
+epochs in batches of 64 (train accuracy 0.15; its head at fc1 is 124 MB: the pipeline here takes
+gRPC messages up to 256 MB), attacked white-box by model id for 6 people, 20 steps each.
+Measured: SSIM to the own mean face 0.096 against 0.021 to the others', all 6 identified by SSIM;
+the mean face of everyone, judged the same way, identifies none (SSIM 0.58 against 0.56). The
+previous target of this module (2 epochs in batches of 16, trained here: train accuracy 0.09) gave
+0.028 against 0.002. The evaluator (lenet5) names 1 of the 6 reconstructions, as it names 1 of the
+6 mean faces: this target's reconstructions do not fool another network (the full suite's do,
+``benchmarks/results/face_inversion``); here it shows that a named evaluator judges them and
+shows on the page. The API-only run is a budget of a few queries per person: it shows that every
+query goes through the edge and the tap.
 """
 
 from __future__ import annotations
@@ -21,61 +23,38 @@ import io
 
 import numpy as np
 import pytest
-import torch
+from conftest import quick_model_id
 from fastapi.testclient import TestClient
-from lab_pipeline import finished, live_lab
+from lab_pipeline import experiment_fixtures, finished
 from test_lab_api import AUTH, make_app
 
 from attacker.captures.store import CaptureStore
-from models import ArtifactStore, build_model
 
-TARGET = {"kind": "classifier-inversion", "arch": "face-mlp", "dataset": "olivetti", "split_point": "fc1",
-          "train": {"epochs": 2, "batch_size": 16, "lr": 0.0005}, "seed": 0}
-SPEC = {**TARGET, "knowledge": "white-box", "people": 6, "params": {"iterations": 20}, "evaluator_id": "lenet5-faces"}
-API = {**TARGET, "knowledge": "api", "people": 2, "params": {"iterations": 3, "samples": 4}}
+MODEL, EVALUATOR = quick_model_id("face_inversion"), quick_model_id("face_inversion", "evaluator")
+ATTACK = {"kind": "classifier-inversion", "knowledge": "white-box", "people": 6, "params": {"iterations": 20},
+          "evaluator_id": EVALUATOR, "seed": 0}
+# the session's face-mlp (conftest.face_models), deployed at fc1 by the first experiment
+RUN, API = ({**ATTACK, "model_id": MODEL, "split_point": "fc1"},
+            {**ATTACK, "model_id": MODEL, "split_point": "fc1", "knowledge": "api", "people": 2,
+             "params": {"iterations": 3, "samples": 4}})
+# a target trained for the experiment: the spec the 422 tests change (never run)
+SPEC = {**ATTACK, "arch": "face-mlp", "dataset": "olivetti", "split_point": "fc1", "train": {"epochs": 2}}
 
-
-def store_evaluator(artifacts) -> None:
-    """An untrained lenet5 for the AT&T faces (seeded), stored with the manifest fields loading needs."""
-    torch.manual_seed(0)
-    model = build_model("lenet5", 40, (1, 112, 92)).eval()
-    ArtifactStore(artifacts).save_model("lenet5-faces", model.state_dict(), {
-        "arch": "lenet5", "dataset": "olivetti", "num_classes": 40, "input_shape": [1, 112, 92],
-        "options": {"dropout": 0.0}, "seed": 0, "test_accuracy": None,
-        "preprocessing": "uint8 HWC image -> float32 CHW, divided by 255 (range [0, 1])"})
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lab-faces")
-    store_evaluator(root / "artifacts")
-    with live_lab(root) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def experiment(lab):
-    return finished(lab, SPEC)
-
-
-@pytest.fixture
-def client(tmp_path):
-    store_evaluator(tmp_path / "artifacts")
-    with TestClient(make_app(tmp_path)) as c:
-        yield c
+artifacts, lab, experiment, client = experiment_fixtures("lab-faces", RUN, models="face_models")
 
 
 def test_reconstructions_look_like_their_person(experiment):
     res = experiment["results"]
     s, base = res["summary"], res["baseline"]
-    assert s["ssim_own"] > s["ssim_others"] + 0.01, s
-    assert s["ssim_identified"] >= 0.5 > base["ssim_identified"] + 0.3, (s, base)
+    assert s["ssim_own"] > s["ssim_others"] + 0.03, s  # measured 0.096 against 0.021
+    assert s["ssim_identified"] >= 0.8 > base["ssim_identified"] + 0.5, (s, base)  # measured 6 of 6 against none
     people = res["people"]
     assert [p["person"] for p in people] == list(range(6))
     assert np.mean([p["ssim_own"] for p in people]) == pytest.approx(s["ssim_own"])
     assert s["ssim_identified"] == pytest.approx(np.mean([p["best_match"] == p["person"] for p in people]))
-    # the named evaluator judged them (untrained here: its numbers are only in range)
-    assert res["evaluator"]["model_id"] == "lenet5-faces" and 0 <= s["eval_top1"] <= s["eval_top5"] <= 1
+    # the named evaluator (another architecture, never seen by the attack) judged them and the baseline
+    assert res["evaluator"]["model_id"] == EVALUATOR and 0 <= s["eval_top1"] <= s["eval_top5"] <= 1
+    assert 0 <= base["eval_top1"] <= base["eval_top5"] <= 1
 
 
 def test_the_head_came_from_the_tap(experiment, lab):
@@ -94,14 +73,14 @@ def test_the_page_shows_people_and_faces(experiment, lab):
     assert Image.open(io.BytesIO(png.content)).size[0] >= 6 * 92
     page = lab.get(f"/experiments/{experiment['id']}").text
     s = experiment["results"]["summary"]
-    assert url in page and "id=people" in page and "lenet5-faces" in page
+    assert url in page and "id=people" in page and EVALUATOR in page
     assert f"{s['ssim_own']:.3f}" in page and "mean face of everyone (baseline)" in page
 
 
 def test_api_only_queries_go_through_the_edge(experiment, lab):
     res = finished(lab, API)["results"]
-    assert res["model"]["reused"] is True and res["model"]["deployment_id"] == experiment["results"]["model"][
-        "deployment_id"]
+    assert res["model"]["deployment_reused"] is True
+    assert res["model"]["deployment_id"] == experiment["results"]["model"]["deployment_id"]
     attack = res["attack"]
     assert attack["edge_queries"] == 2 * attack["queries_per_person"] > 0 and "/v1/infer" in attack["origin"]
     assert len(res["people"]) == 2 and res["images"]["faces"]["url"].endswith("/faces.png")
