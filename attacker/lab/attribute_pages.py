@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-from html import escape
-
 from . import tables as t
 
 
@@ -19,45 +17,25 @@ def summary(spec: dict) -> str:
 
 
 def sections(res: dict) -> str:
-    return target_section(res) + _victims(res) + _results(res)
+    return t.present(res, "model", t.target_section) + t.present(res, "victims", _victims) + _results(res)
 
 
-def target_section(res: dict) -> str:
-    """The target model and its deployment (shared with the classifier-inversion page)."""
-    m = res.get("model")
-    if not m:
-        return ""
-    return (f"<h2>Target</h2><p><code>{escape(str(m.get('model_id')))}</code> ({escape(str(m.get('arch')))} on "
-            f"{escape(str(m.get('dataset')))}, {'reused' if m.get('reused') else 'trained for this experiment'}) · "
-            f"train accuracy {t.num(m.get('train_accuracy'), '{:.3f}')} · test accuracy "
-            f"{t.num(m.get('test_accuracy'), '{:.3f}')} · deployed at {escape(str(m.get('split_point')))} as "
-            f"<code>{escape(str(m.get('deployment_id')))}</code> (features "
-            f"{escape('x'.join(map(str, m.get('feature_shape') or [])))})</p>")
-
-
-def _victims(res: dict) -> str:
-    v = res.get("victims")
-    if not v:
-        return ""
+def _victims(v: dict) -> str:
     return (f"<p>{int(v['images'])} victims' images sent through the edge → tap → cloud; the pipeline's task "
             f"accuracy on them {t.num(v.get('task_accuracy'), '{:.3f}')}; {t.num(v.get('bytes_per_image'), '{:,.0f}')} "
             "feature bytes per image on the wire.</p>")
 
 
 def _results(res: dict) -> str:
-    rows = res.get("rows") or []
-    if not rows:
-        return "<h2>Results</h2><p class=muted>no results yet</p>"
     body = [t.row(t.text(r["observation"]), t.text(r["attribute"]), t.number(r.get("accuracy"), "{:.3f}"),
                   t.number(r.get("baseline_accuracy"), "{:.3f}"), t.number(r.get("macro_f1"), "{:.3f}"),
                   t.number(r.get("baseline_macro_f1"), "{:.3f}"),
                   t.text(" · ".join(f"{c} {v:.2f}" for c, v in (r.get("f1") or {}).items())),
                   t.number(r.get("aux_images"), "{:d}"), t.number(r.get("edge_queries"), "{:d}"),
-                  t.number(r.get("fit_seconds"), "{:.1f}")) for r in rows]
-    return ("<h2>Results</h2>" + t.table(["observation", "attribute", "accuracy", "majority baseline", "macro-F1",
-                                          "baseline macro-F1", "per-class F1", "attacker images", "edge queries",
-                                          "fit s"], body, "results")
-            + "<p class=muted>features: the split features the tap captured for each victim's request; outputs: the "
-            "probabilities the edge released. The baseline predicts the attacker's own majority class for everyone. "
-            "Edge queries: the attacker's own images sent to learn the attack (an image observed once is "
-            "remembered).</p>")
+                  t.number(r.get("fit_seconds"), "{:.1f}")) for r in res.get("rows") or []]
+    return t.results_section(
+        ["observation", "attribute", "accuracy", "majority baseline", "macro-F1", "baseline macro-F1", "per-class F1",
+         "attacker images", "edge queries", "fit s"], body,
+        "features: the split features the tap captured for each victim's request; outputs: the probabilities the "
+        "edge released. The baseline predicts the attacker's own majority class for everyone. Edge queries: the "
+        "attacker's own images sent to learn the attack (an image observed once is remembered).")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from html import escape
 
 from . import tables as t
-from .attribute_pages import target_section
 
 # (column, key, format) of the summary table, for the attack and the baseline.
 COLUMNS = (("SSIM own", "ssim_own", "{:.3f}"), ("SSIM others", "ssim_others", "{:.3f}"),
@@ -27,38 +26,31 @@ def summary(spec: dict) -> str:
 
 
 def sections(res: dict) -> str:
-    return target_section(res) + _attack(res) + _summary(res) + _people(res) + _faces(res)
+    return (t.present(res, "model", t.target_section) + t.present(res, "attack", _attack) + _summary(res)
+            + t.present(res, "people", _people) + t.present(res, "images", _faces))
 
 
-def _attack(res: dict) -> str:
-    a = res.get("attack")
-    if not a:
-        return ""
+def _attack(a: dict) -> str:
     queries = f" · {int(a['edge_queries'])} queries of the edge" if a.get("edge_queries") is not None else ""
     return (f"<p>Knowledge: {escape(str(a.get('knowledge')))} ({escape(str(a.get('origin')))}){queries} · attack "
             f"{t.num(a.get('attack_seconds'), '{:.1f}')} s</p>")
 
 
 def _summary(res: dict) -> str:
-    s = res.get("summary")
-    if not s:
-        return "<h2>Results</h2><p class=muted>no results yet</p>"
-    rows = [t.row(t.text(name), *(t.number(r.get(key), fmt) for _, key, fmt in COLUMNS))
-            for name, r in (("reconstructions", s), ("mean face of everyone (baseline)", res.get("baseline") or {}))]
-    evaluator = res.get("evaluator")
+    s, evaluator = res.get("summary"), res.get("evaluator")
+    named = (("reconstructions", s), ("mean face of everyone (baseline)", res.get("baseline") or {})) if s else ()
+    rows = [t.row(t.text(name), *(t.number(r.get(key), fmt) for _, key, fmt in COLUMNS)) for name, r in named]
     judge = (f"the evaluator <code>{escape(evaluator['model_id'])}</code> ({escape(evaluator['arch'])}, test accuracy "
              f"{t.num(evaluator.get('test_accuracy'), '{:.3f}')}) never saw the attack" if evaluator
              else "no evaluator named (evaluator_id)")
-    return ("<h2>Results</h2>" + t.table(["", *(c for c, _, _ in COLUMNS)], rows, "results")
-            + f"<p class=muted>mean over the people. SSIM / PSNR to the person's mean training face (own) and to the "
-            f"other people's (others); identified: the own mean face is the most similar of all; {judge}. Target "
-            "top-1 is the attacked model's own verdict (what the attack optimised, not evidence).</p>")
+    return t.results_section(
+        ["", *(c for c, _, _ in COLUMNS)], rows,
+        "mean over the people. SSIM / PSNR to the person's mean training face (own) and to the other people's "
+        f"(others); identified: the own mean face is the most similar of all; {judge}. Target top-1 is the attacked "
+        "model's own verdict (what the attack optimised, not evidence).")
 
 
-def _people(res: dict) -> str:
-    people = res.get("people") or []
-    if not people:
-        return ""
+def _people(people: list) -> str:
     rows = [t.row(t.number(p["person"], "{:d}"), t.number(p["ssim_own"], "{:.3f}"),
                   t.number(p["ssim_others"], "{:.3f}"), t.number(p["psnr_own"], "{:.2f}"),
                   t.number(p["best_match"], "{:d}")) for p in people]
@@ -66,6 +58,5 @@ def _people(res: dict) -> str:
                                        "people")
 
 
-def _faces(res: dict) -> str:
-    images = res.get("images") or {}
-    return f"<h2>Reconstructions</h2>{t.figures(images)}" if images else ""
+def _faces(images: dict) -> str:
+    return f"<h2>Reconstructions</h2>{t.figures(images)}"

@@ -43,17 +43,15 @@ def _targets(res: dict) -> str:
 
 
 def _results(res: dict) -> str:
-    rows = res.get("rows") or []
-    if not rows:
-        return "<h2>Results</h2><p class=muted>no results yet</p>"
     body = [t.row(t.text(r["attack"]), t.number(len(r.get("seeds", [])), "{:d}"),
                   *(t.mean_std(r, key, fmt) for _, key, fmt in COLUMNS),
-                  t.text(r.get("threshold_source", ""))) for r in rows]
-    return ("<h2>Results</h2>" + t.table(["attack", "seeds", *(c for c, _, _ in COLUMNS), "threshold"], body, "results")
-            + "<p class=muted>mean ± std over the seeds. TPR at a low FPR is the highest TPR the ROC reaches at or "
-            "below it; balanced accuracy, precision, recall, F1 and advantage (TPR − FPR) are at the threshold "
-            "the attack chose on its own shadow data (<em>given</em>), or, for an attack that chooses none, at "
-            "the best threshold on the evaluated scores (<em>max-advantage</em>: an upper bound).</p>")
+                  t.text(r.get("threshold_source", ""))) for r in res.get("rows") or []]
+    return t.results_section(
+        ["attack", "seeds", *(c for c, _, _ in COLUMNS), "threshold"], body,
+        "mean ± std over the seeds. TPR at a low FPR is the highest TPR the ROC reaches at or below it; balanced "
+        "accuracy, precision, recall, F1 and advantage (TPR − FPR) are at the threshold the attack chose on its own "
+        "shadow data (<em>given</em>), or, for an attack that chooses none, at the best threshold on the evaluated "
+        "scores (<em>max-advantage</em>: an upper bound).")
 
 
 def _roc(res: dict) -> str:

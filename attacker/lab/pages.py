@@ -180,10 +180,7 @@ def _model_section(res: dict) -> str:
     if not m:
         return ""
     base = res.get("baseline") or {}
-    text = (f"<h2>Model</h2><p><code>{escape(str(m.get('model_id')))}</code> ({escape(str(m.get('arch')))} on "
-            f"{escape(str(m.get('dataset')))}, {'reused' if m.get('reused') else 'trained for this experiment'}) · "
-            f"train accuracy {t.num(m.get('train_accuracy'), '{:.3f}')} · test accuracy "
-            f"{t.num(m.get('test_accuracy'), '{:.3f}')}</p>")
+    text = f"<h2>Model</h2><p>{t.model_line(m)}</p>"
     if base:
         text += (f"<p class=muted>Blank baseline (an all-black image for every original): PSNR "
                  f"{t.pm(base, 'psnr')} dB, SSIM {t.pm(base, 'ssim', '{:.3f}')}</p>")
@@ -191,17 +188,14 @@ def _model_section(res: dict) -> str:
 
 
 def _results_table(res: dict) -> str:
-    rows = res.get("rows") or []
-    if not rows:
-        return "<h2>Results</h2><p class=muted>no results yet</p>"
     body = [t.row(t.text(r["split"]), t.text(r["attack"]), t.mean_std(r, "psnr"),
                   t.mean_std(r, "ssim", "{:.3f}"), t.mean_std(r, "mse", "{:.4f}"),
                   t.number(r.get("accuracy"), "{:.3f}"), t.number(r.get("bytes_per_image"), "{:,.0f}"),
-                  t.number(r.get("attack_seconds"), "{:.1f}")) for r in rows]
-    return ("<h2>Results</h2>" + t.table(["split point", "attack", "PSNR (dB)", "SSIM", "MSE", "task accuracy",
-                                          "bytes / image", "attack s"], body, "results")
-            + "<p class=muted>mean ± std over the private images; task accuracy is the edge → tap → cloud "
-            "pipeline's top-1 on them; bytes / image are the features' bytes on the wire.</p>")
+                  t.number(r.get("attack_seconds"), "{:.1f}")) for r in res.get("rows") or []]
+    return t.results_section(
+        ["split point", "attack", "PSNR (dB)", "SSIM", "MSE", "task accuracy", "bytes / image", "attack s"], body,
+        "mean ± std over the private images; task accuracy is the edge → tap → cloud pipeline's top-1 on them; "
+        "bytes / image are the features' bytes on the wire.")
 
 
 def _splits_table(res: dict) -> str:
