@@ -101,6 +101,14 @@ def finished(client, spec: dict) -> dict:
     return record
 
 
+def assert_refused(client, spec: dict, field: str) -> None:
+    """``spec`` gets a 422 whose error names ``field`` (first, or after another field's error)."""
+    r = client.post("/v1/experiments", json=spec, headers=AUTH)
+    assert r.status_code == 422, r.json()
+    message = r.json()["error"]
+    assert message.startswith(field) or f"; {field}" in message, message
+
+
 def experiment_fixtures(name: str, spec: dict, models: str | None = None):
     """The fixtures of a lab kind's test module, to assign at module level
     (``artifacts, lab, experiment, client = experiment_fixtures(...)``):
@@ -109,7 +117,8 @@ def experiment_fixtures(name: str, spec: dict, models: str | None = None):
       ``models``' store (``conftest.private_copy``: what the module deploys stays its own), or empty;
     * ``lab`` (module): :func:`live_lab` on it;
     * ``experiment`` (module): ``spec`` run to done there (its record);
-    * ``client``: a lab API without workers on the same artifacts, for the 422 tests (nothing runs).
+    * ``client``: a lab API without workers on the same artifacts and token, for the 422 tests
+      (nothing runs).
     """
     from conftest import private_copy
     from test_lab_api import make_app
@@ -131,7 +140,7 @@ def experiment_fixtures(name: str, spec: dict, models: str | None = None):
 
     @pytest.fixture
     def client(artifacts, tmp_path):
-        with TestClient(make_app(tmp_path, artifacts=artifacts)) as c:
+        with TestClient(make_app(tmp_path, token=TOKEN, artifacts=artifacts)) as c:
             yield c
 
     return artifacts, lab, experiment, client

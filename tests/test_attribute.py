@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import quick_model_id
 
 from attacker.attacks.attribute import FeatureKnowledge, OutputKnowledge, attribute_labels
 from attacker.attacks.base import AttackParameterError
@@ -27,9 +28,11 @@ QUICK = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "attrib
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(utkface_models):
+    """The quick config's pool1 and outputs trials on the session's aia-lenet (conftest
+    ``utkface_models``: the suite finds it there; it deploys nothing, so no private copy)."""
     config = yaml.safe_load(QUICK.read_text())
-    ctx = Context(artifacts=str(tmp_path_factory.mktemp("attribute") / "artifacts"))
+    ctx = Context(artifacts=str(utkface_models.root))
     return {t.attack["observe"]: suite.run_trial(t, ctx) for t in suite.trials(config)
             if t.attack["observe"] in ("pool1", "outputs")}
 
@@ -40,6 +43,7 @@ def test_features_beat_the_majority_class(results):
     assert m["accuracy"] > m["baseline_accuracy"] + 3 * sd, m
     assert m["macro_f1"] > m["baseline_macro_f1"] + 0.15, m
     assert m["fit_queries"] == m["fit_aux_samples"] == 1500
+    assert m["target_model"] == quick_model_id("attribute")  # the session's model, not one trained here
 
 
 def test_outputs_leak_less_than_features(results):

@@ -22,26 +22,26 @@ from attacker.attacks.registry import create
 from attacker.captures.store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from benchmarks.suites.attribute import attacker_and_victims
+from conftest import private_copy, quick_model_id
 from fixtures_grpc import running_server
-from models import ArtifactStore, load_dataset, to_tensor
+from models import load_dataset, to_tensor
 from models.deploy import deploy
-from models.reference import obtain_model
+from models.loading import load_model
 from models.split import split_model
-from models.training import TrainOptions
 
 pytestmark = pytest.mark.e2e
-TARGET = TrainOptions(arch="aia-lenet", dataset="utkface", epochs=3, limit=600, lr=0.002, seed=0)
 
 
-def test_live_attack_reads_the_tap(tmp_path):
+def test_live_attack_reads_the_tap(tmp_path, utkface_models, tmp_path_factory):
+    """On a private copy of the session's aia-lenet (conftest ``utkface_models``): it deploys."""
     from edge_client.client import CloudClient
     from edge_client.edge import Edge
     from edge_client.heads import HeadCache
     from edge_client.rest import create_app
 
     ds = load_dataset("utkface")
-    store = ArtifactStore(tmp_path / "artifacts")
-    model, manifest = obtain_model(store, TARGET, progress=False, dataset=ds)
+    store = private_copy(utkface_models, tmp_path_factory)
+    model, manifest = load_model(store, quick_model_id("attribute"))
     dep = deploy(store, manifest["model_id"], "pool1")["deployment_id"]
     aux_idx, aux_y, vic_idx, vic_y = attacker_and_victims(ds, 0, "race", aux_limit=300, victims=40)
     aux_x, vic_x = to_tensor(ds.x_train[aux_idx]), to_tensor(ds.x_test[vic_idx])

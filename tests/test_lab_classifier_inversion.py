@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from conftest import quick_model_id
 from fastapi.testclient import TestClient
-from lab_pipeline import experiment_fixtures, finished
-from test_lab_api import AUTH, make_app
+from lab_pipeline import AUTH, TOKEN, assert_refused, experiment_fixtures, finished
+from test_lab_api import make_app
 
 from attacker.captures.store import CaptureStore
 
@@ -109,15 +109,12 @@ INVALID = [
 
 @pytest.mark.parametrize("change,field", INVALID, ids=[str(c)[:50] for c, _ in INVALID])
 def test_invalid_classifier_inversion_specs_get_422_naming_the_field(client, change, field):
-    r = client.post("/v1/experiments", json={**SPEC, **change}, headers=AUTH)
-    assert r.status_code == 422, r.json()
-    message = r.json()["error"]
-    assert message.startswith(field) or f"; {field}" in message, message
+    assert_refused(client, {**SPEC, **change}, field)
 
 
 def test_the_evaluator_must_be_another_architecture_on_the_same_faces(tmp_path, lenet_digits):
     """``lenet_digits`` (conftest): a lenet5 trained on digits."""
-    with TestClient(make_app(tmp_path, artifacts=lenet_digits.root)) as c:
+    with TestClient(make_app(tmp_path, token=TOKEN, artifacts=lenet_digits.root)) as c:
         r = c.post("/v1/experiments", json={**SPEC, "evaluator_id": "lenet5-digits"}, headers=AUTH)
         assert r.status_code == 422 and "trained on 'digits', not 'olivetti'" in r.json()["error"], r.json()
 
