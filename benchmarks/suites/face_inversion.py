@@ -166,9 +166,11 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     groups = group(results, lambda r: r["label"].rsplit(" seed ", 1)[0])
     if not groups:
         return ["No trial has results yet."]
-    first = next(iter(groups.values()))[0]["metrics"]
-    body = [f"Target: face-mlp, test accuracy {first['target_test_accuracy']:.3f}; evaluator (another architecture, "
-            f"trained separately, never seen by the attack): test accuracy {first['evaluator_test_accuracy']:.3f}. "
+    per_seed = {r["seed"]: r["metrics"] for rs in groups.values() for r in rs}
+    target_acc, eval_acc = ([m[key] for m in per_seed.values()] for key in ("target_test_accuracy",
+                                                                             "evaluator_test_accuracy"))
+    body = [f"Target: face-mlp, test accuracy {fmt(target_acc, 3)}; evaluator (another architecture, "
+            f"trained separately, never seen by the attack): test accuracy {fmt(eval_acc, 3)}. "
             "Each row: one reconstruction per person, mean over the people (± std over seeds). SSIM / PSNR: to the "
             "person's mean training face (own) and to the other people's (others); identified by SSIM: the own mean "
             "face is the most similar of all; chance for top-1 / top-5 / identification is 0.025 / 0.125 / 0.025. "

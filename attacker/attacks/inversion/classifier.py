@@ -25,10 +25,10 @@ The gradient comes from the knowledge (:mod:`.classifier_knowledge`):
   1: the current image is scored to keep the best). The search runs in a low-dimensional space
   (``basis``, :mod:`.search_space`): a coarse pixel grid (``grid``), or the eigenfaces of the
   attacker's auxiliary faces (``faces``) without the attacked person's own photos. Measured on
-  face-mlp / AT&T, 40 people (``benchmarks/results/face_inversion``): the pixel grid at 1/8 (154
-  dimensions) stays near chance for an independent recogniser with 1,050 queries a person (top-1
-  0.05), 40 eigenfaces reach top-1 0.70 with 220 queries and 0.68 with 1,050 (white-box: 0.65);
-  the earlier unranked, pixel-grid search was at chance (0.025) with 1,050.
+  face-mlp / AT&T, 40 people, 3 seeds (``benchmarks/results/face_inversion``): the pixel grid at
+  1/8 (154 dimensions) stays near chance for an independent recogniser with 1,050 queries a person
+  (top-1 0.058), 40 eigenfaces reach top-1 0.75 with 220 queries and 0.79 with 1,050 (white-box:
+  0.70); the earlier unranked pixel-grid search was at chance (0.025) with 1,050.
 * **query-free** (the tail and labelled auxiliary faces, no head, no queries): a shadow head is
   trained through the frozen tail by the query-free attack's own training
   (:class:`.queryfree.QueryFreeAttack`, parameters ``shadow``: :data:`SHADOW_TRAINING` by default),
