@@ -9,7 +9,8 @@ sees - the feature shape (at the tap) and the input shape (the public API) - not
 structure:
 
 1. entry: a 3x3 conv (features with channels) or a linear layer to a (width, H/4, W/4) map (flat
-   features), then ReLU;
+   features, and a transformer's (tokens, dim) features flattened: the tap sees no token grid,
+   and vit-mini's class token has no place in one), then ReLU;
 2. growth to the input size: if the features are at most 6 pixels smaller than the image, one
    transposed conv with kernel ``H - h + 1`` (the exact adjoint shape of a valid conv); otherwise
    stride-2 transposed convs (kernel 4) until the map is at least the image size, then a valid conv
@@ -66,7 +67,7 @@ from torch import nn
 
 from models.fit import fit as train_network
 
-from ..base import as_float_tensor, check_choice, check_positive, check_positive_int
+from ..base import AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int
 from .base import InversionAttack, InversionParams
 from .knowledge import BlackBoxKnowledge
 from .known_defence import defence_layers
@@ -108,8 +109,9 @@ class InverseNet(nn.Module):
 
 def _linear_skip(feature_shape, input_shape) -> nn.Module:
     C, H, W = input_shape
-    if len(feature_shape) == 1:
-        return nn.Sequential(nn.Linear(feature_shape[0], C * H * W), nn.Unflatten(1, (C, H, W)))
+    if len(feature_shape) != 3:  # flat, or (tokens, dim) flattened first
+        flatten = [nn.Flatten()] if len(feature_shape) > 1 else []
+        return nn.Sequential(*flatten, nn.Linear(math.prod(feature_shape), C * H * W), nn.Unflatten(1, (C, H, W)))
     cf, h, w = feature_shape
     if h <= H and w <= W and H - h <= 6 and W - w <= 6:
         return nn.ConvTranspose2d(cf, C, (H - h + 1, W - w + 1)) if (h, w) != (H, W) else nn.Conv2d(cf, C, 3, padding=1)
@@ -201,14 +203,16 @@ def fit_linear_skip(skip: nn.Module, feats: torch.Tensor, images: torch.Tensor, 
 def inverse_network(feature_shape, input_shape, width: int = 64) -> InverseNet:
     """The inverse network g for features of ``feature_shape`` and images of ``input_shape``."""
     C, H, W = input_shape
-    if len(feature_shape) == 1:
-        h, w = max(1, math.ceil(H / 4)), max(1, math.ceil(W / 4))
-        layers: list[nn.Module] = [nn.Linear(feature_shape[0], width * h * w), nn.ReLU(), nn.Unflatten(1, (width, h, w))]
-    elif len(feature_shape) == 3:
+    if len(feature_shape) == 3:
         h, w = feature_shape[1:]
-        layers = [nn.Conv2d(feature_shape[0], width, 3, padding=1), nn.ReLU()]
+        layers: list[nn.Module] = [nn.Conv2d(feature_shape[0], width, 3, padding=1), nn.ReLU()]
+    elif len(feature_shape) in (1, 2):  # flat, or a transformer's (tokens, dim): flattened
+        h, w = max(1, math.ceil(H / 4)), max(1, math.ceil(W / 4))
+        layers = [nn.Flatten()] if len(feature_shape) == 2 else []
+        layers += [nn.Linear(math.prod(feature_shape), width * h * w), nn.ReLU(), nn.Unflatten(1, (width, h, w))]
     else:
-        raise ValueError(f"features of shape {tuple(feature_shape)} are neither flat nor (C, H, W)")
+        raise AttackParameterError(f"features of shape {tuple(feature_shape)} are neither flat, (tokens, dim) nor "
+                                   "(C, H, W): no inverse network for them")
     grow, _ = _growth(width, (h, w), (H, W))
     layers += grow
     layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, C, 3, padding=1)]
