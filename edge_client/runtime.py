@@ -201,9 +201,6 @@ def _why_unnamed(head, graph, head_meta: dict) -> str:
     if any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)) for m in head.modules()):
         return ("; a head deployed before heads were exported unfolded (models.deploy.export_head_onnx) has "
                 "its normalisation layers folded into other constants: deploy it again")
-    if any(isinstance(m, nn.LayerNorm) for m in head.modules()):
-        return ("; the ONNX exporter stores identical tensors once, and an untrained model's LayerNorm weights "
-                "(all ones) and zero biases are identical: train the model (any step makes them distinct)")
     return ""
 
 

@@ -65,7 +65,9 @@ def export_head_onnx(head: torch.nn.Module, input_shape) -> bytes:
     layer2 311 vs 319 ms, mia-cnn at relu2 1.22 vs 1.20 ms); the file grows by the unfolded
     parameters (mia-cnn at relu2: 76 -> 78 KB, resnet18 at layer2: 2702 -> 2715 KB; lenet5:
     unchanged). The exporter still stores identical tensors once (an untrained BatchNorm's weight
-    and running variance, both all ones), so a rebuild by name needs trained weights."""
+    and running variance, both all ones; an untrained LayerNorm's weights and zero biases), each
+    duplicate's name kept as an ``Identity`` node's output, which is where
+    :func:`models.loading.load_onnx_weights` finds it."""
     return export_onnx(head, input_shape, fold=False)
 
 

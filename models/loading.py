@@ -31,6 +31,9 @@ def load_onnx_weights(module: nn.Module, graph) -> nn.Module:
     state = {k: v for k, v in module.state_dict().items() if not k.endswith("num_batches_tracked")}
     absent = [k for k in state if k not in weights]
     if absent:
+        weights.update(_deduplicated(graph, weights))
+        absent = [k for k in state if k not in weights]
+    if absent:
         raise SplitlabError(f"the ONNX graph has no initializers named {', '.join(absent[:4])}"
                             + (f" (and {len(absent) - 4} more)" if len(absent) > 4 else ""))
     loaded = {k: torch.from_numpy(numpy_helper.to_array(weights[k]).copy()) for k in state}
@@ -40,6 +43,15 @@ def load_onnx_weights(module: nn.Module, graph) -> nn.Module:
         raise SplitlabError(f"the ONNX graph's initializers do not fit the architecture: {'; '.join(bad[:4])}")
     module.load_state_dict({k: t.reshape(state[k].shape) for k, t in loaded.items()}, strict=False)
     return module
+
+
+def _deduplicated(graph, weights: dict) -> dict:
+    """The state-dict entries the ONNX exporter stored once under another entry's name because their
+    values were identical (an untrained model's LayerNorm weights, all ones, and zero biases, or
+    BatchNorm's weight and running variance): each keeps its name as the output of an ``Identity``
+    node reading the initializer it became."""
+    return {n.output[0]: weights[n.input[0]] for n in graph.node
+            if n.op_type == "Identity" and n.input and n.input[0] in weights}
 
 
 def load_model(store: ArtifactStore, model_id: str) -> tuple[SplitNet, dict]:
