@@ -87,7 +87,7 @@ def test_findings_compare_the_transformer_with_the_cnn_and_a_step_with_the_one_b
     rows = {line.split(" | ")[0].lstrip("| "): line for line in body.splitlines() if "raises" in line or "leak" in line}
     assert "| 10.500 ± 0.707 | 30.500 ± 0.707 | holds (beyond the spread" in rows["transformers leak more than CNNs: vit vs cnn"]
     assert "holds (within the spread" in rows["patchify stem raises GIA success: morph-01-b vs morph-00-a"]
-    assert "| 1. morph-00-a | 0.5000 ± 0.0000 | 0.1000 ± 0.0000 | 12.50 ± 0.71 | not computed |" in body
+    assert "| 1. morph-00-a | 0.5000 | 0.1000 ± 0.0000 | 12.50 ± 0.71 | not computed |" in body  # one model's accuracy
     assert "| 12.65 ± 0.07 | not computed | 0.2000 ± 0.0000 | 10.74 |" in body  # the paper's PSNR beside ours
     assert (tmp_path / "morph-psnr.png").stat().st_size > 1000
     assert architectures.verdict([3.0], [2.0]) == "does not hold (one seed: no spread to judge by)"
