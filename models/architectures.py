@@ -19,17 +19,53 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import SplitlabError
+
+
+FEATURE_LAYOUTS = ("nchw", "nhwc", "tokens")  # see SplitNet.feature_layout
+
+
+def channel_axis(layout: str) -> int:
+    """The channel axis of a batch of features in ``layout`` (1 for ``nchw``, flat features
+    included; the last axis for ``nhwc`` grids and ``tokens``)."""
+    if layout not in FEATURE_LAYOUTS:
+        raise SplitlabError(f"unknown feature layout {layout!r}; known: {', '.join(FEATURE_LAYOUTS)}")
+    return 1 if layout == "nchw" else -1
+
+
+def feature_channels(feature_shape, layout: str) -> int:
+    """How many channels one example's features of ``feature_shape`` (no batch axis) have."""
+    return int(feature_shape[0 if channel_axis(layout) == 1 else -1])
+
 
 class SplitNet(nn.Sequential):
-    """A flat network whose named children include its split points."""
+    """A flat network whose named children include its split points.
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", split_points: list[str]):
+    ``feature_layouts`` (split point -> layout) says how the features at a split point are laid out
+    for the consumers that need their channel axis (the black-box inverse network, the ``nonlinear``
+    feature defence): ``nchw`` (the default: ``(C, H, W)`` maps, or flat vectors), ``nhwc``
+    (channel-last ``(H, W, C)`` grids, the Swin's stages) or ``tokens`` (``(tokens, dim)``, the ViT).
+    A deployment records it (``deployment.json``'s ``feature_layout``, written when not ``nchw``).
+    """
+
+    def __init__(self, layers: "OrderedDict[str, nn.Module]", split_points: list[str],
+                 feature_layouts: dict[str, str] | None = None):
         super().__init__(layers)
         names = list(layers)
         missing = [p for p in split_points if p not in names]
         if missing:
             raise ValueError(f"split points {missing} are not layers of the network")
         self.split_points = list(split_points)
+        layouts = dict(feature_layouts or {})
+        for point, layout in layouts.items():
+            if point not in self.split_points:
+                raise ValueError(f"feature layout given for {point!r}, which is not a split point")
+            channel_axis(layout)
+        self.feature_layouts = layouts
+
+    def feature_layout(self, point: str) -> str:
+        """The layout of the features at split point ``point`` (``nchw`` unless declared)."""
+        return self.feature_layouts.get(point, "nchw")
 
 
 def _flat_size(layers: "OrderedDict[str, nn.Module]", input_shape: tuple[int, int, int]) -> int:

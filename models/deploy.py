@@ -150,6 +150,8 @@ def deploy(store: ArtifactStore, model_id: str, split: str, deployment_id: str |
         "onnx_max_abs_diff": diff,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if defended.layout != "nchw":  # absent: (C, H, W) or flat, as every record before layouts
+        record["feature_layout"] = defended.layout
     if chain:
         onnx_bytes_clean, onnx_bytes = onnx_bytes, _defended_onnx(defended, input_shape, check_inputs)
         record["requested_split"] = split

@@ -30,7 +30,10 @@ and the head is a plain prefix: ``patch_embed`` (the stem, holding the class tok
 embedding so that they travel with the head), then ``block1`` ... ``block6`` (ViT) or ``stage1``,
 ``stage2``, ``stage3`` (Swin; ``merge1``/``merge2`` between them are not split points, their output
 is the next stage's input); ``norm``, ``pool`` and ``head`` follow. Features at a split are token
-tensors: ``(65, 64)`` for the ViT, channel-last ``(H, W, C)`` grids for the Swin.
+tensors: ``(65, 64)`` for the ViT, channel-last ``(H, W, C)`` grids for the Swin; each model
+declares it (``SplitNet.feature_layout``: ``tokens``, ``nhwc``), the deployment records it, and the
+consumers that need the channel axis (the black-box inverse network, the ``nonlinear`` defence) read
+it there.
 
 The names follow timm's, which is what the partial-gradient groups of
 :mod:`attacker.attacks.gradient.layers` look for: ``patch_embed`` (stem), ``attn`` (attention:
@@ -294,11 +297,12 @@ def _init_linear(model: nn.Module) -> nn.Module:
 
 
 def _finish(layers: "OrderedDict[str, nn.Module]", dim: int, pool: str, num_classes: int, dropout: float,
-            points: list[str]) -> SplitNet:
+            points: list[str], layout: str) -> SplitNet:
+    """The norm, pool and head after ``layers``; the features at every split point are in ``layout``."""
     layers["norm"] = nn.LayerNorm(dim)
     layers["pool"] = Pool(pool)
     _fc_block(layers, "head", dim, num_classes, dropout)
-    return _init_linear(SplitNet(layers, points))
+    return _init_linear(SplitNet(layers, points, {p: layout for p in points}))
 
 
 def _patch_side(input_shape, patch: int, arch: str) -> int:
@@ -317,7 +321,7 @@ def vit(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0, di
     layers: OrderedDict[str, nn.Module] = OrderedDict(patch_embed=ViTEmbed(input_shape[0], dim, patch, side * side))
     for i in range(1, depth + 1):
         layers[f"block{i}"] = Block(dim, Attention(dim, heads), mlp_ratio)
-    return _finish(layers, dim, "cls", num_classes, dropout, list(layers))
+    return _finish(layers, dim, "cls", num_classes, dropout, list(layers), "tokens")
 
 
 def swin(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0, dim: int = 32,
@@ -341,7 +345,7 @@ def swin(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0, d
             Block(dim, WindowAttention(dim, h, side, win, win // 2 if j % 2 and win < side else 0), mlp_ratio)
             for j in range(depth)))
         points.append(f"stage{i}")
-    return _finish(layers, dim, "mean", num_classes, dropout, points)
+    return _finish(layers, dim, "mean", num_classes, dropout, points, "nhwc")
 
 
 def vit_mini(num_classes: int = 10, input_shape=(3, 32, 32), dropout: float = 0.0) -> SplitNet:

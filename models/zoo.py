@@ -65,6 +65,15 @@ def split_points(arch: str) -> list[str]:
     return build_model(arch).split_points
 
 
+def feature_layout(arch: str, split: str) -> str:
+    """The layout of ``arch``'s features at ``split`` (:meth:`SplitNet.feature_layout`), from the
+    public architecture alone: what a deployment record without ``feature_layout`` implies."""
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
+        model = build_model(arch)
+    check_split_point(model, split, arch)
+    return model.feature_layout(split)
+
+
 def check_split_point(model: SplitNet, point: str, arch: str = "model") -> None:
     if point not in model.split_points:
         raise SplitlabError(

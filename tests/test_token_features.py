@@ -20,11 +20,15 @@ from fixtures_grpc import running_server, save_untrained
 
 from attacker.__main__ import main
 from attacker.attacks.base import AttackParameterError
-from attacker.attacks.inversion.blackbox import inverse_network
+from attacker.attacks.inversion.blackbox import BlackBoxAttack, inverse_network
+from attacker.attacks.inversion.knowledge import BlackBoxKnowledge
+from attacker.attacks.knowledge import KnowledgeSource
 from attacker.captures.store import CaptureStore
 from attacker.tap import TapConfig, TapThread
 from models import ArtifactStore
-from models.defences.features import DefenceError
+from models.defences.features import DefenceError, MixedActivation, defended_head
+from models.split import split_model
+from models.zoo import build_model
 from models.deploy import deploy
 
 CIFAR = ("cifar10", (3, 32, 32))
@@ -114,7 +118,7 @@ def test_inverse_network_flattens_tokens_and_refuses_other_shapes():
 
 def test_feature_defences_keep_the_token_shape(stack):
     """Noise, dropout, rounding and the mixed activation in one chain (one deploy: each measures the
-    tail's accuracy on held-out images); the mixing runs over axis 1, the ViT's tokens."""
+    tail's accuracy on held-out images); the mixing runs over the last axis, the ViT's channels."""
     spec = "gaussian:sigma=0.1+laplace:scale=0.1+dropout:p=0.3+quantize:bits=4+nonlinear:kind=tanh"
     record = deploy(stack["store"], "vit-mini", "block6", defence=spec,
                     check_inputs=torch.from_numpy(stack["images"]))
@@ -126,3 +130,63 @@ def test_deeper_refuses_at_the_last_transformer_block(stack):
     with pytest.raises(DefenceError, match="'block6' has only 0 split points after it, asked for 1"):
         deploy(stack["store"], "vit-mini", "block6", defence="deeper:layers=1",
                check_inputs=torch.from_numpy(stack["images"]))
+
+
+def test_deployments_record_the_feature_layout_and_attackers_read_it(stack):
+    layouts = {"vit-mini": "tokens", "swin-mini": "nhwc", "morph-12-layernorm": "nchw"}
+    for arch, (split, _) in SPLITS.items():
+        record = stack["store"].deployment(f"{arch}--{split}")
+        assert record.get("feature_layout", "nchw") == layouts[arch]
+        assert KnowledgeSource(record=record).feature_layout() == layouts[arch]
+        # what the tap sees has no layout: the public architecture's at the split
+        seen = {k: record[k] for k in ("arch", "split", "input_shape", "feature_shape")}
+        assert KnowledgeSource(record=seen).feature_layout() == layouts[arch]
+    assert "feature_layout" not in stack["store"].deployment("morph-12-layernorm--stage1")  # nchw records unchanged
+
+
+def test_swin_inverse_network_sees_32_channels_on_a_16x16_grid(stack):
+    """swin-mini's stage1 features are (16, 16, 32) channel-last: read as (C, H, W) they would be
+    16 channels on a 16 x 32 grid; the inverse network permutes them to 32 channels on 16 x 16."""
+    net = inverse_network((16, 16, 32), (3, 32, 32), width=8, layout="nhwc")
+    seen = []
+    net.body[0].register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    assert net(torch.zeros(2, 16, 16, 32)).shape == (2, 3, 32, 32)
+    assert net.body[0].in_channels == 32 and seen == [(2, 32, 16, 16)]
+    # the attack takes the layout from the deployment record and trains on the permuted features
+    model = build_model("swin-mini")
+    head, _ = split_model(model.eval(), "stage1")
+    record = stack["store"].deployment("swin-mini--stage1")
+    aux = torch.from_numpy(_images(8))
+    knowledge = BlackBoxKnowledge.from_source(KnowledgeSource(record=record, head=head, aux_images=aux))
+    assert knowledge.feature_layout == "nhwc"
+    attack = BlackBoxAttack(epochs=1, width=8, progress=False).fit(knowledge)
+    assert attack.inverse_net.body[0].in_channels == 32
+    with torch.no_grad():
+        assert attack.reconstruct(head(aux[:2])).shape == (2, 3, 32, 32)
+
+
+def test_inverse_network_refuses_shapes_its_layout_does_not_allow():
+    with pytest.raises(AttackParameterError, match=r"layout nhwc must be \(H, W, C\) grids, got shape \(65, 64\)"):
+        inverse_network((65, 64), (3, 32, 32), layout="nhwc")
+    with pytest.raises(AttackParameterError, match=r"layout tokens must be \(tokens, dim\), got shape \(16, 16, 32\)"):
+        inverse_network((16, 16, 32), (3, 32, 32), layout="tokens")
+    with pytest.raises(AttackParameterError, match="unknown feature layout 'nwhc'"):
+        inverse_network((16, 16, 32), (3, 32, 32), layout="nwhc")
+    with pytest.raises(AttackParameterError, match="feature_layout must be one of nchw, nhwc, tokens, got 'hwc'"):
+        BlackBoxKnowledge(lambda x: x, torch.zeros(1, 3, 32, 32), (3, 32, 32), feature_layout="hwc")
+
+
+@pytest.mark.parametrize("arch,split,position", [("swin-mini", "stage1", (3, 5)), ("vit-mini", "block2", (10,))])
+def test_nonlinear_mixes_swin_and_vit_features_over_the_channel_axis(arch, split, position):
+    """Changing one channel at one position (a grid cell, a token) changes that position's outputs
+    only, all of its channels: the mixing is over channels, never over positions."""
+    defended = defended_head(build_model(arch), split, "nonlinear:kind=tanh", (3, 32, 32))
+    mix = defended.module[-1]
+    assert isinstance(mix, MixedActivation) and mix.q.shape == (SPLITS[arch][1][-1],) * 2
+    f = torch.randn(2, *SPLITS[arch][1], generator=torch.Generator().manual_seed(0))
+    g = f.clone()
+    g[(0, *position, 3)] += 1.0
+    with torch.no_grad():
+        changed = (mix(g) - mix(f)).abs() > 1e-6
+    assert changed[(0, *position)].all()  # every channel of the changed position
+    assert changed.sum() == changed[(0, *position)].numel()  # and nothing else

@@ -32,12 +32,30 @@ class KnowledgeError(SplitlabError, ValueError):
     """The source lacks what the attack's threat model needs; the message names what is missing."""
 
 
+def record_layout(record: dict | None) -> str:
+    """The layout of a deployment's features (``nchw``, ``nhwc``, ``tokens``): the record's
+    ``feature_layout``; for a record without one (written before layouts, or seen at the tap) the
+    public architecture's at the recorded split; ``nchw`` when neither is known."""
+    record = record or {}
+    if record.get("feature_layout"):
+        return str(record["feature_layout"])
+    from models import zoo
+
+    arch, split = record.get("arch"), record.get("split")
+    if arch in zoo.BUILDERS and split:
+        try:
+            return zoo.feature_layout(arch, split)
+        except SplitlabError:  # a split the architecture does not have: nothing known
+            pass
+    return "nchw"
+
+
 @dataclass
 class KnowledgeSource:
     """Everything an attacker might draw on; each knowledge class takes only what its threat model allows.
 
-    ``record`` is the deployment record (``deployment.json``: input and feature shape, arch, split,
-    model id, ...); when it is not given it is read from the artifact store, else from what the tap
+    ``record`` is the deployment record (``deployment.json``: input and feature shape and layout,
+    arch, split, model id, ...); when it is not given it is read from the artifact store, else from what the tap
     saw (``ListDeployments`` / ``GetHead``). ``head`` / ``tail`` are modules already in hand (a
     benchmark that holds the target). ``query`` is a query function ``images -> features`` with
     ``query_label`` saying what it goes through; without one, queries go to ``edge_url`` (features
@@ -100,6 +118,10 @@ class KnowledgeSource:
                         info[key] = getattr(head, key)
             self.record = info or None
         return self.record
+
+    def feature_layout(self) -> str:
+        """The layout of the deployment's features (:func:`record_layout` of its record)."""
+        return record_layout(self.deployment_record())
 
     def input_shape(self) -> tuple[int, ...]:
         shape = (self.deployment_record() or {}).get("input_shape")

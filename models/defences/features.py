@@ -25,7 +25,9 @@ Spec grammar (``python -m models deploy --defence SPEC``; the same objects as JS
     nonlinear:kind=tanh|relu|gelu[,seed=S]   an extra activation layer before sending (Zhang et al.,
                             ../shared/papers/000: "insert more activation layers"), in a random basis:
                             y = Q^T act(Q x) with Q a fixed orthogonal channel mixing drawn from S, so
-                            the shape and scale stay those the tail expects
+                            the shape and scale stay those the tail expects; the channel axis is the
+                            model's (SplitNet.feature_layout): axis 1 of (C, H, W) features, the last
+                            of channel-last (H, W, C) grids (Swin) and (tokens, dim) tensors (ViT)
 
 The tail is not retrained: what a defence costs is measured at deploy time (tail accuracy on
 held-out images, clean vs defended) and recorded in ``deployment.json``.
@@ -42,6 +44,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from ..architectures import channel_axis
 from ..errors import SplitlabError
 
 METADATA_KEY = "splitlab.feature_defense"
@@ -116,17 +119,22 @@ class Quantise(nn.Module):
 
 
 class MixedActivation(nn.Module):
-    """``Q^T act(Q x)`` over the channel axis (axis 1), Q a fixed orthogonal matrix drawn from ``seed``."""
+    """``Q^T act(Q x)`` over the channel axis, Q a fixed orthogonal matrix drawn from ``seed``: axis 1
+    for ``nchw`` features, the last axis for ``nhwc`` grids and ``tokens`` (each position's, or each
+    token's, channels are mixed; positions never are)."""
 
-    def __init__(self, kind: str, channels: int, seed: int):
+    def __init__(self, kind: str, channels: int, seed: int, layout: str = "nchw"):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         q, r = torch.linalg.qr(torch.randn(channels, channels, generator=gen, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(r))  # a uniformly distributed orthogonal matrix
         self.register_buffer("q", q.float(), persistent=False)
         self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU(), "gelu": nn.GELU()}[kind]
+        self.channels_last = channel_axis(layout) == -1
 
     def forward(self, x):
+        if self.channels_last:
+            return self.act(x @ self.q.T) @ self.q
         last = list(range(x.dim()))
         last = [0] + last[2:] + [1]      # channels last (explicit: ONNX's Transpose takes no negative axes)
         back = [0, x.dim() - 1] + list(range(1, x.dim() - 1))
@@ -148,8 +156,10 @@ class FeatureDefence:
     def label(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def module(self, channels: int) -> nn.Module | None:
-        """The layer appended to the head (None: the defence is not a layer, e.g. ``deeper``)."""
+    def module(self, channels: int, layout: str = "nchw") -> nn.Module | None:
+        """The layer appended to the head for features with ``channels`` channels laid out as
+        ``layout`` (:data:`models.architectures.FEATURE_LAYOUTS`); None: the defence is not a layer,
+        e.g. ``deeper``."""
         raise NotImplementedError  # pragma: no cover - abstract
 
     def to_json(self) -> dict:
@@ -179,7 +189,7 @@ class RandomDefence(FeatureDefence):
 class AdditiveNoise(RandomDefence):
     """Noise of the kind named by ``type``, scaled by ``PARAM``, added to the features (:class:`AddNoise`)."""
 
-    def module(self, channels):
+    def module(self, channels, layout="nchw"):
         return AddNoise(self.type, getattr(self, self.PARAM))
 
 
@@ -211,7 +221,7 @@ class Dropout(RandomDefence):
     HI: ClassVar[float] = 1.0
     HI_OPEN: ClassVar[bool] = True
 
-    def module(self, channels):
+    def module(self, channels, layout="nchw"):
         return FeatureDropout(self.p)
 
 
@@ -246,7 +256,7 @@ class Quantize(FeatureDefence):
     def levels(self) -> int:
         return 2 ** self.bits
 
-    def module(self, channels):
+    def module(self, channels, layout="nchw"):
         if self.lo is None:
             raise DefenceError("quantize: the range (lo, hi) is not calibrated")
         return Quantise(self.levels, self.lo, self.hi)
@@ -293,7 +303,7 @@ class Deeper(FeatureDefence):
                                f"asked for {self.layers}", "layers")
         return replace(self, to=points[start + self.layers])
 
-    def module(self, channels):
+    def module(self, channels, layout="nchw"):
         return None
 
 
@@ -315,8 +325,8 @@ class Nonlinear(FeatureDefence):
     def label(self) -> str:
         return f"nonlinear-{self.kind}" + (f"{self.seed}" if self.seed else "")
 
-    def module(self, channels):
-        return MixedActivation(self.kind, channels, self.seed)
+    def module(self, channels, layout="nchw"):
+        return MixedActivation(self.kind, channels, self.seed, layout)
 
 
 DEFENCES: dict[str, type[FeatureDefence]] = {c.type: c for c in (Gaussian, Laplace, Dropout, Quantize, Deeper, Nonlinear)}
@@ -422,6 +432,7 @@ class DefendedHead:
     module: nn.Sequential                 # the head's layers, then one layer per defence
     split: str                            # the effective split point (``deeper`` moves it)
     defences: tuple[FeatureDefence, ...]  # resolved: deeper's target and quantize's range filled in
+    layout: str = "nchw"                  # the features' layout at ``split`` (SplitNet.feature_layout)
 
 
 def defended_head(model, split: str, chain, input_shape, calibration: torch.Tensor | None = None) -> DefendedHead:
@@ -436,6 +447,7 @@ def defended_head(model, split: str, chain, input_shape, calibration: torch.Tens
     resolved = [d.resolve(model.split_points, split) if isinstance(d, Deeper) else d for d in chain]
     point = next((d.to for d in resolved if isinstance(d, Deeper)), split)
     head, _ = split_model(model, point)
+    layout = model.feature_layout(point) if hasattr(model, "feature_layout") else "nchw"
     layers = OrderedDict(head.named_children())
     for i, d in enumerate(resolved):
         current = nn.Sequential(layers).eval()
@@ -447,11 +459,11 @@ def defended_head(model, split: str, chain, input_shape, calibration: torch.Tens
             lo, hi = float(feats.min()), float(feats.max())
             d = resolved[i] = replace(d, lo=lo, hi=hi if hi > lo else lo + 1.0)
         with torch.no_grad():
-            channels = int(current(torch.zeros(1, *input_shape)).shape[1])
-        layer = d.module(channels)
+            channels = int(current(torch.zeros(1, *input_shape)).shape[channel_axis(layout)])
+        layer = d.module(channels, layout)
         if layer is not None:
             layers[f"defence{i}_{d.type}"] = layer
-    return DefendedHead(nn.Sequential(layers).eval(), point, tuple(resolved))
+    return DefendedHead(nn.Sequential(layers).eval(), point, tuple(resolved), layout)
 
 
 def rebuild_head(model, split: str, chain, input_shape) -> DefendedHead:

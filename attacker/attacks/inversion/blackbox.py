@@ -5,8 +5,13 @@ features observed at the tap; or the head run offline), trains g to minimise ||g
 and outputs g(captured features).
 
 Inverse-net architecture (:func:`inverse_network`). It is built from what a black-box attacker
-sees - the feature shape (at the tap) and the input shape (the public API) - not from the head's
+sees - the feature shape (at the tap), the input shape (the public API) and the features' layout
+(the deployment record's ``feature_layout``, or the public architecture's) - not from the head's
 structure:
+
+0. layout: features are taken channels first, (C, H, W); a channel-last (H, W, C) grid (swin-mini's
+   stages, layout ``nhwc``) is permuted to it first (read as (C, H, W), swin-mini's 16x16x32 stage1
+   would be 16 channels on a 16x32 grid); ``tokens`` must be (tokens, dim) and are flattened;
 
 1. entry: a 3x3 conv (features with channels) or a linear layer to a (width, H/4, W/4) map (flat
    features, and a transformer's (tokens, dim) features flattened: the tap sees no token grid,
@@ -65,6 +70,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.architectures import FEATURE_LAYOUTS, feature_channels
 from models.fit import fit as train_network
 
 from ..base import AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int
@@ -96,14 +102,24 @@ LSTSQ_MAX_IMAGES = 2000  # images queried for the least-squares fit when the fea
 LINEAR_ENOUGH = 1e-6     # MSE (PSNR 60 dB) below which the fitted linear inverse is used alone
 
 
-class InverseNet(nn.Module):
-    """``body(f) + skip(f)``: a non-linear decoder plus a linear path from features to pixels."""
-
-    def __init__(self, body: nn.Module, skip: nn.Module):
-        super().__init__()
-        self.body, self.skip = body, skip
+class ChannelsFirst(nn.Module):
+    """(N, H, W, C) grids to (N, C, H, W) maps."""
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f.permute(0, 3, 1, 2)
+
+
+class InverseNet(nn.Module):
+    """``body(e) + skip(e)`` with ``e = entry(f)``: a non-linear decoder plus a linear path from
+    features to pixels; ``entry`` puts the features in the layout both take (channels first)."""
+
+    def __init__(self, body: nn.Module, skip: nn.Module, entry: nn.Module | None = None):
+        super().__init__()
+        self.body, self.skip = body, skip
+        self.entry = entry or nn.Identity()
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        f = self.entry(f)
         return self.body(f) + self.skip(f)
 
 
@@ -200,8 +216,22 @@ def fit_linear_skip(skip: nn.Module, feats: torch.Tensor, images: torch.Tensor, 
     return best[0]
 
 
-def inverse_network(feature_shape, input_shape, width: int = 64) -> InverseNet:
-    """The inverse network g for features of ``feature_shape`` and images of ``input_shape``."""
+def inverse_network(feature_shape, input_shape, width: int = 64, layout: str = "nchw") -> InverseNet:
+    """The inverse network g for features of ``feature_shape`` laid out as ``layout`` (``nchw``:
+    (C, H, W), flat, or (tokens, dim) flattened; ``nhwc``: (H, W, C) grids, permuted to (C, H, W)
+    first; ``tokens``: (tokens, dim), flattened) and images of ``input_shape``."""
+    if layout not in FEATURE_LAYOUTS:
+        raise AttackParameterError(f"unknown feature layout {layout!r}; known: {', '.join(FEATURE_LAYOUTS)}")
+    entry = None
+    if layout == "nhwc":
+        if len(feature_shape) != 3:
+            raise AttackParameterError(f"features of layout nhwc must be (H, W, C) grids, got shape "
+                                       f"{tuple(feature_shape)}: no inverse network for them")
+        h, w, c = feature_shape
+        feature_shape, entry = (c, h, w), ChannelsFirst()
+    elif layout == "tokens" and len(feature_shape) != 2:
+        raise AttackParameterError(f"features of layout tokens must be (tokens, dim), got shape "
+                                   f"{tuple(feature_shape)}: no inverse network for them")
     C, H, W = input_shape
     if len(feature_shape) == 3:
         h, w = feature_shape[1:]
@@ -216,7 +246,7 @@ def inverse_network(feature_shape, input_shape, width: int = 64) -> InverseNet:
     grow, _ = _growth(width, (h, w), (H, W))
     layers += grow
     layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, C, 3, padding=1)]
-    return InverseNet(nn.Sequential(*layers), _linear_skip(tuple(feature_shape), tuple(input_shape)))
+    return InverseNet(nn.Sequential(*layers), _linear_skip(tuple(feature_shape), tuple(input_shape)), entry)
 
 
 @dataclass
@@ -282,8 +312,9 @@ class BlackBoxAttack(InversionAttack):
         torch.manual_seed(p.seed)
         defence = None
         if knowledge.defences:  # adaptive: the known defence applied to the clean queried features
-            defence = defence_layers(knowledge.defences, self.feature_shape[0]).to(self.device)
-        net = inverse_network(self.feature_shape, knowledge.input_shape, p.width)
+            defence = defence_layers(knowledge.defences, feature_channels(self.feature_shape, knowledge.feature_layout),
+                                     layout=knowledge.feature_layout).to(self.device)
+        net = inverse_network(self.feature_shape, knowledge.input_shape, p.width, knowledge.feature_layout)
         self.skip_mse, self.body_kept = None, None
         fit_feats = cached
         closed_form = p.skip_fit == "lstsq" and fits_in_closed_form(net.skip)
@@ -296,7 +327,8 @@ class BlackBoxAttack(InversionAttack):
             with torch.no_grad():
                 fit_feats = defence(fit_feats.to(self.device)).cpu()
         if closed_form and fit_feats is not None:
-            self.skip_mse = fit_linear_skip(net.skip, fit_feats, aux[:len(fit_feats)], p.lstsq_samples, seed=p.seed)
+            self.skip_mse = fit_linear_skip(net.skip, net.entry(fit_feats), aux[:len(fit_feats)], p.lstsq_samples,
+                                            seed=p.seed)
             net.skip.requires_grad_(False)
             last = net.body[-1]
             nn.init.zeros_(last.weight)  # g starts as the fitted linear inverse
@@ -320,7 +352,7 @@ class BlackBoxAttack(InversionAttack):
                 k = min(512, len(fit_feats))
                 sample, feats = aux[:k].to(self.device), fit_feats[:k].to(self.device)
                 with_body = (net(feats) - sample).pow(2).mean().item()
-                skip_only = (net.skip(feats) - sample).pow(2).mean().item()
+                skip_only = (net.skip(net.entry(feats)) - sample).pow(2).mean().item()
             if skip_only <= with_body:
                 nn.init.zeros_(net.body[-1].weight)
                 nn.init.zeros_(net.body[-1].bias)

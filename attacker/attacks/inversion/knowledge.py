@@ -15,6 +15,8 @@ Each builds itself from a :class:`~attacker.attacks.knowledge.KnowledgeSource` w
   inputs sent to the edge's public ``/v1/infer`` with the features read at the tap; offline: the
   head run locally, see :mod:`attacker.attacks.queries`) and auxiliary images: the target's
   training set, a disjoint set of the same distribution, or random noise (:func:`noise_images`).
+  Its ``feature_layout`` (``nchw``, ``nhwc``, ``tokens``: the record's, see
+  :meth:`KnowledgeSource.feature_layout`) tells the inverse network where the channels are.
 * :class:`QueryFreeKnowledge` - the frozen tail, labelled auxiliary images, the feature shape and
   the deployment's architecture name, split and ``dp_compatible`` (to build a same-structure shadow
   head); no queries.
@@ -34,11 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.architectures import FEATURE_LAYOUTS
 from models.defences import features as fdef
 from models.errors import SplitlabError
 
 from ..base import AttackParameterError, as_float_tensor
-from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource
+from ..knowledge import Knowledge, KnowledgeError, KnowledgeSource, record_layout
 from ..queries import edge_query, head_query, onnx_query
 from .heads import head_from_onnx, onnx_input_shape
 from .known_defence import has_layers, known_chain
@@ -56,6 +59,11 @@ def _shape(name: str, value) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise AttackParameterError(f"{name} must be a sequence of positive integers, got {value!r}")
     return shape
+
+
+def _check_layout(layout) -> None:
+    if layout not in FEATURE_LAYOUTS:
+        raise AttackParameterError(f"feature_layout must be one of {', '.join(FEATURE_LAYOUTS)}, got {layout!r}")
 
 
 def _images(name: str, value, input_shape) -> torch.Tensor:
@@ -241,9 +249,11 @@ class BlackBoxKnowledge(Knowledge):
     origin: str = "a query function"
     defences: tuple = ()
     adaptive: bool = False
+    feature_layout: str = "nchw"
 
     def __post_init__(self) -> None:
         self.defences = fdef.defences(list(self.defences))
+        _check_layout(self.feature_layout)
         if not callable(self.query):
             raise AttackParameterError("query must be callable: images (N, C, H, W) -> features")
         if self.setting not in BLACKBOX_SETTINGS:
@@ -287,7 +297,8 @@ class BlackBoxKnowledge(Knowledge):
         elif source.adaptive and not clean and has_layers(fdef.record_defences(record)):
             where += "; the queries carry the deployment's defence already"
         return cls(query, source.aux_images, input_shape, source.aux_setting or "other", (record or {}).get("split"),
-                   origin=f"{_aux_words(source)}, {where}", defences=chain, adaptive=source.adaptive)
+                   origin=f"{_aux_words(source)}, {where}", defences=chain, adaptive=source.adaptive,
+                   feature_layout=source.feature_layout())
 
 
 @dataclass
@@ -313,9 +324,11 @@ class QueryFreeKnowledge(Knowledge):
     dp_compatible: bool = False  # the target was trained with DP-SGD: its head has GroupNorm for BatchNorm
     defences: tuple = ()
     adaptive: bool = False
+    feature_layout: str = "nchw"
 
     def __post_init__(self) -> None:
         self.defences = fdef.defences(list(self.defences))
+        _check_layout(self.feature_layout)
         if not isinstance(self.tail, nn.Module):
             raise AttackParameterError(f"tail must be a torch module, got {type(self.tail).__name__}")
         self.input_shape = _shape("input_shape", self.input_shape)
@@ -362,7 +375,7 @@ class QueryFreeKnowledge(Knowledge):
                    tuple(record["feature_shape"]), record.get("arch"), record.get("split"), record.get("num_classes"),
                    dp_compatible=bool(record.get("dp_compatible", False)),
                    origin=f"the tail ({where}) and {_aux_words(source, labelled=True)}{known}", defences=chain,
-                   adaptive=source.adaptive)
+                   adaptive=source.adaptive, feature_layout=record_layout(record))
 
 
 # --- auxiliary data ---------------------------------------------------------------------------

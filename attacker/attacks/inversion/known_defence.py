@@ -38,13 +38,14 @@ def known_chain(record: dict | None, adaptive: bool) -> tuple[fdef.FeatureDefenc
     return tuple(d for d in fdef.record_defences(record) if not isinstance(d, fdef.Deeper))
 
 
-def defence_layers(chain, channels: int, straight_through: bool = False) -> nn.Sequential:
+def defence_layers(chain, channels: int, straight_through: bool = False, layout: str = "nchw") -> nn.Sequential:
     """The chain's layers as deployed (fresh draws per call), named as in a defended head
-    (``defence{i}_{type}``); ``straight_through``: rounding passes gradients unchanged, so a
-    network in front of it can be trained through it."""
+    (``defence{i}_{type}``), for features with ``channels`` channels laid out as ``layout``;
+    ``straight_through``: rounding passes gradients unchanged, so a network in front of it can be
+    trained through it."""
     layers = OrderedDict()
     for i, d in enumerate(chain):
-        layer = d.module(channels)
+        layer = d.module(channels, layout)
         if layer is None:
             continue
         if straight_through and isinstance(layer, fdef.Quantise):
@@ -58,8 +59,8 @@ def has_layers(chain) -> bool:
     return any(not isinstance(d, fdef.Deeper) for d in chain)
 
 
-def defended(head: nn.Module, chain, split: str | None, channels: int) -> fdef.DefendedHead:
+def defended(head: nn.Module, chain, split: str | None, channels: int, layout: str = "nchw") -> fdef.DefendedHead:
     """``head`` followed by the chain's layers, as the deployment would run it (for
     :meth:`WhiteBoxKnowledge.from_defended`, which derives the naive and adaptive heads from it)."""
-    layers = OrderedDict([("head", head), *defence_layers(chain, channels).named_children()])
-    return fdef.DefendedHead(nn.Sequential(layers).eval(), split, tuple(chain))
+    layers = OrderedDict([("head", head), *defence_layers(chain, channels, layout=layout).named_children()])
+    return fdef.DefendedHead(nn.Sequential(layers).eval(), split, tuple(chain), layout)

@@ -53,6 +53,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.architectures import feature_channels
 from models.fit import fit as train_network
 
 from ..base import AttackParameterError, as_float_tensor, check_choice, check_positive, check_positive_int
@@ -170,10 +171,11 @@ class QueryFreeAttack(InversionAttack):
             raise AttackParameterError(f"the {p.shadow} shadow head outputs {got}, the tail takes {knowledge.feature_shape}")
         x, y = knowledge.aux_images, knowledge.aux_labels
         tail = placed(knowledge.tail, self.device)
-        channels = knowledge.feature_shape[0]
+        layout = knowledge.feature_layout
+        channels = feature_channels(knowledge.feature_shape, layout)
         # adaptive and trained through the defence: as deployed (fresh draws per step, rounding straight-through)
         trained_through = knowledge.defences if p.train_through_defence else ()
-        defence = defence_layers(trained_through, channels, straight_through=True).to(self.device)
+        defence = defence_layers(trained_through, channels, straight_through=True, layout=layout).to(self.device)
 
         def through_tail(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return nn.functional.cross_entropy(tail(defence(features)), labels)
@@ -191,7 +193,7 @@ class QueryFreeAttack(InversionAttack):
         if not p.progress:  # no progress bars means none for the inversion stage either
             self.resolved = self.resolved.replace(progress=False)
         # the inversion: white-box rMLE through the shadow head (and the known defence, adaptively)
-        head = defended(shadow.cpu(), knowledge.defences, knowledge.split, channels)
+        head = defended(shadow.cpu(), knowledge.defences, knowledge.split, channels, layout)
         self.inverter = WhiteBoxAttack(self.resolved.replace(device=self.device, adaptive=bool(knowledge.defences)))
         self.inverter.fit(WhiteBoxKnowledge.from_defended(head, knowledge.input_shape, "the shadow head"))
         self.fit_seconds = time.perf_counter() - started
