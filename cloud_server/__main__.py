@@ -9,19 +9,14 @@ import textwrap
 import threading
 from pathlib import Path
 
-from models.env import DEVICES, env_default
+from models.env import DEVICES, program_env
 from models.errors import SplitlabError
 from protos import tls
 
 from .server import DEFAULT_MAX_MESSAGE_MB, CloudServer, ServerConfig
 
 
-def _env(name: str, default, kind=str, choices=None):
-    """``models.env.env_default``, a malformed value ending the program with its message."""
-    try:
-        return env_default(name, default, kind, choices)
-    except SplitlabError as exc:
-        raise SystemExit(f"cloud-server: {exc}") from None
+_env = program_env("cloud-server")
 
 
 RUNTIMES = ["onnxruntime", "torch"]

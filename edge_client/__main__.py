@@ -11,20 +11,14 @@ import json
 import sys
 import textwrap
 
-from models.env import env_default
-from models.errors import SplitlabError
+from models.env import program_env
 from protos import tls
 from protos.wire import WIRE_DTYPES
 
 from .client import DEFAULT_MAX_MESSAGE_MB, DEFAULT_TIMEOUT
 
 
-def _env(name: str, default, kind=str, choices=None):
-    """``models.env.env_default``, a malformed value ending the program with its message."""
-    try:
-        return env_default(name, default, kind, choices)
-    except SplitlabError as exc:
-        raise SystemExit(f"edge-client: {exc}") from None
+_env = program_env("edge-client")
 
 
 def _common(p: argparse.ArgumentParser, runtime: bool = True) -> None:

@@ -24,6 +24,19 @@ def env_default(name: str, default, kind=str, choices=None):
     return value
 
 
+def program_env(program: str):
+    """:func:`env_default` for a command's argparse defaults: a malformed value ends the program with
+    its message, prefixed by the command's name (``cloud-server: environment variable ...``)."""
+
+    def env(name: str, default, kind=str, choices=None):
+        try:
+            return env_default(name, default, kind, choices)
+        except SplitlabError as exc:
+            raise SystemExit(f"{program}: {exc}") from None
+
+    return env
+
+
 DEVICES = ("cpu", "cuda")
 
 
