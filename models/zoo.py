@@ -7,6 +7,7 @@ family of architectures lives in one file of its own and is added here by one li
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -65,9 +66,12 @@ def split_points(arch: str) -> list[str]:
     return build_model(arch).split_points
 
 
+@functools.lru_cache(maxsize=None)
 def feature_layout(arch: str, split: str) -> str:
     """The layout of ``arch``'s features at ``split`` (:meth:`SplitNet.feature_layout`), from the
-    public architecture alone: what a deployment record without ``feature_layout`` implies."""
+    public architecture alone: what a deployment record without ``feature_layout`` implies (every
+    ``nchw`` record). Cached: it depends on the architecture only, and building one to ask costs
+    up to a second (face-mlp's 31 M weights)."""
     with torch.random.fork_rng(devices=[]):  # building initialises weights: leave the caller's RNG alone
         model = build_model(arch)
     check_split_point(model, split, arch)
