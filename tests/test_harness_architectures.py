@@ -72,7 +72,8 @@ def _result(arch: str, family: str, seed: int, metrics: dict, label: str, **targ
 
 
 def test_findings_compare_the_transformer_with_the_cnn_and_a_step_with_the_one_before(tmp_path):
-    config = {"architectures": ["cnn", "vit", "morph-00-a", "morph-01-b"], "compare": [["cnn", "vit"]],
+    config = {"architectures": ["cnn", {"arch": "vit", "options": {"epochs": 20, "batch_size": 64}}, "morph-00-a",
+                                "morph-01-b"], "compare": [["cnn", "vit"]],
               "steps": {"morph-01-b": "patchify stem"}, "morph": {"attack": "ig", "batch_size": 1, "paper_psnr": [10.58, 10.74]}}
     psnr = {"cnn": (10, 11), "vit": (30, 31), "morph-00-a": (12, 13), "morph-01-b": (12.6, 12.7)}
     results = [_result(arch, "gradient", s, {"psnr_mean": v, "mse_mean": 0.1, "ssim_mean": 0.2, "blank_psnr": 8.0,
@@ -89,6 +90,9 @@ def test_findings_compare_the_transformer_with_the_cnn_and_a_step_with_the_one_b
     assert "holds (within the spread" in rows["patchify stem raises GIA success: morph-01-b vs morph-00-a"]
     assert "| 1. morph-00-a | 0.5000 | 0.1000 ± 0.0000 | 12.50 ± 0.71 | not computed |" in body  # one model's accuracy
     assert "| 12.65 ± 0.07 | not computed | 0.2000 ± 0.0000 | 10.74 |" in body  # the paper's PSNR beside ours
+    assert "with its own budget" in body  # vit's options differ from the others' training
+    assert "| vit | 1,000 | 20 epochs, Adam lr 0.001, batch 64, cosine | 1 |" in body
+    assert "| cnn | 1,000 | 5 epochs, Adam lr 0.001, batch 128, cosine | 1 |" in body  # TrainOptions' defaults
     assert (tmp_path / "morph-psnr.png").stat().st_size > 1000
     assert architectures.verdict([3.0], [2.0]) == "does not hold (one seed: no spread to judge by)"
 

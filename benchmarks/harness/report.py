@@ -102,6 +102,17 @@ def figure(path: Path, ncols: int = 1, figsize: tuple[float, float] = (6, 3.5), 
         plt.close(fig)
 
 
+def training_budget(options: dict, epochs: bool = False) -> str:
+    """A target's training recipe in words, TrainOptions' defaults where ``options`` leaves a field out."""
+    from models.training import TrainOptions
+
+    def option(name):
+        return options.get(name, TrainOptions.__dataclass_fields__[name].default)
+
+    return ((f"{option('epochs')} epochs, " if epochs else "")
+            + f"Adam lr {option('lr'):g}, batch {option('batch_size')}, cosine" + (", crop+flip" if option("augment") else ""))
+
+
 def notes_section(config: dict) -> list[str]:
     """The hand-written notes file the config names (``notes:``, relative to the repository root), as
     the report's last section: reports are regenerated, notes are not."""

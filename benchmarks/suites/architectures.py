@@ -75,7 +75,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, table, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, table, training_budget, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, trial_options
 from models.errors import SplitlabError
 
@@ -247,14 +247,18 @@ def _attack_label(r: dict) -> str:
 
 
 def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
-    order = [arch for arch, _ in architectures(config)]
-    body = ["Every architecture trained the same way on the same data (`training` in the config; CIFAR-10 "
+    budgets = dict(architectures(config))
+    order = list(budgets)
+    how = ("the same way (`training` in the config)" if len({training_budget(o, epochs=True) for o in budgets.values()}) == 1 else
+           "with its own budget (column `budget`: the config's `training` with the architecture's `options` over it, "
+           "chosen to bring the architectures to comparable accuracy)")
+    body = [f"Every architecture trained on the same data {how} (CIFAR-10 "
             "privacy split: the target's members, its non-members and the attacker's data are disjoint), then "
             "attacked by the same attacks; mean ± std over the seeds of each family (the column `seeds`). "
             "Layout of the paper's tables (`../shared/papers/000_11769f52c2347cab.txt`). LPIPS needs pretrained "
             "weights that are not available here: not computed (never a stand-in number).", ""]
     body += _coverage(results, order)
-    body += _accuracy_table(results, order)
+    body += _accuracy_table(results, order, budgets)
     body += _membership_table(results, order)
     body += _attribute_table(results, order)
     body += _gradient_table(results, order)
@@ -280,7 +284,7 @@ def _coverage(results: list[dict], order: list[str]) -> list[str]:
             *table(["family", "trials", "architectures", "architectures without any result"], rows), ""]
 
 
-def _accuracy_table(results: list[dict], order: list[str]) -> list[str]:
+def _accuracy_table(results: list[dict], order: list[str], budgets: dict[str, dict]) -> list[str]:
     rows = []
     for arch in order:
         rs = [r for r in results if r["target"].get("architecture") == arch and r["status"] == "ok"]
@@ -295,7 +299,8 @@ def _accuracy_table(results: list[dict], order: list[str]) -> list[str]:
         gaps = [m["target_train_accuracy"] - m["target_test_accuracy"] for m in models.values()
                 if "target_train_accuracy" in m]
         aia = {r["metrics"]["target_model"]: r for r in _by(rs, "attribute")}
-        rows.append([arch, f"{ms[0]['metrics']['parameters']:,}", len(ms), fmt(values(ms, "target_test_accuracy"), 4),
+        rows.append([arch, f"{ms[0]['metrics']['parameters']:,}", training_budget(budgets[arch], epochs=True), len(ms),
+                     fmt(values(ms, "target_test_accuracy"), 4),
                      fmt(values(ms, "target_train_accuracy"), 4), fmt(gaps, 4),
                      fmt(values(list(aia.values()), "target_test_accuracy"), 4)])
     if not rows:
@@ -303,8 +308,8 @@ def _accuracy_table(results: list[dict], order: list[str]) -> list[str]:
     return ["## Task accuracy and overfitting", "",
             "CIFAR-10 test accuracy of each architecture's target (the paper's *task acc*), its accuracy on its "
             "members and the difference (the paper's overfitting level); the UTKFace gender model's test "
-            "accuracy (the attribute-inference target). Parameters: of the CIFAR-10 model.", "",
-            *table(["architecture", "parameters", "models", "task acc", "train acc", "train - test", "gender task acc"],
+            "accuracy (the attribute-inference target). Parameters and budget: of the CIFAR-10 model.", "",
+            *table(["architecture", "parameters", "budget", "models", "task acc", "train acc", "train - test", "gender task acc"],
                    rows), ""]
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from benchmarks.harness.report import figure, fmt, group, table, values
+from benchmarks.harness.report import figure, fmt, group, table, training_budget, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -81,11 +81,6 @@ def run_trial(trial: Trial, ctx: Context) -> dict:
             "epoch_test_accuracy": m.get("epoch_test_accuracy")}
 
 
-def _budget(options: dict) -> str:
-    return (f"Adam lr {options.get('lr', 1e-3):g}, batch {options.get('batch_size', 128)}, cosine"
-            + (", crop+flip" if options.get("augment") else ""))
-
-
 def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     goals = {t["id"]: t.get("target_test_accuracy") for t in config.get("targets", [])}
     rows = []
@@ -95,7 +90,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
         test = values(rs, "test_accuracy")
         met = "" if goal is None else ("yes" if statistics.fmean(test) >= goal else "**no**")
         rows.append([base, first["target"]["arch"], first["target"]["dataset"], ", ".join(str(r["seed"]) for r in rs),
-                     " / ".join(sorted({str(v) for v in values(rs, "train_images")})), first["metrics"]["epochs"], _budget(first["target"]["options"]),
+                     " / ".join(sorted({str(v) for v in values(rs, "train_images")})), first["metrics"]["epochs"], training_budget(first["target"]["options"]),
                      fmt(values(rs, "epoch_seconds"), 1), fmt(values(rs, "train_seconds"), 0),
                      fmt(values(rs, "train_accuracy")), fmt(test), "" if goal is None else f">= {goal}", met])
     body = ["Each row: mean ± std over the seeds (seed 0 is stored as the model id, seed s as `<id>-s<s>`); "
