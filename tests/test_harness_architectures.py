@@ -41,6 +41,12 @@ def test_trials_are_the_family_suites_trials_for_every_architecture():
     # the gradient suite's seed-0 model is the seed-0 membership target: the same options
     targets = {t.target["family"]: t.target["options"] for t in trials if t.target["family"] != "attribute"}
     assert targets["gradient"] == targets["membership"]
+    # an entry's options are the architecture's budget: over the CIFAR-10 training and the UTKFace one
+    config["architectures"] = [{"arch": "lenet5", "options": {"epochs": 7, "batch_size": 16}}, "aia-lenet"]
+    options = {(t.target["family"], t.target["architecture"]): t.target["options"] for t in architectures.trials(config)}
+    assert options[("gradient", "lenet5")] == {**config["training"], "epochs": 7, "batch_size": 16}
+    assert options[("attribute", "lenet5")] == {**config["attribute"]["training"], "epochs": 7, "batch_size": 16}
+    assert options[("attribute", "aia-lenet")] == config["attribute"]["training"]
     full = yaml.safe_load((CONFIGS / "architectures.yaml").read_text())
     assert {t.target["family"] for t in architectures.trials(full)} == set(architectures.FAMILIES)
 

@@ -31,14 +31,17 @@ The CIFAR-10 target of an architecture is :func:`models.reference.obtain_model` 
 ``training`` options (privacy split scheme: members, non-members and attacker data are disjoint):
 the gradient suite always attacks its seed-0 model, and membership trials of seed 0 attack the same
 stored model, so one architecture costs one CIFAR-10 training, the shadow models and one UTKFace
-training. Config::
+training. Architectures learn at different rates (ViT and Swin need ten times the ResNets' steps to
+reach the same accuracy, ``models/transformers.py``), so an entry's ``options`` set its budget: they
+go over ``training`` for its CIFAR-10 models and over the attribute section's ``training`` for its
+UTKFace model, and the report names each architecture's budget. Config::
 
     suite: architectures
     dataset: cifar10
     training: {epochs: 10, limit: 2000}              # TrainOptions of every CIFAR-10 target
     architectures:                                   # zoo names, or {arch, options} to change some options
       - resnet18
-      - {arch: vit-tiny, options: {lr: 0.0005}}
+      - {arch: vit-tiny, options: {epochs: 20, batch_size: 64}}   # its budget, on CIFAR-10 and UTKFace
     gradient:
       architectures: [resnet18, vit-tiny]            # optional: only these (default: every one)
       seeds: 3
@@ -51,7 +54,7 @@ training. Config::
     attribute:
       seeds: 1
       dataset: utkface
-      training: {epochs: 6, limit: 2000}             # the gender target's TrainOptions
+      training: {epochs: 6, limit: 2000}             # the gender target's TrainOptions (the entry's options over them)
       observations: [last]                           # first, last, outputs or split point names
       attributes: [race]
       params: {epochs: 20}                           # AttributeParams
@@ -98,12 +101,18 @@ GIA_COLUMNS = [("MSE", "mse_mean", 4), ("PSNR dB", "psnr_mean", 2), ("SSIM", "ss
 def architectures(config: dict) -> list[tuple[str, dict]]:
     """``(arch, TrainOptions fields)`` per entry of ``architectures``, the config's ``training`` with
     the entry's ``options`` over it; unknown architectures fail here, naming the known ones."""
+    base = trial_options("architectures", "training", {"options": config.get("training") or {}})
+    return [(arch, {**base, **own}) for arch, own in architecture_budgets(config)]
+
+
+def architecture_budgets(config: dict) -> list[tuple[str, dict]]:
+    """``(arch, the entry's own options)`` per entry of ``architectures``: what sets the architecture's
+    budget apart, applied over the CIFAR-10 ``training`` and over the attribute section's."""
     from models.zoo import architecture_names
 
     entries = config.get("architectures")
     if not isinstance(entries, list) or not entries:
         raise SplitlabError("'architectures' must be a non-empty list of zoo names or {arch, options} mappings")
-    base = trial_options("architectures", "training", {"options": config.get("training") or {}})
     known, seen, out = architecture_names(), set(), []
     for entry in entries:
         entry = {"arch": entry} if isinstance(entry, str) else checked_entry("architecture", entry, {"arch"},
@@ -114,7 +123,7 @@ def architectures(config: dict) -> list[tuple[str, dict]]:
         if arch in seen:
             raise SplitlabError(f"architecture {arch!r} is listed twice")
         seen.add(arch)
-        out.append((arch, {**base, **trial_options("architecture", arch, entry)}))
+        out.append((arch, trial_options("architecture", arch, entry)))
     return out
 
 
@@ -144,8 +153,9 @@ def _section(config: dict, family: str, arch: str) -> dict | None:
     return {"seeds": config.get("seeds", [0]), **section}
 
 
-def family_configs(config: dict, arch: str, options: dict) -> dict[str, dict]:
-    """The config of each family's own suite for one architecture."""
+def family_configs(config: dict, arch: str, options: dict, own: dict | None = None) -> dict[str, dict]:
+    """The config of each family's own suite for one architecture: ``options`` its CIFAR-10 target's,
+    ``own`` the architecture's entry options, laid over the attribute section's ``training`` too."""
     from models.zoo import split_points
 
     dataset = config.get("dataset", "cifar10")
@@ -159,7 +169,7 @@ def family_configs(config: dict, arch: str, options: dict) -> dict[str, dict]:
         observations = s.get("observations") or ["last"]
         if not isinstance(observations, list):
             raise SplitlabError(f"attribute 'observations' must be a list, got {observations!r}")
-        training = trial_options("attribute", "training", {"options": s.get("training") or {}})
+        training = {**trial_options("attribute", "training", {"options": s.get("training") or {}}), **(own or {})}
         points = split_points(arch)
         resolved = {observation(arch, points, o): o for o in observations}
         configs["attribute"] = {
@@ -177,7 +187,8 @@ def trials(config: dict) -> list[Trial]:
         raise SplitlabError(f"an architectures config needs at least one of the sections {', '.join(FAMILIES)}")
     archs = architectures(config)
     _check_study(config, {arch for arch, _ in archs})
-    configs = {arch: family_configs(config, arch, options) for arch, options in archs}
+    own = dict(architecture_budgets(config))
+    configs = {arch: family_configs(config, arch, options, own[arch]) for arch, options in archs}
     out = []
     for family in FAMILIES:  # family by family: `--only "gradient "` runs one family for every architecture
         for arch, _ in archs:
