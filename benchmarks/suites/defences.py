@@ -294,7 +294,8 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     by_model = group(results, lambda r: r["target"]["name"])
     body = ["One row per defence, mean ± std over seeds. Task accuracy: the deployed pipeline's (head, feature "
             "defence, tail; the tail is not retrained) at the first split point, on the same test images for every "
-            "defence. Membership: AUC and TPR at 1% FPR of each attack on the deployed pipeline. Inversion: PSNR "
+            "defence; train acc: the trained model's on its members, without a feature defence (a training defence "
+            "changes it; a feature defence applies after training). Membership: AUC and TPR at 1% FPR of each attack on the deployed pipeline. Inversion: PSNR "
             "(dB) of white-box (WB), black-box (BB) and query-free (QF) reconstructions of the same test images, "
             "naive (the attacker ignores the defence) and adaptive (it knows the defence's spec from the deployment "
             "record: white-box optimises through it, the inverse network trains on defended features, the shadow "
