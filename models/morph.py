@@ -117,7 +117,7 @@ on), so more epochs do not close their gap. Random crop + flip (``--augment``) d
 the budget: ConvNeXt reached 43.4 % after 11 of 15 epochs (run cut short), below the unaugmented
 run's 46 %. Five epochs is what the study uses (``benchmarks/configs/architectures-matched.yaml``):
 all 14 steps then measured 0.39-0.54 test accuracy (ResNet-50 0.49, ConvNeXt 0.39, steps 2-3 the
-highest at 0.53-0.54), each under half a minute to train on a quiet core, against 44-45 % for the
+highest at 0.53-0.54), 21-56 s each to train on a quiet core, against 44-45 % for the
 ResNets and transformers of the head-to-head comparison; each step's accuracy is reported next to
 its attack figures.
 """
