@@ -5,6 +5,13 @@ Each image goes to ``POST {edge}/v1/infer`` as a JSON array with a request id th
 answers with the class. The tap records the request under the same id, so the captured features
 are matched to the images that were sent by request id, never by order or time. When the tap runs
 in this process its recorder is flushed first; otherwise the capture store is polled.
+
+A 503 from the edge (its cloud, through the tap, is unavailable) is sent again, with the same request
+id, for up to ``unavailable_wait`` seconds. Why: after the tap or the cloud restarts, the edge's gRPC
+channel waits up to 2 s between reconnection attempts, and its own five retries of a call spend
+about 0.75 s; an experiment re-run right after ``attacker serve`` restarted (restart recovery) failed
+in CI with "the edge answered 503 ... Connection refused" while the tap was already listening again.
+Only a failed attempt is lost, and the tap records it as failed, so it is never matched.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from models import SplitlabError
 from ..captures.store import CaptureStore
 
 WIRE_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1}
+UNAVAILABLE_WAIT = 30.0   # seconds a request waits for the edge's cloud to come back
+RETRY_PAUSE = (0.2, 2.0)  # first and longest pause between tries, doubling
 
 
 @dataclass
@@ -39,7 +48,9 @@ class Sent:
 
 class EdgeChannel:
     def __init__(self, edge_url: str, captures: CaptureStore, flush: Callable[[], object] | None = None,
-                 timeout: float = 60.0, capture_timeout: float = 20.0):
+                 timeout: float = 60.0, capture_timeout: float = 20.0, unavailable_wait: float = UNAVAILABLE_WAIT,
+                 http: httpx.Client | None = None):
+        """``http``: the client to reach the edge with (default a new ``httpx.Client`` on ``edge_url``)."""
         if not edge_url:
             raise SplitlabError("no edge to send images through: start the service with --edge URL "
                                 "(the edge's REST address, e.g. http://localhost:8001)")
@@ -47,7 +58,8 @@ class EdgeChannel:
         self.captures = captures
         self.flush = flush
         self.capture_timeout = capture_timeout
-        self.http = httpx.Client(base_url=self.edge_url, timeout=timeout)
+        self.unavailable_wait = unavailable_wait
+        self.http = http or httpx.Client(base_url=self.edge_url, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -55,16 +67,26 @@ class EdgeChannel:
     def _infer(self, deployment_id: str, image: np.ndarray, request_id: str) -> int:
         """Send one image; ``image`` is uint8 (H, W, C) pixels or float32 (C, H, W) in [0, 1]."""
         body = {"deployment_id": deployment_id, "array": image.tolist()}
-        try:
-            r = self.http.post("/v1/infer", json=body, headers={"X-Request-ID": request_id})
-        except httpx.HTTPError as exc:
-            raise SplitlabError(f"cannot reach the edge at {self.edge_url}: {type(exc).__name__}: {exc}") from None
+        start = time.monotonic()
+        give_up = start + self.unavailable_wait
+        pause, tries = RETRY_PAUSE[0], 1
+        while True:
+            try:
+                r = self.http.post("/v1/infer", json=body, headers={"X-Request-ID": request_id})
+            except httpx.HTTPError as exc:
+                raise SplitlabError(f"cannot reach the edge at {self.edge_url}: {type(exc).__name__}: {exc}") from None
+            if r.status_code != 503 or time.monotonic() + pause > give_up:
+                break
+            time.sleep(pause)
+            pause, tries = min(2 * pause, RETRY_PAUSE[1]), tries + 1
         if r.status_code != 200:
             try:
                 detail = r.json().get("detail", r.text)
             except ValueError:
                 detail = r.text
-            raise SplitlabError(f"the edge answered {r.status_code} for request {request_id}: {detail}")
+            waited = (f" ({tries} {'try' if tries == 1 else 'tries'} over {time.monotonic() - start:.1f} s)"
+                      if r.status_code == 503 else "")
+            raise SplitlabError(f"the edge answered {r.status_code} for request {request_id}{waited}: {detail}")
         answer = r.json()
         if answer.get("request_id") != request_id:
             raise SplitlabError(f"the edge answered request {request_id} with request id "

@@ -1,0 +1,92 @@
+"""The lab's edge channel rides over a cloud that is down for a moment: a 503 from the edge is sent
+again (same request id) until the cloud is back, within ``unavailable_wait``; a cloud that stays down
+fails with how long it waited; any other error fails at once.
+
+A real edge app (``edge_client.rest``) whose cloud is a real ``cloud-server`` process on a port that
+nothing listens on when the first request arrives; the cloud starts on that port 2 s later.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from attacker.captures.store import CaptureStore
+from attacker.lab.channel import EdgeChannel
+from edge_client.client import CloudClient
+from edge_client.edge import Edge
+from edge_client.heads import HeadCache
+from edge_client.rest import create_app
+from fixtures_grpc import CloudProcess
+from lab_pipeline import free_port
+from models import SplitlabError
+
+pytestmark = pytest.mark.e2e
+DEP = "lenet5-bench--relu2"
+IMAGE = np.random.default_rng(0).random((1, 28, 28), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    from benchmarks.tap_overhead import make_deployments
+
+    root = tmp_path_factory.mktemp("retry-artifacts")
+    make_deployments(root, {"lenet5"})
+    return root
+
+
+@pytest.fixture
+def edge(tmp_path):
+    """(channel factory, cloud port): an edge app whose cloud is not running yet."""
+    port = free_port()
+    client = CloudClient(f"127.0.0.1:{port}", timeout=5)
+    app = create_app(Edge(client, HeadCache(tmp_path / "heads")))
+    captures = CaptureStore(tmp_path / "captures")
+    with TestClient(app, base_url="http://edge") as http:
+        yield (lambda wait: EdgeChannel("http://edge", captures, unavailable_wait=wait, http=http)), port
+    captures.close()
+    client.close()
+
+
+def test_a_request_waits_for_a_cloud_that_comes_back(artifacts, edge):
+    make_channel, port = edge
+    clouds: list[CloudProcess] = []
+    starter = threading.Timer(2.0, lambda: clouds.append(CloudProcess(artifacts, "--runtime", "torch",
+                                                                      "--port", str(port))))
+    started = time.monotonic()
+    starter.start()
+    try:
+        cls = make_channel(30.0)._infer(DEP, IMAGE, "retry-1")
+        took = time.monotonic() - started
+    finally:
+        starter.join()
+        for cloud in clouds:
+            cloud.kill()
+    assert 0 <= cls < 10
+    assert took >= 2.0, f"answered after {took:.1f} s, before the cloud was started"
+
+
+def test_a_cloud_that_stays_down_fails_with_the_time_waited(edge):
+    make_channel, _ = edge
+    started = time.monotonic()
+    with pytest.raises(SplitlabError, match=r"answered 503 for request down-1 \([2-9]\d* tries over [\d.]+ s\)"):
+        make_channel(4.0)._infer(DEP, IMAGE, "down-1")
+    assert 3.0 < time.monotonic() - started < 15
+
+
+def test_an_unusable_request_is_not_sent_again(artifacts, edge):
+    make_channel, port = edge
+    cloud = CloudProcess(artifacts, "--runtime", "torch", "--port", str(port))
+    try:
+        channel = make_channel(30.0)
+        started = time.monotonic()
+        with pytest.raises(SplitlabError, match=r"answered 404 for request missing-1: "):
+            channel._infer("lenet5-bench--nosuch", IMAGE, "missing-1")
+        assert time.monotonic() - started < 5
+        assert 0 <= channel._infer(DEP, IMAGE, "ok-1") < 10
+    finally:
+        cloud.kill()
