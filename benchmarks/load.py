@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from benchmarks.harness.report import notes_beside
 from benchmarks.tap_overhead import (ROOT, SNIFF_HOST, TAPS, check_alive, features_for, free_port,
                                      make_deployments, settled_counts, start, wait_port, wait_ready)
 
@@ -270,9 +271,7 @@ def write_report(path: Path, rows: list[dict], argv: list[str], seconds: float, 
     if firsts:
         lines += ["", "First error of each cell that had one:", "", *firsts]
     path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text() if path.exists() else ""
-    notes = existing.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in existing else ""
-    path.write_text("\n".join(lines) + "\n" + ("\n<!-- notes -->" + notes if notes else ""))
+    path.write_text("\n".join(lines + notes_beside(path)) + "\n")
 
 
 def _list(kind, choices=None):

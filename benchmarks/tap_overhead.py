@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness.report import notes_beside
+
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 0.10
 
@@ -449,9 +451,7 @@ def write_report(path: Path, rows: list[dict], args, tap_out: list[str]) -> None
         lines += ["", "Recording taps' final counters (passive relay, then sniff):", ""]
         lines += [f"- `{line}`" for line in tap_out]
     path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text() if path.exists() else ""
-    notes = existing.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in existing else ""
-    path.write_text("\n".join(lines) + "\n\n<!-- notes -->" + notes if notes else "\n".join(lines) + "\n")
+    path.write_text("\n".join(lines + notes_beside(path)) + "\n")
 
 
 if __name__ == "__main__":

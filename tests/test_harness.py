@@ -58,17 +58,24 @@ def test_store_keeps_outcomes_and_only_ok_counts_as_finished(tmp_path):
     assert rows[2]["error"] == "ValueError: boom" and rows[2]["label"] == "t1"
 
 
-def test_report_helpers_and_notes_survive(tmp_path):
+def test_report_helpers_and_a_notes_file_end_a_report_regenerated_whole(tmp_path):
     assert report.fmt([0.5]) == "0.5000" and report.fmt([]) == "-"
     mean, std = report.mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and math.isclose(std, 1.0)
     assert report.fmt([1.0, 2.0, 3.0], 1) == "2.0 ± 1.0"
     info = {"executor": "local processes", "device": "cpu", "ok": 1, "total": 1}
-    path = report.write_report(tmp_path, "T", ["body one"], "cmd", info)
-    path.write_text(path.read_text() + "\n<!-- notes -->\nmy analysis\n")
-    report.write_report(tmp_path, "T", ["body two"], "cmd", info)
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Notes\n\nmy analysis\n")
+    path = report.write_report(tmp_path, "T", ["body one"], "cmd", info, notes=str(notes))
+    path.write_text(path.read_text() + "a hand edit\n")
+    report.write_report(tmp_path, "T", ["body two"], "cmd", info, notes=str(notes))
     text = path.read_text()
-    assert "body two" in text and "body one" not in text and text.endswith("<!-- notes -->\nmy analysis\n")
+    assert "body two" in text and "body one" not in text and "a hand edit" not in text
+    assert text.endswith("body two\n\n## Notes\n\nmy analysis\n")
+    assert "my analysis" not in report.write_report(tmp_path, "T", ["b"], "cmd", info, notes=str(tmp_path / "none.md")).read_text()
+    beside = tmp_path / "bench.md"
+    (tmp_path / "bench.notes.md").write_text("why it is so\n")
+    assert report.notes_beside(beside) == ["", "why it is so"]
 
 
 def test_local_executor_never_oversubscribes_cores():

@@ -5,8 +5,10 @@ suites build their tables with (mean +- std over seeds).
 target, seed, metrics, seconds, plus status, error, device, versions), ``trials.csv`` the same
 flattened for spreadsheets, ``report.md`` the tables a person reads. The report's header (command,
 machine, executor) is written here so that every suite's report says how it was made; the suite
-writes the body. Text below a ``<!-- notes -->`` line in an existing report is kept, so hand-written
-analysis survives a rerun.
+writes the body. A report is regenerated whole, never edited: hand-written analysis lives in a notes
+file the config names (``notes:``), which ends the report (``notes_section``). The stand-alone
+benchmarks (``benchmarks.tap_overhead``, ``benchmarks.load``) include the file beside their report
+instead (``notes_beside``: ``X.md`` includes ``X.notes.md``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import platform
 import statistics
 from pathlib import Path
 
-NOTES_MARK = "<!-- notes -->"
 JSONL_KEYS = ("suite", "trial", "label", "attack", "target", "seed", "device", "status", "metrics", "seconds",
               "error", "executor", "host", "versions")
 
@@ -113,14 +114,19 @@ def training_budget(options: dict, epochs: bool = False) -> str:
             + f"Adam lr {option('lr'):g}, batch {option('batch_size')}, cosine" + (", crop+flip" if option("augment") else ""))
 
 
-def notes_section(config: dict) -> list[str]:
-    """The hand-written notes file the config names (``notes:``, relative to the repository root), as
-    the report's last section: reports are regenerated, notes are not."""
-    notes = config.get("notes")
+def notes_section(notes: str | None) -> list[str]:
+    """The hand-written notes file ``notes`` (a config's ``notes:``, relative to the repository root)
+    as the report's last section; nothing when it is not given or does not exist."""
     if not notes:
         return []
     path = Path(notes) if Path(notes).is_absolute() else Path(__file__).resolve().parents[2] / notes
     return ["", path.read_text().rstrip()] if path.is_file() else []
+
+
+def notes_beside(report: Path) -> list[str]:
+    """The notes file beside a stand-alone benchmark's report (``X.md`` -> ``X.notes.md``), as its
+    last section."""
+    return notes_section(str(report.resolve().with_suffix(".notes.md")))
 
 
 def failures(results: list[dict]) -> list[str]:
@@ -135,16 +141,14 @@ def failures(results: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(out_dir: Path, title: str, body: list[str], command: str, run_info: dict) -> Path:
-    """``report.md``: title, how it was made, the suite's body, then any notes the old one had."""
+def write_report(out_dir: Path, title: str, body: list[str], command: str, run_info: dict,
+                 notes: str | None = None) -> Path:
+    """``report.md``: title, how it was made, the suite's body, then the notes file ``notes`` names."""
     path = out_dir / "report.md"
-    existing = path.read_text() if path.exists() else ""
-    notes = existing.split(NOTES_MARK, 1)[1] if NOTES_MARK in existing else ""
     head = [f"# {title}", "", f"Command: `{command}`  ",
             f"Machine: {platform.machine()}, {os.cpu_count()} cores; this run: {run_info['executor']}; "
             f"device {run_info['device']}.  ",
             f"Trials: {run_info['ok']} of {run_info['total']} with results; per-trial records in `trials.jsonl` "
             "and `trials.csv`.", ""]
-    text = "\n".join(head + body) + "\n"
-    path.write_text(text + (f"\n{NOTES_MARK}{notes}" if notes else ""))
+    path.write_text("\n".join(head + body + notes_section(notes)) + "\n")
     return path

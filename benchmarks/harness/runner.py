@@ -115,7 +115,7 @@ def run(name: str, suite, config: dict, config_path: Path, argv: list[str]) -> i
     ok = sum(r["status"] == "ok" for r in results)
     path = reports.write_report(out_dir, config.get("title", getattr(suite, "TITLE", name)), body, command,
                                 {"executor": executor.describe(), "device": args.device, "ok": ok,
-                                 "total": len(results)})
+                                 "total": len(results)}, notes=config.get("notes"))
     print(f"[{name}] wrote {path}, {out_dir / 'trials.jsonl'}", flush=True)
     bad = [r for r in results if r["trial"] in wanted_ids and r["status"] != "ok"]
     if bad:

@@ -78,7 +78,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, table, training_budget, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, table, training_budget, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, trial_options
 from models.errors import SplitlabError
 
@@ -276,7 +276,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     body += _morph_section(results, order, config, out_dir)
     body += _findings(results, config)
     body += _timing_table(results)
-    return body + notes_section(config)
+    return body
 
 
 def _coverage(results: list[dict], order: list[str]) -> list[str]:

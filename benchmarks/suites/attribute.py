@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from attacker.attacks.attribute.evaluation import attacker_and_victims, attribute_metrics
-from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, ok, table, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -160,7 +160,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     if ok(results):
         plot(results, config["attributes"], out_dir / "attribute.png")
         body += ["![accuracy per observation against the majority baseline](attribute.png)"]
-    return body + notes_section(config)
+    return body
 
 
 def plot(results: list[dict], attributes: list[str], path: Path) -> Path:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.harness.report import figure, fmt, group, mean_std, notes_section, ok, table, values
+from benchmarks.harness.report import figure, fmt, group, mean_std, ok, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -316,7 +316,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
             png = f"defences-{name}.png"
             pareto_plot(rows, cols, out_dir / png)
             body += ["", f"![task accuracy against each attack's success, {name}]({png})", ""]
-    return body + notes_section(config)
+    return body
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

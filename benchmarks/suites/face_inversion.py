@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from attacker.attacks.inversion.face_metrics import everyone_face, face_metrics, mean_faces
-from benchmarks.harness.report import fmt, group, notes_section, table, values
+from benchmarks.harness.report import fmt, group, table, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -189,7 +189,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
     if grid:
         body += ["", f"![each person: a training image, then each attack's reconstruction ({', '.join(groups)})]"
                      "(faces.png)"]
-    return body + notes_section(config)
+    return body
 
 
 def face_grid(groups: dict, config: dict, path: Path) -> Path | None:

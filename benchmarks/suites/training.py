@@ -25,7 +25,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from benchmarks.harness.report import figure, fmt, group, notes_section, table, training_budget, values
+from benchmarks.harness.report import figure, fmt, group, table, training_budget, values
 from benchmarks.harness.spec import Context, Trial, checked_entry, expand, seeds_of, trial_options
 from models.errors import SplitlabError
 
@@ -106,7 +106,7 @@ def report(results: list[dict], out_dir: Path, config: dict) -> list[str]:
             body.append(f"- {name}: " + ", ".join(f"epoch {e} {curve[e - 1]:.4f}" for e in marks))
         plot_curves(curves, goals, results, out_dir / "training-curves.png")
         body += ["", "![training curves](training-curves.png)"]
-    return body + notes_section(config)
+    return body
 
 
 def plot_curves(curves: list[tuple[str, list[float]]], goals: dict, results: list[dict], path: Path) -> Path:
