@@ -1,13 +1,17 @@
-"""The lab's edge channel rides over a cloud that is down for a moment: a 503 from the edge is sent
-again (same request id) until the cloud is back, within ``unavailable_wait``; a cloud that stays down
-fails with how long it waited; any other error fails at once.
+"""The lab's edge channel rides over a cloud or an edge that is down for a moment: a 503 from the edge,
+or an edge that refuses the connection, is sent again (same request id) until it is back, within
+``unavailable_wait``; one that stays down fails with how long it waited; any other error fails at once.
 
 A real edge app (``edge_client.rest``) whose cloud is a real ``cloud-server`` process on a port that
-nothing listens on when the first request arrives; the cloud starts on that port 2 s later.
+nothing listens on when the first request arrives; the cloud starts on that port 2 s later. And a
+real ``edge-client serve`` process, sent a request the moment it is started (before it listens).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -90,3 +94,34 @@ def test_an_unusable_request_is_not_sent_again(artifacts, edge):
         assert 0 <= channel._infer(DEP, IMAGE, "ok-1") < 10
     finally:
         cloud.kill()
+
+
+def test_a_request_waits_for_an_edge_that_is_starting(artifacts, tmp_path):
+    cloud = CloudProcess(artifacts, "--runtime", "torch")
+    port = free_port()
+    env = dict(os.environ, SPLITLAB_THREADS="1")
+    edge = subprocess.Popen([sys.executable, "-m", "edge_client", "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--cloud", cloud.address, "--cache", str(tmp_path / "heads")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+    captures = CaptureStore(tmp_path / "captures")
+    try:
+        channel = EdgeChannel(f"http://127.0.0.1:{port}", captures, unavailable_wait=60.0)
+        assert 0 <= channel._infer(DEP, IMAGE, "starting-1") < 10
+        channel.close()
+    finally:
+        edge.terminate()
+        edge.wait(15)
+        cloud.kill()
+        captures.close()
+
+
+def test_an_edge_that_stays_down_fails_with_the_time_waited(tmp_path):
+    captures = CaptureStore(tmp_path / "captures")
+    channel = EdgeChannel(f"http://127.0.0.1:{free_port()}", captures, unavailable_wait=2.0)
+    started = time.monotonic()
+    with pytest.raises(SplitlabError, match=r"the edge at http://127.0.0.1:\d+ cannot be reached \(ConnectError: .*\), "
+                                            r"[2-9]\d* tries over [\d.]+ s, for request gone-1"):
+        channel._infer(DEP, IMAGE, "gone-1")
+    assert 1.5 < time.monotonic() - started < 10
+    channel.close()
+    captures.close()

@@ -6,12 +6,14 @@ answers with the class. The tap records the request under the same id, so the ca
 are matched to the images that were sent by request id, never by order or time. When the tap runs
 in this process its recorder is flushed first; otherwise the capture store is polled.
 
-A 503 from the edge (its cloud, through the tap, is unavailable) is sent again, with the same request
-id, for up to ``unavailable_wait`` seconds. Why: after the tap or the cloud restarts, the edge's gRPC
-channel waits up to 2 s between reconnection attempts, and its own five retries of a call spend
-about 0.75 s; an experiment re-run right after ``attacker serve`` restarted (restart recovery) failed
-in CI with "the edge answered 503 ... Connection refused" while the tap was already listening again.
-Only a failed attempt is lost, and the tap records it as failed, so it is never matched.
+A 503 from the edge (its cloud, through the tap, is unavailable), or an edge that refuses the
+connection (it is restarting), is sent again with the same request id for up to
+``unavailable_wait`` seconds; any other answer or error fails the experiment at once. Why: after
+the tap or the cloud restarts, the edge's gRPC channel waits up to 2 s between reconnection
+attempts, and its own five retries of a call spend about 0.75 s; an experiment re-run right after
+``attacker serve`` restarted (restart recovery) failed in CI with "the edge answered 503 ...
+Connection refused" while the tap was already listening again. Only a failed attempt is lost, and
+the tap records it as failed, so it is never matched.
 """
 
 from __future__ import annotations
@@ -73,19 +75,25 @@ class EdgeChannel:
         while True:
             try:
                 r = self.http.post("/v1/infer", json=body, headers={"X-Request-ID": request_id})
+                why = f"answered {r.status_code}" if r.status_code == 503 else ""
+            except httpx.ConnectError as exc:  # nothing was sent: the edge is not listening (yet)
+                r, why = None, f"cannot be reached ({type(exc).__name__}: {exc})"
             except httpx.HTTPError as exc:
                 raise SplitlabError(f"cannot reach the edge at {self.edge_url}: {type(exc).__name__}: {exc}") from None
-            if r.status_code != 503 or time.monotonic() + pause > give_up:
+            now = time.monotonic()
+            if not why or now >= give_up:
                 break
-            time.sleep(pause)
+            time.sleep(min(pause, give_up - now))  # the last try at the end of the wait
             pause, tries = min(2 * pause, RETRY_PAUSE[1]), tries + 1
+        waited = f"{tries} {'try' if tries == 1 else 'tries'} over {time.monotonic() - start:.1f} s"
+        if r is None:
+            raise SplitlabError(f"the edge at {self.edge_url} {why}, {waited}, for request {request_id}")
         if r.status_code != 200:
             try:
                 detail = r.json().get("detail", r.text)
             except ValueError:
                 detail = r.text
-            waited = (f" ({tries} {'try' if tries == 1 else 'tries'} over {time.monotonic() - start:.1f} s)"
-                      if r.status_code == 503 else "")
+            waited = f" ({waited})" if why else ""
             raise SplitlabError(f"the edge answered {r.status_code} for request {request_id}{waited}: {detail}")
         answer = r.json()
         if answer.get("request_id") != request_id:
