@@ -1,7 +1,8 @@
 """The tap's own health (``splitlab.attacker.Tap``) follows its recording: NOT_SERVING while the
 capture store's writes fail (here: a store another process holds locked, so every write raises
-"database is locked"; and a store path that is a file), SERVING again once a capture is written;
-each change is logged and the failed records are counted. Traffic passes throughout."""
+"database is locked"; and a store path that is a file), SERVING again once the store takes writes,
+with or without traffic; each change is logged and the failed records are counted. Traffic passes
+throughout."""
 
 from __future__ import annotations
 
@@ -60,10 +61,12 @@ def test_health_is_not_serving_while_store_writes_fail_and_recovers(tmp_path, up
         finally:
             locker.execute("ROLLBACK")
             locker.close()
+        assert _becomes(tap, SERVING)  # no traffic needed: the idle recorder finds the store writable
+        assert tap.stats()["store_failing"] is False
+        recorded = tap.stats()["recorded"]
         _calls(tap.tap.port, 2, "unlocked")
         assert tap.flush(20)
-        assert _becomes(tap, SERVING)
-        assert tap.stats()["store_failing"] is False
+        assert _health(tap) == SERVING and tap.stats()["recorded"] == recorded + 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("tap health NOT_SERVING: capture store writes fail" in m and "locked" in m for m in messages)
     assert any("tap health SERVING again" in m for m in messages)
@@ -72,6 +75,11 @@ def test_health_is_not_serving_while_store_writes_fail_and_recovers(tmp_path, up
 def test_an_unusable_store_is_not_serving_from_the_start(tmp_path, upstream):
     bad = tmp_path / "not-a-folder"
     bad.write_text("a file where the store should be")
-    with TapThread(TapConfig(listen="127.0.0.1:0", upstream=upstream, store=str(bad), mode="proxy")) as tap:
+    config = TapConfig(listen="127.0.0.1:0", upstream=upstream, store=str(bad), mode="proxy", health_interval=0.05)
+    with TapThread(config) as tap:
         assert _health(tap) == NOT_SERVING
         assert len(_calls(tap.tap.port, 2, "bad")) == 2
+        bad.unlink()  # the operator mends it: the store can be created now
+        assert _becomes(tap, SERVING)  # without traffic
+        _calls(tap.tap.port, 3, "mended")
+        assert tap.flush(20) and tap.stats()["recorded"] == 3

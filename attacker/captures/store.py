@@ -46,6 +46,7 @@ from .segment_file import SegmentFile
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "captures"
 SEGMENT_BYTES = 64 << 20
+PROBE_BYTES = 64 << 10  # what check_writable writes and removes: a page of features, not a byte
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS captures (
@@ -253,6 +254,24 @@ class CaptureStore:
         self.close()
 
     # --- writing -------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Raise what a write would raise now, keeping nothing: a write lock on the index (a store
+        another process holds locked raises "database is locked") and a small file in the store's
+        folder, flushed to disk and removed (a full disk or an unwritable folder raises). The tap's
+        recorder asks this of a failing store while no traffic comes, so that its health recovers
+        without waiting for the next capture."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+            probe = self.root / f".probe-{os.getpid():x}"
+            try:
+                with open(probe, "wb") as f:
+                    f.write(bytes(PROBE_BYTES))
+                    f.flush()
+                    os.fsync(f.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+
     def _new_name(self, when: float) -> str:
         self._seq += 1
         return f"{int(when * 1e6):x}-{os.getpid():x}-{self._seq:x}"

@@ -10,8 +10,9 @@ Nothing here can stop traffic: a full queue (by items or bytes) drops the event,
 (disk full, locked, unwritable, missing) fails the batch, and both are counted, logged (rate
 limited) and exposed by :meth:`Recorder.stats` and the stats file. A store that cannot be opened is
 retried every second. Whether the store's writes fail now (``store_failing`` in the stats, from
-the last write tried: set by a failed open or write, cleared by the next write that succeeds)
-is what the tap's own health service reports (:mod:`attacker.tap.service`).
+the last write tried: set by a failed open or write, cleared by the next write that succeeds, or,
+while no traffic comes, by ``CaptureStore.check_writable`` at each idle wake-up, every
+``stats_interval``) is what the tap's own health service reports (:mod:`attacker.tap.service`).
 """
 
 from __future__ import annotations
@@ -159,6 +160,8 @@ class Recorder:
             except Exception as exc:  # a bug in parsing must not kill the writer
                 log.exception("recorder error")
                 self._fail(len(events), f"recorder error: {exc}")
+            if not events and not closing and self._store_failing:
+                self._probe()
             with self._cond:
                 self._counts["events_done"] += len(events)
                 self._cond.notify_all()
@@ -177,6 +180,19 @@ class Recorder:
                 self._store_failing = True
                 self._note_failure(f"cannot open capture store {self.store_dir}: {exc}")
         return self._store
+
+    def _probe(self) -> None:
+        """While the store fails and no traffic comes: is it writable again? (Nothing is counted as
+        a failed record: nothing was lost.)"""
+        store = self._open()
+        if store is None:
+            return
+        try:
+            store.check_writable()
+        except Exception as exc:
+            self._last_error = f"capture store still fails: {exc}"
+            return
+        self._store_failing = False
 
     def _handle(self, events: list, final: bool) -> None:
         rows: list[dict] = []

@@ -41,7 +41,8 @@ and records, and NOT_SERVING while the capture store's writes fail (disk full, s
 or locked, the recorder process gone): traffic still passes then, but nothing is recorded, which
 for a tap is being out of service. It is checked every ``health_interval`` seconds (1 s) from the
 recorder's ``store_failing`` (:mod:`attacker.tap.recorder`: the last write tried) and recovers at
-the first capture written after the store works again; each change is logged, and the failed
+the first capture written after the store works again, or, with no traffic, when the idle recorder
+finds the store writable again (``CaptureStore.check_writable``); each change is logged, and the failed
 records are counted in the stats (``record_failures``, ``last_error``). The overall service ""
 on --admin stays SERVING while the tap runs (it forwards traffic); in proxy mode "" is the
 cloud's, forwarded. A tap started with --no-record has nothing to fail.
