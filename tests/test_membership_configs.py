@@ -20,10 +20,16 @@ def load(name: str) -> dict:
 
 def test_reproduction_configs_expand_and_share_the_cifar10_target():
     table, compare = (membership.trials(load(n)) for n in ("membership-003", "membership-compare-cifar10"))
-    assert len(table) == 8 and len(compare) == 6
+    assert len(table) == 14 and len(compare) == 6
     targets = {t.target["name"]: t.target for t in table}
     assert [t.target for t in compare if t.target["name"] == "cifar10-overfit"][0] == targets["cifar10-overfit"]
-    assert len(load("membership-003")["published"]) == 12
+    published = load("membership-003")["published"]
+    assert len(published) == 14
+    for row in published:  # a paper row is set beside a target trained for the paper's epochs
+        if "epochs)" in row["source"]:
+            epochs = int(row["source"].split("(")[1].split()[0])
+            if row["target"].startswith("cifar10"):
+                assert targets[row["target"]]["options"]["epochs"] == epochs, row["source"]
 
 
 @pytest.mark.parametrize("row, message", [
