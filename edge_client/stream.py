@@ -142,8 +142,8 @@ class InferStream:
         call = self._call if self._call is not None and not self._call.broken else self._open()
         if rid in call.pending:
             raise ValueError(f"request id {rid!r} is already in flight on this stream")
-        if not call.pending:
-            call.last_reply = time.monotonic()  # "no reply since" counts from when something was asked
+        if not call.pending:  # "no reply since" counts from when something was asked: this request's
+            call.last_reply = entry.sent  # sending, so that a lone request unanswered marks the call dead
         call.pending[rid] = entry
         heapq.heappush(self._deadlines, (entry.deadline, next(self._seq), rid, call))
         if self._deadlines[0][2] is rid:  # the earliest deadline now: wake the watchdog
@@ -257,7 +257,7 @@ class InferStream:
                     del call.pending[rid]
                     self.stats["expired"] += 1
                     expired.append((rid, entry, call))
-                    if call.last_reply < entry.sent and not call.broken:
+                    if call.last_reply <= entry.sent and not call.broken:
                         call.cancelled_because = (f"the stream to {self._client.address} was given up: no reply "
                                                   f"for {now - call.last_reply:.3g} s")
                         call.broken = True  # the next submit opens a new call
