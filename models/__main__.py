@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with DP-SGD (Opacus) to this epsilon over the given epochs (defence; e.g. 2, 4, 8)")
     p.add_argument("--dp-delta", type=float, default=1e-5, help="DP-SGD's delta (default 1e-5)")
     p.add_argument("--dp-clip", type=float, default=1.0, help="DP-SGD's per-sample gradient norm bound (default 1.0)")
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop once the accuracy on the test split's last 2,000 images has not improved for "
+                        "PATIENCE epochs, and keep the best epoch's weights (defence, as paper 003)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -128,7 +131,7 @@ def cmd_train(args) -> int:
     opts = TrainOptions(arch=args.arch, dataset=args.dataset, epochs=args.epochs, limit=args.limit,
                         dropout=args.dropout, weight_decay=args.weight_decay, weight_decay_scope=args.l2_scope,
                         dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta, dp_max_grad_norm=args.dp_clip,
-                        seed=args.seed,
+                        early_stopping=args.early_stopping, seed=args.seed,
                         batch_size=args.batch_size, lr=args.lr, augment=args.augment, scheme=args.scheme,
                         eval_each_epoch=args.eval_each_epoch, device=resolve_device(args.device, "models train"),
                         members=read_indices(args.members) if args.members else None)

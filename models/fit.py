@@ -100,8 +100,9 @@ def fit(model: nn.Module, inputs, targets: torch.Tensor, *, loss: str | Loss = "
     ``inputs`` is a tensor with one row per target, or a callable(indices) -> batch (computed per
     step, e.g. features queried from an oracle). ``augment(xb, generator)`` transforms each batch.
     ``on_step(step, loss_tensor)`` runs after each optimiser step, ``on_epoch(epoch, model)``
-    after each epoch (1-based; the model is left in train mode again afterwards). The model ends
-    on ``device`` in eval mode. ``epochs=0`` trains nothing.
+    after each epoch (1-based; the model is left in train mode again afterwards); if it returns
+    ``True``, training ends there (early stopping). The model ends on ``device`` in eval mode.
+    ``epochs=0`` trains nothing.
 
     ``weight_decay`` is Adam's (coupled) L2 decay; ``decay_only`` limits it to those parameters
     (None: all). ``privacy`` (see :class:`Privacy`) trains with DP-SGD's clipped, noised gradients
@@ -277,8 +278,8 @@ def _loop(step, groups, tracks, n, inputs, targets, set_train, epochs, batch_siz
         for j in range(k):
             losses[j].append(means[j])
         seconds.append(time.perf_counter() - t0)
-        if on_epoch is not None:
-            on_epoch(epoch)
+        if on_epoch is not None and on_epoch(epoch) is True:
+            break
     bar.close()
     last = last.tolist()
     return [FitResult(losses[j], list(seconds), float(last[j]), steps) for j in range(k)]

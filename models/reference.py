@@ -120,8 +120,9 @@ def group_key(spec: TrainOptions, n_members: int) -> tuple:
 
 def vmappable(spec: TrainOptions) -> bool:
     """Whether fit_many can train ``spec`` with others: not with DP-SGD (per-sample clipping and
-    accounting are per model) nor with weight decay on some layers only."""
-    return spec.dp_epsilon is None and spec.weight_decay_scope == "all"
+    accounting are per model), with weight decay on some layers only, or with early stopping (each
+    model stops at its own epoch)."""
+    return spec.dp_epsilon is None and spec.weight_decay_scope == "all" and spec.early_stopping is None
 
 
 def _train(store: ArtifactStore, todo: list[tuple[str, TrainOptions]], device: str, progress: bool,

@@ -119,7 +119,8 @@ def test_every_defence_has_its_own_id_and_old_specs_keep_theirs():
     defences = [{}, {"dropout": 0.5}, {"weight_decay": 1e-3}, {"weight_decay": 1e-3, "weight_decay_scope": "output"},
                 {"dropout": 0.5, "weight_decay": 1e-3, "weight_decay_scope": "output"},
                 {"dp_epsilon": 2}, {"dp_epsilon": 4}, {"dp_epsilon": 8}, {"dp_epsilon": 2, "dropout": 0.5},
-                {"dp_epsilon": 2, "dp_delta": 1e-6}, {"dp_epsilon": 2, "dp_max_grad_norm": 0.5}]
+                {"dp_epsilon": 2, "dp_delta": 1e-6}, {"dp_epsilon": 2, "dp_max_grad_norm": 0.5},
+                {"early_stopping": 3}, {"early_stopping": 3, "dropout": 0.5}]
     ids = [default_model_id(TrainOptions(**base, **d)) for d in defences]
     assert len(set(ids)) == len(ids), ids
     assert ids[0] == "lenet5-mnist-s0"
@@ -129,6 +130,8 @@ def test_every_defence_has_its_own_id_and_old_specs_keep_theirs():
                 "augment", "scheme", "members"}
     assert set(training_spec(TrainOptions(**base, weight_decay=1e-3))) == old_keys
     assert {"dp_epsilon", "dp_delta", "dp_max_grad_norm"} <= set(training_spec(TrainOptions(**base, dp_epsilon=2)))
+    assert "early_stopping" in training_spec(TrainOptions(**base, early_stopping=3))
+    assert ids[12].startswith("lenet5-mnist-s0-do0.5-es3-")
 
 
 @pytest.mark.parametrize("options, message", [
@@ -141,10 +144,30 @@ def test_every_defence_has_its_own_id_and_old_specs_keep_theirs():
     ({"dp_delta": 1e-6}, "--dp-delta 1e-06 only apply to DP-SGD; give --dp-epsilon"),
     ({"weight_decay": 1e-3, "weight_decay_scope": "middle"}, "--l2-scope must be one of all, output"),
     ({"weight_decay_scope": "output"}, "--l2-scope output needs a --weight-decay above 0"),
+    ({"early_stopping": 0}, r"--early-stopping \(patience in epochs\) must be at least 1, got 0"),
+    ({"early_stopping": 2, "dp_epsilon": 2}, "early stopping with DP-SGD is not supported"),
 ])
 def test_bad_defence_options_are_clear_errors(options, message):
     with pytest.raises(SplitlabError, match=message):
         TrainOptions(arch="lenet5", dataset="digits", **options).validate()
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(digits):
+    from models.training import VALIDATION_IMAGES, accuracy
+
+    # a learning rate high enough for the validation accuracy to stall well before 40 epochs
+    opts = TrainOptions(arch="lenet5", dataset="digits", epochs=40, scheme="full", seed=0, lr=1e-2, early_stopping=2)
+    model, manifest = train(opts, progress=False, dataset=digits)
+    stopped = manifest["early_stopping"]
+    assert stopped["stopped_after"] < 40 and stopped["stopped_after"] - stopped["best_epoch"] == 2
+    assert len(manifest["epoch_losses"]) == stopped["stopped_after"]  # no epoch after the stop
+    # the model returned has the best epoch's weights: its validation accuracy is the recorded best
+    x_val = to_tensor(digits.x_test)[-VALIDATION_IMAGES:]
+    y_val = torch.from_numpy(digits.y_test)[-VALIDATION_IMAGES:]
+    assert accuracy(model, x_val, y_val) == pytest.approx(stopped["validation_accuracy"], abs=1e-4)
+    assert stopped["validation_accuracy"] > 0.8
+    assert "early_stopping" not in train(TrainOptions(arch="lenet5", dataset="digits", epochs=1, scheme="full"),
+                                         progress=False, dataset=digits)[1]
 
 
 def test_cli_refuses_a_bad_budget_before_training(tmp_path):

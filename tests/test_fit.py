@@ -88,6 +88,8 @@ def test_hooks_zero_epochs_and_errors():
                  on_epoch=lambda epoch, m: (epochs.append(epoch), m.eval()))
     assert [s for s, _ in steps] == [1, 2, 3, 4, 5, 6] and epochs == [1, 2]
     assert steps[-1][1] == pytest.approx(result.last_loss)
+    stopped = fit(mlp(0), x, y, epochs=5, batch_size=16, progress=False, on_epoch=lambda epoch, m: epoch == 2)
+    assert len(stopped.losses) == 2 and stopped.steps == 6  # True from on_epoch ends training there
     model.load_state_dict(before)
     nothing = fit(model, x, y, epochs=0, progress=False)
     assert nothing.steps == 0 and math.isnan(nothing.last_loss)
