@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dp-delta", type=float, default=1e-5, help="DP-SGD's delta (default 1e-5)")
     p.add_argument("--dp-clip", type=float, default=1.0, help="DP-SGD's per-sample gradient norm bound (default 1.0)")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
-                   help="stop once the accuracy on the test split's last 2,000 images has not improved for "
+                   help="stop once the accuracy on 2,000 test images (a fixed draw) has not improved for "
                         "PATIENCE epochs, and keep the best epoch's weights (defence, as paper 003)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)

@@ -7,7 +7,7 @@ index set (``members``: shadow and reference models), and the training-time defe
 (``weight_decay_scope``), and DP-SGD to a target epsilon (``dp_epsilon``, ``dp_delta``,
 ``dp_max_grad_norm``; the manifest's ``dp`` holds the epsilon the accountant says was spent), and
 early stopping (``early_stopping``: the patience in epochs). Early stopping watches the accuracy on
-the test split's last ``VALIDATION_IMAGES`` images after every epoch, ends training once it has not
+``VALIDATION_IMAGES`` test images (:func:`validation_indices`) after every epoch, ends training once it has not
 improved for that many epochs, and keeps the weights of the best epoch (the manifest's
 ``early_stopping`` says which). Why: the course project's regularised models (003, Table 2) were
 trained with dropout and early stopping, and dropout alone left our CIFAR-10 target far more
@@ -122,7 +122,14 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainOptions)}
 # Defence options added after models were stored: in a spec only when they are used, so that the
 # spec (and id) of every model trained without them stays what it was.
 _DP_OPTIONS = ("dp_epsilon", "dp_delta", "dp_max_grad_norm")
-VALIDATION_IMAGES = 2000  # early stopping watches the test split's last images
+VALIDATION_IMAGES = 2000  # early stopping watches this many test images, drawn once (validation_indices)
+
+
+def validation_indices(n_test: int) -> np.ndarray:
+    """The test images early stopping watches: a fixed draw (seed 0) of ``VALIDATION_IMAGES``, the
+    same for every model. Not the first or last ones: a test split may be sorted by class (the
+    shared CIFAR-10's last 2,000 are all ships and trucks)."""
+    return np.sort(np.random.default_rng(0).permutation(n_test)[:VALIDATION_IMAGES])
 
 
 def defence_tags(opts: TrainOptions) -> list[str]:
@@ -285,8 +292,10 @@ def train(opts: TrainOptions, data_root=None, progress: bool = True, dataset: Im
     x_test, y_test = to_tensor(ds.x_test), torch.from_numpy(ds.y_test)
     curve = []
 
-    stopper = EarlyStopping(opts.early_stopping, x_test[-VALIDATION_IMAGES:], y_test[-VALIDATION_IMAGES:]) \
-        if opts.early_stopping is not None else None
+    stopper = None
+    if opts.early_stopping is not None:
+        val = torch.from_numpy(validation_indices(len(y_test)))
+        stopper = EarlyStopping(opts.early_stopping, x_test[val], y_test[val])
 
     def measure(epoch: int, model: nn.Module) -> bool:
         if opts.eval_each_epoch and epoch < opts.epochs:
@@ -338,7 +347,7 @@ class EarlyStopping:
             model.load_state_dict(self.best_state)
         return {"patience": self.patience, "best_epoch": self.best_epoch, "stopped_after": self.last_epoch,
                 "validation_accuracy": round(self.best_accuracy, 4),
-                "validation": f"the test split's last {len(self.y_val)} images"}
+                "validation": f"{len(self.y_val)} images of the test split (models.training.validation_indices)"}
 
 
 def finish(job: Job, result: FitResult, device: str, seconds: float, curve: list[float] | None = None,

@@ -153,7 +153,7 @@ def test_bad_defence_options_are_clear_errors(options, message):
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch(digits):
-    from models.training import VALIDATION_IMAGES, accuracy
+    from models.training import accuracy, validation_indices
 
     # a learning rate high enough for the validation accuracy to stall well before 40 epochs
     opts = TrainOptions(arch="lenet5", dataset="digits", epochs=40, scheme="full", seed=0, lr=1e-2, early_stopping=2)
@@ -162,10 +162,13 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(digits):
     assert stopped["stopped_after"] < 40 and stopped["stopped_after"] - stopped["best_epoch"] == 2
     assert len(manifest["epoch_losses"]) == stopped["stopped_after"]  # no epoch after the stop
     # the model returned has the best epoch's weights: its validation accuracy is the recorded best
-    x_val = to_tensor(digits.x_test)[-VALIDATION_IMAGES:]
-    y_val = torch.from_numpy(digits.y_test)[-VALIDATION_IMAGES:]
+    val = torch.from_numpy(validation_indices(len(digits.y_test)))
+    x_val, y_val = to_tensor(digits.x_test)[val], torch.from_numpy(digits.y_test)[val]
     assert accuracy(model, x_val, y_val) == pytest.approx(stopped["validation_accuracy"], abs=1e-4)
     assert stopped["validation_accuracy"] > 0.8
+    # a fixed draw of every class, not the end of a split that may be sorted by class
+    assert (validation_indices(10000) == validation_indices(10000)).all() and len(validation_indices(10000)) == 2000
+    assert len(set(load_dataset("cifar10").y_test[validation_indices(10000)])) == 10
     assert "early_stopping" not in train(TrainOptions(arch="lenet5", dataset="digits", epochs=1, scheme="full"),
                                          progress=False, dataset=digits)[1]
 
