@@ -20,12 +20,12 @@ def load(name: str) -> dict:
 
 def test_reproduction_configs_expand_and_share_the_cifar10_target():
     table, compare = (membership.trials(load(n)) for n in ("membership-003", "membership-compare-cifar10"))
-    assert len(table) == 16 and len(compare) == 12
+    assert len(table) == 18 and len(compare) == 12
     targets = {t.target["name"]: t.target for t in table}
     for name in ("cifar10-overfit", "cifar10-memorised"):  # one stored model each, for both configs
         assert [t.target for t in compare if t.target["name"] == name][0] == targets[name]
     published = load("membership-003")["published"]
-    assert len(published) == 16
+    assert len(published) == 18
     for row in published:  # a paper row is set beside a target trained for the paper's epochs
         if "epochs)" in row["source"]:
             epochs = int(row["source"].split("(")[1].split()[0])
